@@ -1,0 +1,81 @@
+"""The planar omni scan: K selective scans over one feature map in different pixel orders.
+
+Direction k reads the (H, W) map as a sequence of length L = H*W:
+  k=0 row-major, k=1 column-major, k=2 row-major reversed, k=3 column-major reversed.
+Each direction has its own delta/B/C (given per pixel, in the natural layout) and its own
+A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
+
+``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
+run, and otherwise the unfused path: permute copies -> selective_scan -> merge.
+"""
+from typing import Callable, Optional
+
+import torch
+
+from .selective_scan import resolve_backend, selective_scan
+
+# name of the scan backend -> fused implementation with planar_omni_scan's signature
+_FUSED: dict[str, Callable] = {}
+
+
+def register_fused_omni_scan(backend_name: str, fn: Callable) -> None:
+    """Let ``planar_omni_scan`` use ``fn`` whenever ``backend_name`` is the chosen scan backend."""
+    _FUSED[backend_name] = fn
+
+
+def to_sequences(t: torch.Tensor, K: int) -> torch.Tensor:
+    """(b, K, c, H, W) natural layout -> (b, K, c, L): direction k's values in its scan order."""
+    b, _, c, H, W = t.shape
+    seq = [t[:, 0].flatten(2)]
+    if K >= 2:
+        seq.append(t[:, 1].transpose(2, 3).flatten(2))
+    if K >= 3:
+        seq.append(t[:, 2].flatten(2).flip(-1))
+    if K >= 4:
+        seq.append(t[:, 3].transpose(2, 3).flatten(2).flip(-1))
+    return torch.stack(seq, dim=1)
+
+
+def merge_sequences(y: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(b, K, d, L) outputs in each direction's order -> (b, d, H, W), summed over directions."""
+    b, K, d, L = y.shape
+    out = y[:, 0].reshape(b, d, H, W)
+    if K >= 2:
+        out = out + y[:, 1].reshape(b, d, W, H).transpose(2, 3)
+    if K >= 3:
+        out = out + y[:, 2].flip(-1).reshape(b, d, H, W)
+    if K >= 4:
+        out = out + y[:, 3].flip(-1).reshape(b, d, W, H).transpose(2, 3)
+    return out
+
+
+def planar_omni_scan_unfused(x, delta, A, B, C, D=None, delta_bias=None, backend: Optional[str] = None):
+    """Reference execution: permuted copies, one grouped selective_scan, merge. Shapes as planar_omni_scan."""
+    b, d, H, W = x.shape
+    K = delta.shape[1]
+    L = H * W
+    xs = to_sequences(x.unsqueeze(1).expand(b, K, d, H, W), K).reshape(b, K * d, L)
+    ds = to_sequences(delta, K).reshape(b, K * d, L)
+    y = selective_scan(xs, ds, A, to_sequences(B, K), to_sequences(C, K), D, delta_bias,
+                       delta_softplus=True, backend=backend)
+    return merge_sequences(y.view(b, K, d, L), H, W)
+
+
+def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                     C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                     delta_bias: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """Omni selective scan of a feature map in K in {1, 2, 4} directions, softplus on delta.
+
+    Args:
+        x: (b, d, H, W) scan input u.
+        delta: (b, K, d, H, W) per-direction step sizes before bias and softplus.
+        A: (K*d, N); direction k uses rows k*d .. k*d+d-1 (likewise D, delta_bias: (K*d,)).
+        B, C: (b, K, N, H, W) per-direction input/output matrices.
+    Returns:
+        (b, d, H, W): the sum over directions, each mapped back to its pixel, in x's dtype.
+    """
+    bk = resolve_backend(x.device, backend)
+    fused = _FUSED.get(bk.name)
+    if fused is not None and delta.shape[1] == 4:
+        return fused(x, delta, A, B, C, D, delta_bias)
+    return planar_omni_scan_unfused(x, delta, A, B, C, D, delta_bias, backend=bk.name)

@@ -1,0 +1,1 @@
+"""Compiled C selective scan for CPU tensors (being written)."""

@@ -1,0 +1,1 @@
+"""CUDA selective-scan backends (being written)."""

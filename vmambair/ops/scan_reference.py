@@ -1,0 +1,37 @@
+"""Sequential selective scan: one step at a time, differentiated by autograd.
+
+Obviously correct and slow; the other backends are tested against it.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def expand_groups(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(b, G, N, L) -> (b, dim, N, L): channel i reads group i // (dim // G)."""
+    b, G, N, L = t.shape
+    return t.unsqueeze(2).expand(b, G, dim // G, N, L).reshape(b, dim, N, L)
+
+
+def prepare_delta(delta, delta_bias, delta_softplus):
+    """delta (b, d, L) -> the step sizes actually used: softplus(delta + bias) or delta + bias."""
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(delta.dtype)[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    """u, delta (b, d, L); A (d, N); B, C (b, G, N, L); D, delta_bias (d,) -> y (b, d, L)."""
+    b, d, L = u.shape
+    dt = prepare_delta(delta, delta_bias, delta_softplus)
+    Bx = expand_groups(B, d)
+    Cx = expand_groups(C, d)
+    A = A.to(u.dtype)
+    h = u.new_zeros(b, d, A.shape[1])
+    ys = []
+    for t in range(L):
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[:, :, None] * Bx[:, :, :, t]
+        ys.append((h * Cx[:, :, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.to(u.dtype)[:, None] * u
+    return y
