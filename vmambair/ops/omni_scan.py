@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..utils import flops
 from .selective_scan import resolve_backend, selective_scan
 
 # name of the scan backend -> fused implementation with planar_omni_scan's signature
@@ -76,6 +77,8 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     """
     bk = resolve_backend(x.device, backend)
     fused = _FUSED.get(bk.name)
-    if fused is not None and delta.shape[1] == 4:
+    if fused is not None and delta.shape[1] == 4 and not flops.shapes_only():
+        b, d, H, W = x.shape
+        flops.add_scan(b, 4 * d, H * W, A.shape[1])
         return fused(x, delta, A, B, C, D, delta_bias)
     return planar_omni_scan_unfused(x, delta, A, B, C, D, delta_bias, backend=bk.name)

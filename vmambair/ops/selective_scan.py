@@ -25,6 +25,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..utils import flops
+
 ENV_VAR = "VMAMBAIR_SCAN_BACKEND"
 
 
@@ -163,6 +165,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             raise ValueError(f"selective_scan: {name} must be (dim={d},); got {tuple(t.shape)}")
 
     bk = resolve_backend(u.device, backend)
+    flops.add_scan(b, d, L, N)
+    if flops.shapes_only():
+        return u.new_zeros(u.shape)
     out_dtype = u.dtype
     compute = u.dtype if u.dtype in bk.dtypes else torch.float32
     # Parameters (A, D, delta_bias) are always used in fp32 or better.

@@ -1,0 +1,133 @@
+"""The VmambaIR network: configurations, parameter counts, shapes, gradients, registry."""
+import math
+
+import pytest
+import torch
+import yaml
+
+import vmambair  # noqa: F401
+from vmambair.archs import ARCH_REGISTRY, VmambaIR, build_network
+from vmambair.archs.vmambair_arch import ChannelScan, OSSModule, PlanarScan
+from vmambair.utils.flops import count_flops, count_params
+
+TASKS = {
+    "derain": dict(num_blocks=[4, 4, 6, 8], num_refinement_blocks=2, scale=1),
+    "sr_x4": dict(num_blocks=[14, 1, 1, 1], num_refinement_blocks=14, scale=4),
+    "realsr_x4": dict(num_blocks=[6, 2, 2, 1], num_refinement_blocks=6, scale=4),
+}
+
+
+def test_realsr_param_count_matches_paper():
+    n = count_params(VmambaIR(**TASKS["realsr_x4"]))
+    assert abs(n / 10.50e6 - 1) < 1e-3, n
+
+
+def test_param_count_by_hand_for_one_oss_module():
+    """Count the OSS module's parameters from DESIGN.md's formulas, independently of the code."""
+    c, N = 96, 16
+    R = math.ceil(c / 16)
+    planar = 4 * ((R + 2 * N) * c + c * R + c + c * N + c)
+    channel = 2 * ((R + 2 * N) * 1 + 1 * R + 1 + N + 1) + 2 * c
+    expected = (c * 2 * c + 2 * c) + (c * 9 + c) + planar + 2 * c + channel + (c * c + c)
+    assert count_params(OSSModule(c)) == expected
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_task_network_forward_backward_odd_size(task):
+    torch.manual_seed(0)
+    net = VmambaIR(**TASKS[task])
+    H, W = (13, 21) if task == "derain" else (9, 11)
+    x = torch.rand(1, 3, H, W)
+    y = net(x)
+    s = TASKS[task]["scale"]
+    assert y.shape == (1, 3, H * s, W * s)
+    y.mean().backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # every scan parameter takes part in the loss
+    assert net.encoder1[0].oss.planar_scan.ssm.A_logs.grad.abs().sum() > 0
+    assert net.encoder1[0].oss.channel_scan.ssm.dt_projs_bias.grad.abs().sum() > 0
+
+
+def test_same_size_network_is_residual_at_init_scale():
+    net = VmambaIR(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+    torch.nn.init.zeros_(net.tail.weight)
+    x = torch.rand(2, 3, 10, 12)
+    torch.testing.assert_close(net(x), x)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+def test_sr_scales(scale):
+    net = VmambaIR(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, scale=scale)
+    assert net(torch.rand(1, 3, 5, 7)).shape == (1, 3, 5 * scale, 7 * scale)
+
+
+@pytest.mark.parametrize("bad", [5, 6, 16, 1.5])
+def test_unsupported_scale_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="scale must be one of"):
+        VmambaIR(scale=bad)
+
+
+def test_ablations():
+    base = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+    full = VmambaIR(**base)
+    v1, v2, v3, v4 = (VmambaIR(**base, ablation=v) for v in ("V1", "V2", "V3", "V4"))
+    assert v1.encoder1[0].oss.planar_scan.ssm.K == 1 and v1.encoder1[0].oss.channel_scan is None
+    assert v2.encoder1[0].oss.planar_scan.ssm.K == 4 and v2.encoder1[0].oss.channel_scan is None
+    assert v3.encoder1[0].ffn is None
+    assert isinstance(v4.encoder1[0].oss.in_proj.proj, torch.nn.Linear)
+    assert count_params(v4) == count_params(full)  # same weights, other layout
+    # V4 computes the same function as the 1x1-conv network given the same weights
+    target = v4.state_dict()
+    v4.load_state_dict({k: v.reshape(target[k].shape) for k, v in full.state_dict().items()})
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(v4(x), full(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="ablation must be one of"):
+        VmambaIR(ablation="V9")
+
+
+def test_yaml_to_registry_to_network():
+    opt = yaml.safe_load("""
+network_g:
+  type: VmambaIR
+  dim: 8
+  num_blocks: [1, 1, 1, 1]
+  num_refinement_blocks: 1
+  scale: 2
+network_d:
+  type: UNetDiscriminatorSN
+  num_in_ch: 3
+  num_feat: 64
+  skip_connection: true
+""")
+    g = build_network(opt["network_g"])
+    d = build_network(opt["network_d"])
+    assert isinstance(g, VmambaIR) and type(d).__name__ == "UNetDiscriminatorSN"
+    assert ARCH_REGISTRY.get("VmambaIR") is VmambaIR
+    out = d(g(torch.rand(1, 3, 16, 16)))
+    assert out.shape == (1, 1, 32, 32)
+
+
+def test_flops_count_scan_term():
+    """The scan's FLOPs follow 9*b*d*L*N + b*d*L; doubling H doubles a planar scan's count."""
+    ps = PlanarScan(8, rank=1, d_state=4, directions=4)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = ps
+
+        def forward(self, x):
+            return self.p(x.expand(-1, 8, -1, -1))
+
+    f1 = count_flops(Wrap(), (1, 1, 4, 4))
+    f2 = count_flops(Wrap(), (1, 1, 8, 4))
+    L, d, N = 16, 8, 4
+    proj = 4 * L * d * (1 + 2 * N) + 4 * L * 1 * d
+    assert f1 == 9 * 1 * 4 * d * L * N + 4 * d * L + proj
+    assert f2 == 2 * f1
+
+
+def test_channel_scan_shape():
+    cs = ChannelScan(12, rank=1)
+    assert cs(torch.rand(2, 12, 5, 3)).shape == (2, 12, 1, 1)

@@ -1,0 +1,307 @@
+"""VmambaIR (Shi et al. 2024): a UNet of Omni Selective Scan (OSS) blocks.
+
+Shapes follow PyTorch's (batch, channels, height, width). Level widths are C, 2C, 4C, 8C
+(C = ``dim``); the decoder's level 1 and the refinement run at 2C. See ../shared/DESIGN.md
+section 2 for the specification this file implements, parameter for parameter.
+
+Ablations of the paper's Table 4 are constructor options (or ``ablation: V1..V4``):
+V1 one-direction planar scan, no channel scan; V2 four directions, no channel scan;
+V3 no EFFN; V4 linear layers with reshapes instead of 1x1 convolutions.
+"""
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from .. import ops
+from ..utils import flops
+
+ABLATIONS = {
+    "V1": dict(scan_directions=1, channel_scan=False),
+    "V2": dict(scan_directions=4, channel_scan=False),
+    "V3": dict(effn=False),
+    "V4": dict(linear_proj=True),
+}
+SR_SCALES = (1, 2, 3, 4, 8)
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels at each pixel, with weight and bias: (b, c, h, w) -> same."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Pointwise(nn.Module):
+    """1x1 convolution, or (ablation V4) a Linear layer applied after a channels-last reshape."""
+
+    def __init__(self, c_in: int, c_out: int, bias: bool, linear: bool = False):
+        super().__init__()
+        self.linear = linear
+        self.proj = nn.Linear(c_in, c_out, bias=bias) if linear else nn.Conv2d(c_in, c_out, 1, bias=bias)
+
+    def forward(self, x):
+        if self.linear:
+            return self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj(x)
+
+
+class EFFN(nn.Module):
+    """Gated depthwise feed-forward network (Restormer's GDFN): (b, c, h, w) -> same."""
+
+    def __init__(self, c: int, expansion: float = 2.66, linear_proj: bool = False):
+        super().__init__()
+        hidden = int(c * expansion)
+        self.project_in = Pointwise(c, 2 * hidden, bias=False, linear=linear_proj)
+        self.dwconv = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, bias=False)
+        self.project_out = Pointwise(hidden, c, bias=False, linear=linear_proj)
+
+    def forward(self, x):
+        a, b = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(a) * b)
+
+
+def init_dt_bias(n: int, dt_min=1e-3, dt_max=1e-1, floor=1e-4) -> torch.Tensor:
+    """Bias such that softplus(bias) is log-uniform in [dt_min, dt_max] (floored)."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+class SSMParams(nn.Module):
+    """Parameters of K selective scans over ``d`` channels with rank R and state N.
+
+    x_proj_weight (K, R+2N, d): input -> (dt_low_rank, B, C); dt_projs_weight (K, d, R),
+    dt_projs_bias (K, d); A_logs (K*d, N) with S4D-real init; Ds (K*d,) = 1.
+    """
+
+    def __init__(self, K: int, d: int, rank: int, d_state: int):
+        super().__init__()
+        self.K, self.d, self.rank, self.d_state = K, d, rank, d_state
+        self.x_proj_weight = nn.Parameter(torch.empty(K, rank + 2 * d_state, d))
+        bound = d ** -0.5  # nn.Linear's default init for the x projection
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        self.dt_projs_weight = nn.Parameter(torch.empty(K, d, rank).uniform_(-rank ** -0.5, rank ** -0.5))
+        self.dt_projs_bias = nn.Parameter(torch.stack([init_dt_bias(d) for _ in range(K)]))
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(K * d, 1)
+        self.A_logs = nn.Parameter(torch.log(A))
+        self.Ds = nn.Parameter(torch.ones(K * d))
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+
+    def project(self, xs: torch.Tensor):
+        """xs (b, K, d, L) -> delta (b, K, d, L), B (b, K, N, L), C (b, K, N, L)."""
+        b, K, d, L = xs.shape
+        flops.add(b * K * L * d * (self.rank + 2 * self.d_state) + b * K * L * self.rank * d)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dt, B, C = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=2)
+        return torch.einsum("bkrl,kdr->bkdl", dt, self.dt_projs_weight), B, C
+
+    def A(self):
+        return -torch.exp(self.A_logs.float())
+
+
+class PlanarScan(nn.Module):
+    """Selective scans over the pixels in K in {1, 2, 4} orders, summed: (b, d, h, w) -> same."""
+
+    def __init__(self, d: int, rank: int, d_state: int = 16, directions: int = 4, backend: Optional[str] = None):
+        super().__init__()
+        if directions not in (1, 2, 4):
+            raise ValueError(f"scan_directions must be 1, 2 or 4; got {directions}")
+        self.ssm = SSMParams(directions, d, rank, d_state)
+        self.backend = backend
+
+    def forward(self, x):
+        b, d, H, W = x.shape
+        K = self.ssm.K
+        # The projections act per pixel, so they are computed once in the natural layout;
+        # only the scan itself needs each direction's pixel order.
+        delta, B, C = self.ssm.project(x.reshape(b, 1, d, H * W).expand(b, K, d, H * W))
+        return ops.planar_omni_scan(x, delta.view(b, K, d, H, W), self.ssm.A(), B.view(b, K, -1, H, W),
+                                    C.view(b, K, -1, H, W), self.ssm.Ds.float(),
+                                    self.ssm.dt_projs_bias.float().view(-1), backend=self.backend)
+
+
+class ChannelScan(nn.Module):
+    """Channel attention by a bidirectional scan over the pooled channels: (b, d, h, w) -> (b, d, 1, 1).
+
+    The globally pooled map is a sequence of length d with one feature, scanned forward and
+    backward (two groups of one channel each), summed, then LayerNorm over d.
+    """
+
+    def __init__(self, d: int, rank: int, d_state: int = 16, backend: Optional[str] = None):
+        super().__init__()
+        self.ssm = SSMParams(2, 1, rank, d_state)
+        self.norm = nn.LayerNorm(d)
+        self.backend = backend
+
+    def forward(self, y):
+        b, d = y.shape[:2]
+        seq = y.mean((2, 3)).unsqueeze(1)                     # (b, 1, d)
+        xs = torch.stack([seq, seq.flip(-1)], dim=1)          # (b, 2, 1, d)
+        delta, B, C = self.ssm.project(xs)
+        out = ops.selective_scan(xs.reshape(b, 2, d), delta.reshape(b, 2, d), self.ssm.A(), B, C,
+                                 self.ssm.Ds.float(), self.ssm.dt_projs_bias.float().view(-1),
+                                 delta_softplus=True, backend=self.backend)
+        out = out[:, 0] + out[:, 1].flip(-1)                  # (b, d)
+        return self.norm(out).view(b, d, 1, 1)
+
+
+class OSSModule(nn.Module):
+    """Omni selective scan module (expansion 1): (b, c, h, w) -> same."""
+
+    def __init__(self, c: int, d_state: int = 16, scan_directions: int = 4, channel_scan: bool = True,
+                 linear_proj: bool = False, scan_backend: Optional[str] = None):
+        super().__init__()
+        rank = math.ceil(c / 16)
+        self.in_proj = Pointwise(c, 2 * c, bias=True, linear=linear_proj)
+        self.dwconv = nn.Conv2d(c, c, 3, padding=1, groups=c, bias=True)
+        self.planar_scan = PlanarScan(c, rank, d_state, scan_directions, scan_backend)
+        self.out_norm = LayerNorm2d(c)
+        self.channel_scan = ChannelScan(c, rank, d_state, scan_backend) if channel_scan else None
+        self.out_proj = Pointwise(c, c, bias=True, linear=linear_proj)
+
+    def forward(self, x):
+        x, z = self.in_proj(x).chunk(2, dim=1)
+        x = F.silu(self.dwconv(x))
+        y = self.out_norm(self.planar_scan(x)) * F.silu(z)
+        if self.channel_scan is not None:
+            y = y * self.channel_scan(y) + y
+        return self.out_proj(y)
+
+
+class OSSBlock(nn.Module):
+    """Pre-norm residual block: x += OSS(LN(x)); x += EFFN(LN(x)). (b, c, h, w) -> same."""
+
+    def __init__(self, c: int, ffn_expansion_factor: float = 2.66, effn: bool = True, **oss_kwargs):
+        super().__init__()
+        self.norm1 = LayerNorm2d(c)
+        self.oss = OSSModule(c, linear_proj=oss_kwargs.get("linear_proj", False),
+                             **{k: v for k, v in oss_kwargs.items() if k != "linear_proj"})
+        self.norm2 = LayerNorm2d(c) if effn else None
+        self.ffn = EFFN(c, ffn_expansion_factor, oss_kwargs.get("linear_proj", False)) if effn else None
+
+    def forward(self, x):
+        x = x + self.oss(self.norm1(x))
+        if self.ffn is not None:
+            x = x + self.ffn(self.norm2(x))
+        return x
+
+
+def _stage(n: int, c: int, **kw) -> nn.Sequential:
+    return nn.Sequential(*[OSSBlock(c, **kw) for _ in range(n)])
+
+
+def _conv3(c_in: int, c_out: int, bias: bool) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
+
+
+def sr_tail(c: int, scale: int, out_channels: int) -> nn.Sequential:
+    """Pixel-shuffle upsampler (x2 stages, or one x3) then a 3x3 conv to the image, all with bias."""
+    layers = []
+    if scale == 3:
+        layers += [_conv3(c, 9 * c, True), nn.PixelShuffle(3)]
+    else:
+        for _ in range(int(math.log2(scale))):
+            layers += [_conv3(c, 4 * c, True), nn.PixelShuffle(2)]
+    layers.append(_conv3(c, out_channels, True))
+    return nn.Sequential(*layers)
+
+
+@ARCH_REGISTRY.register()
+class VmambaIR(nn.Module):
+    """VmambaIR restoration network: (b, in_channels, H, W) -> (b, out_channels, H*scale, W*scale).
+
+    Any H, W: the input is padded to a multiple of 8 inside and the output cropped back.
+
+    Args:
+        dim: level-1 width C; levels are C, 2C, 4C, 8C.
+        num_blocks: OSS blocks per level N1..N4 (N4 at the latent level).
+        num_refinement_blocks: M_F blocks at 2C after the decoder.
+        scale: 1 for same-size restoration (residual tail), or 2, 3, 4, 8 for super-resolution.
+        d_state: SSM state size N.
+        scan_directions: planar scan directions (4 in the paper; 1 for ablation V1).
+        channel_scan / effn / linear_proj: the paper's ablations (V1/V2, V3, V4).
+        ablation: shortcut for the paper's Table-4 variants, "V1".."V4".
+        scan_backend: force a selective-scan backend (None: automatic).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, dim: int = 48,
+                 num_blocks: Sequence[int] = (4, 4, 6, 8), num_refinement_blocks: int = 2, scale: int = 1,
+                 ffn_expansion_factor: float = 2.66, d_state: int = 16, scan_directions: int = 4,
+                 channel_scan: bool = True, effn: bool = True, linear_proj: bool = False,
+                 ablation: Optional[str] = None, scan_backend: Optional[str] = None):
+        super().__init__()
+        if scale not in SR_SCALES:
+            raise ValueError(f"VmambaIR: scale must be one of {SR_SCALES} (1 = same-size restoration, "
+                             f"others = pixel-shuffle super-resolution); got {scale!r}.")
+        if len(num_blocks) != 4:
+            raise ValueError(f"VmambaIR: num_blocks needs 4 entries (levels 1-3 and the latent); got {list(num_blocks)}")
+        if ablation is not None:
+            if ablation not in ABLATIONS:
+                raise ValueError(f"VmambaIR: ablation must be one of {sorted(ABLATIONS)} or null; got {ablation!r}")
+            cfg = dict(scan_directions=scan_directions, channel_scan=channel_scan, effn=effn, linear_proj=linear_proj)
+            cfg.update(ABLATIONS[ablation])
+            scan_directions, channel_scan, effn, linear_proj = (cfg[k] for k in
+                                                                ("scan_directions", "channel_scan", "effn", "linear_proj"))
+        self.scale = scale
+        self.residual = scale == 1 and in_channels == out_channels
+        kw = dict(ffn_expansion_factor=ffn_expansion_factor, effn=effn, d_state=d_state,
+                  scan_directions=scan_directions, channel_scan=channel_scan, linear_proj=linear_proj,
+                  scan_backend=scan_backend)
+        C = dim
+        n1, n2, n3, n4 = num_blocks
+        self.shallow = _conv3(in_channels, C, False)
+        self.encoder1 = _stage(n1, C, **kw)
+        self.down1 = nn.Sequential(_conv3(C, C // 2, False), nn.PixelUnshuffle(2))
+        self.encoder2 = _stage(n2, 2 * C, **kw)
+        self.down2 = nn.Sequential(_conv3(2 * C, C, False), nn.PixelUnshuffle(2))
+        self.encoder3 = _stage(n3, 4 * C, **kw)
+        self.down3 = nn.Sequential(_conv3(4 * C, 2 * C, False), nn.PixelUnshuffle(2))
+        self.latent = _stage(n4, 8 * C, **kw)
+        self.up3 = nn.Sequential(_conv3(8 * C, 16 * C, False), nn.PixelShuffle(2))
+        self.reduce3 = nn.Conv2d(8 * C, 4 * C, 1, bias=False)
+        self.decoder3 = _stage(n3, 4 * C, **kw)
+        self.up2 = nn.Sequential(_conv3(4 * C, 8 * C, False), nn.PixelShuffle(2))
+        self.reduce2 = nn.Conv2d(4 * C, 2 * C, 1, bias=False)
+        self.decoder2 = _stage(n2, 2 * C, **kw)
+        self.up1 = nn.Sequential(_conv3(2 * C, 4 * C, False), nn.PixelShuffle(2))
+        self.decoder1 = _stage(n1, 2 * C, **kw)  # level 1 keeps the concatenated 2C width
+        self.refinement = _stage(num_refinement_blocks, 2 * C, **kw)
+        self.tail = _conv3(2 * C, out_channels, False) if scale == 1 else sr_tail(2 * C, scale, out_channels)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        H, W = inp.shape[-2:]
+        x = pad_to_multiple(inp, 8)
+        e1 = self.encoder1(self.shallow(x))
+        e2 = self.encoder2(self.down1(e1))
+        e3 = self.encoder3(self.down2(e2))
+        lat = self.latent(self.down3(e3))
+        d3 = self.decoder3(self.reduce3(torch.cat([self.up3(lat), e3], 1)))
+        d2 = self.decoder2(self.reduce2(torch.cat([self.up2(d3), e2], 1)))
+        d1 = self.decoder1(torch.cat([self.up1(d2), e1], 1))
+        out = self.tail(self.refinement(d1))
+        if self.scale == 1:
+            out = out + x if self.residual else out
+        else:
+            out = out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return out[..., : H * self.scale, : W * self.scale]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (b, c, H, W) on the bottom/right to multiples of ``multiple`` (reflect where possible)."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % multiple, (-W) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < H and pw < W else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)

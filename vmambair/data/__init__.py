@@ -1,0 +1,4 @@
+"""Datasets (registered in basicsr's DATASET_REGISTRY) and image reading."""
+from .image_io import DataError, read_image, to_float_bgr  # noqa: F401
+from .paired_dataset import (PairedImageFolderDataset, ResumableBatchSampler,  # noqa: F401
+                             TrainableDataset, pair_files)
