@@ -1,0 +1,1 @@
+"""Training / testing engine: options, checkpoints, distributed context, inference, trainer."""

@@ -1,0 +1,176 @@
+"""Base class of trainable models: named networks, optimizers, schedulers and EMA copies.
+
+A model owns any number of networks (``net_g``; a GAN adds ``net_d``), each with its optimizer
+and scheduler, and knows how to (de)serialise all of it into a training state made only of
+tensors and primitives. The trainer (vmambair.engine.trainer) drives it through:
+
+    model.feed_data(batch)                   # {'lq': (b,3,h,w), 'gt': (b,3,h*s,w*s), ...}
+    losses = model.optimize_parameters(it)   # {'l_pix': tensor, ...} (detached, not yet synced)
+    model.update_learning_rate(it)
+    model.inference_network()                # network used for validation (EMA if enabled)
+    model.state_dict() / load_state_dict()   # everything needed to resume
+    model.save_weights(models_dir, it)
+
+A GAN model subclasses this, builds ``net_d`` with :meth:`build_network` and ``optim_d`` with
+:meth:`build_optimizer`, and overrides :meth:`optimize_parameters`.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vmambair.engine.checkpoint import load_into_network, save_network
+from vmambair.engine.dist import DistContext
+from vmambair.engine.options import Options, build_from_spec
+
+
+class ModelEMA:
+    """Exponential moving average of a network's weights: ``ema = decay*ema + (1-decay)*w``.
+
+    Buffers (e.g. BatchNorm statistics) are copied, not averaged.
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.module = copy.deepcopy(net).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        ema_state = self.module.state_dict()
+        for name, value in net.state_dict().items():
+            target = ema_state[name]
+            if target.dtype.is_floating_point:
+                target.lerp_(value.detach(), 1.0 - self.decay)
+            else:
+                target.copy_(value)
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+
+class BaseModel:
+    """Holds networks / optimizers / schedulers / EMA by name; subclasses define the step.
+
+    Args:
+        opt: validated options.
+        ctx: distributed context (device, rank, world size).
+    """
+
+    def __init__(self, opt: Options, ctx: DistContext):
+        self.opt = opt
+        self.ctx = ctx
+        self.device = ctx.device
+        self.is_train = opt.is_train
+        self.networks: Dict[str, nn.Module] = {}      # plain modules (saved, validated)
+        self.wrapped: Dict[str, nn.Module] = {}       # DDP wrappers used for training forwards
+        self.optimizers: Dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: Dict[str, Any] = {}
+        self.ema: Dict[str, ModelEMA] = {}
+
+    # ------------------------------------------------------------------ construction helpers
+    def build_network(self, name: str, spec: Dict[str, Any], pretrained: Optional[str] = None,
+                      param_key: str = "params", strict: bool = True) -> nn.Module:
+        """Instantiate ``spec`` from ARCH_REGISTRY, load ``pretrained`` weights, register as ``name``."""
+        net = build_from_spec("arch", spec)
+        if pretrained:
+            load_into_network(net, pretrained, key=param_key, strict=strict)
+        net = net.to(self.device)
+        self.networks[name] = net
+        self.wrapped[name] = net
+        return net
+
+    def wrap_for_training(self, name: str) -> nn.Module:
+        """Wrap network ``name`` in DDP when running distributed (after EMA copies are made)."""
+        net = self.networks[name]
+        if self.ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped[name] = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+        return self.wrapped[name]
+
+    def build_optimizer(self, name: str, net_name: str, spec: Dict[str, Any]) -> torch.optim.Optimizer:
+        params = [p for p in self.networks[net_name].parameters() if p.requires_grad]
+        optimizer = build_from_spec("optim", spec, params)
+        self.optimizers[name] = optimizer
+        return optimizer
+
+    def build_scheduler(self, optimizer_name: str, spec: Optional[Dict[str, Any]]) -> None:
+        if spec is not None:
+            self.schedulers[optimizer_name] = build_from_spec("scheduler", spec, self.optimizers[optimizer_name])
+
+    def enable_ema(self, net_name: str, decay: float) -> None:
+        if decay and decay > 0:
+            self.ema[net_name] = ModelEMA(self.networks[net_name], decay)
+
+    # ------------------------------------------------------------------ interface
+    def feed_data(self, batch: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def optimize_parameters(self, iteration: int) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def inference_network(self, use_ema: bool = True) -> nn.Module:
+        """The network to validate / test: EMA copy of ``net_g`` when enabled."""
+        if use_ema and "net_g" in self.ema:
+            return self.ema["net_g"].module
+        return self.networks["net_g"]
+
+    def update_learning_rate(self, iteration: int) -> None:
+        """Step every scheduler once; apply linear warm-up for ``train.warmup_iter`` iterations."""
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        warmup = self.opt.train.warmup_iter if self.opt.train else -1
+        if warmup and warmup > 0 and iteration < warmup:
+            for name, optimizer in self.optimizers.items():
+                lrs = (self.schedulers[name].get_last_lr() if name in self.schedulers
+                       else [g["initial_lr"] if "initial_lr" in g else g["lr"] for g in optimizer.param_groups])
+                for group, lr in zip(optimizer.param_groups, lrs):
+                    group["lr"] = lr * (iteration + 1) / warmup
+
+    def current_learning_rate(self) -> float:
+        first = next(iter(self.optimizers.values()))
+        return first.param_groups[0]["lr"]
+
+    def train_mode(self) -> None:
+        for net in self.networks.values():
+            net.train()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        """Networks, EMA copies, optimizers and schedulers (tensors and primitives only)."""
+        return {
+            "networks": {k: v.state_dict() for k, v in self.networks.items()},
+            "ema": {k: v.state_dict() for k, v in self.ema.items()},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for k, sd in state["networks"].items():
+            self.networks[k].load_state_dict(sd)
+        for k, sd in state.get("ema", {}).items():
+            if k in self.ema:
+                self.ema[k].load_state_dict(sd)
+        for k, sd in state["optimizers"].items():
+            self.optimizers[k].load_state_dict(sd)
+        for k, sd in state.get("schedulers", {}).items():
+            if k in self.schedulers:
+                self.schedulers[k].load_state_dict(sd)
+
+    def save_weights(self, models_dir: str | Path, iteration: int, safetensors: bool = False) -> None:
+        """Write ``net_<x>_<iter>.pth`` and ``net_<x>_latest.pth`` ({'params', 'params_ema'})."""
+        for name, net in self.networks.items():
+            payload = {"params": net}
+            if name in self.ema:
+                payload["params_ema"] = self.ema[name].module
+            for tag in (str(iteration), "latest"):
+                save_network(payload, Path(models_dir) / f"{name}_{tag}.pth", safetensors=safetensors)

@@ -1,0 +1,62 @@
+"""Single-network restoration model (deraining, denoising, deblurring, L1-stage SR).
+
+One step: ``out = net_g(lq)`` under bf16 autocast (CUDA with bf16 only; the selective scan
+itself runs in fp32), pixel loss against ``gt`` in fp32, backward, optional gradient-norm
+clipping, optimizer step, optional EMA update.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+
+import vmambair.compat  # noqa: F401  (before basicsr)
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from vmambair.engine.dist import DistContext
+from vmambair.engine.inference import autocast_context
+from vmambair.engine.options import Options, OptionsError, build_from_spec
+
+from .base_model import BaseModel
+
+
+@MODEL_REGISTRY.register()
+class ImageRestorationModel(BaseModel):
+    """``net_g`` trained with ``train.pixel_opt`` (e.g. L1), ``optim_g``, ``scheduler``."""
+
+    def __init__(self, opt: Options, ctx: DistContext):
+        super().__init__(opt, ctx)
+        p = opt.path
+        self.build_network("net_g", opt.network_g, p.pretrain_network_g, p.param_key_g, p.strict_load_g)
+        if not self.is_train:
+            return
+        t = opt.train
+        if t.pixel_opt is None:
+            raise OptionsError("Option 'train.pixel_opt' is required by ImageRestorationModel "
+                               "(e.g. {type: L1Loss, loss_weight: 1.0}).")
+        self.pixel_loss = build_from_spec("loss", t.pixel_opt).to(self.device)
+        self.enable_ema("net_g", t.ema_decay)
+        self.wrap_for_training("net_g")
+        self.build_optimizer("optim_g", "net_g", t.optim_g)
+        self.build_scheduler("optim_g", t.scheduler)
+        self.clip_grad_norm = t.clip_grad_norm
+        self.bf16 = t.bf16
+        self.train_mode()
+
+    def feed_data(self, batch: Dict[str, Any]) -> None:
+        self.lq = batch["lq"].to(self.device, non_blocking=True)
+        self.gt = batch["gt"].to(self.device, non_blocking=True) if "gt" in batch else None
+
+    def optimize_parameters(self, iteration: int) -> Dict[str, torch.Tensor]:
+        optimizer = self.optimizers["optim_g"]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, self.bf16):
+            output = self.wrapped["net_g"](self.lq)
+        loss = self.pixel_loss(output.float(), self.gt)
+        loss.backward()
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.networks["net_g"].parameters(), self.clip_grad_norm)
+        optimizer.step()
+        if "net_g" in self.ema:
+            self.ema["net_g"].update(self.networks["net_g"])
+        return {"l_pix": loss.detach()}
