@@ -1,0 +1,12 @@
+"""Benchmark a trained network: ``python test.py -opt options/test_derain.yml``.
+
+Prints and writes (results/<name>/metrics.md, metrics.csv) a set x metric table. The engine
+lives in vmambair.engine.tester.
+"""
+import sys
+
+import vmambair  # noqa: F401  (must precede basicsr)
+from vmambair.engine.tester import test_main
+
+if __name__ == "__main__":
+    sys.exit(test_main())

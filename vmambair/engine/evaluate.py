@@ -1,0 +1,99 @@
+"""Evaluate a network on a paired dataset: restore every image, compute metrics, save images.
+
+Used for periodic validation during training and by ``test.py``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import vmambair.compat  # noqa: F401  (before basicsr)
+from basicsr.utils import imwrite, tensor2img
+from basicsr.utils.registry import METRIC_REGISTRY
+
+from .inference import autocast_context, restore_image
+from .options import ValOptions
+
+
+def build_eval_loader(dataset) -> DataLoader:
+    """One whole image per batch (sizes differ), dataset order."""
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
+
+
+@torch.no_grad()
+def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, scale: int, device: torch.device,
+                     bf16: bool = True, save_dir: Optional[str | Path] = None, suffix: Optional[str] = None,
+                     num_samples: int = 0, progress: Optional[Callable[[int, int], None]] = None,
+                     ) -> Tuple[Dict[str, float], int, List[np.ndarray]]:
+    """Restore each image of ``loader`` with ``net`` and average ``val.metrics`` over images.
+
+    Args:
+        net: restoration network ((1,3,H,W) -> (1,3,H*scale,W*scale)); put in eval mode here.
+        loader: batches ``{'lq': (1,3,h,w), 'gt': (1,3,h*s,w*s), 'lq_path': [str]}``.
+        val: pad multiple, tiling, self-ensemble and metric specs
+            ({name: {type: calculate_psnr, crop_border: 0, test_y_channel: true}}).
+        save_dir: if given, restored images are written there as ``<stem>[_suffix].png``.
+        num_samples: also return this many ``[lq | output | gt]`` RGB uint8 strips (TensorBoard).
+
+    Returns:
+        (``{metric name: mean}``, number of images, sample strips HxWx3 RGB uint8).
+    """
+    was_training = net.training
+    net.eval()
+    sums = {name: 0.0 for name in val.metrics}
+    count, samples = 0, []
+    total = len(loader)
+    for batch in loader:
+        lq = batch["lq"].to(device)
+        with autocast_context(device, bf16):
+            out = restore_image(net, lq, scale=scale, tile=val.tile, overlap=val.tile_overlap,
+                                multiple=val.pad_multiple, self_ensemble=val.self_ensemble)
+        out = out.float().clamp_(0, 1).cpu()
+        out_img = tensor2img(out, rgb2bgr=True)  # HxWx3 BGR uint8, the layout basicsr's metrics expect
+        if "gt" in batch and val.metrics:
+            gt_img = tensor2img(batch["gt"], rgb2bgr=True)
+            for name, spec in val.metrics.items():
+                kwargs = {k: v for k, v in spec.items() if k != "type"}
+                sums[name] += float(METRIC_REGISTRY.get(spec["type"])(out_img, gt_img, **kwargs))
+        if save_dir is not None:
+            stem = Path(batch["lq_path"][0]).stem
+            name = f"{stem}_{suffix}.png" if suffix else f"{stem}.png"
+            imwrite(out_img, str(Path(save_dir) / name))
+        if len(samples) < num_samples:
+            strip = [tensor2img(batch["lq"], rgb2bgr=False), tensor2img(out, rgb2bgr=False)]
+            if "gt" in batch:
+                strip.append(tensor2img(batch["gt"], rgb2bgr=False))
+            h = max(s.shape[0] for s in strip)
+            strip = [np.pad(s, ((0, h - s.shape[0]), (0, 0), (0, 0))) for s in strip]
+            samples.append(np.concatenate(strip, axis=1))
+        count += 1
+        if progress:
+            progress(count, total)
+    if was_training:
+        net.train()
+    means = {name: s / max(count, 1) for name, s in sums.items()}
+    return means, count, samples
+
+
+def format_table(rows: List[Tuple[str, int, Dict[str, float]]], metric_names: List[str]) -> Tuple[str, str]:
+    """Markdown and CSV tables of ``(set name, images, {metric: value})`` rows (with a mean row).
+
+    Returns:
+        (markdown text, csv text).
+    """
+    header = ["set", "images"] + metric_names
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    csv = [",".join(header)]
+    for name, n, values in rows:
+        cells = [name, str(n)] + [f"{values[m]:.4f}" for m in metric_names]
+        lines.append("| " + " | ".join(cells) + " |")
+        csv.append(",".join(cells))
+    if len(rows) > 1:
+        mean = {m: float(np.mean([v[m] for _, _, v in rows])) for m in metric_names}
+        cells = ["mean (of sets)", str(sum(n for _, n, _ in rows))] + [f"{mean[m]:.4f}" for m in metric_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n", "\n".join(csv) + "\n"
