@@ -1,0 +1,56 @@
+"""train.py end to end on CPU with a tiny VmambaIR: train -> checkpoint -> resume -> validate,
+and the progressive schedule switching patch and batch size."""
+import json
+
+import pytest
+import torch
+
+import vmambair  # noqa: F401
+from vmambair.engine.checkpoint import load_network_weights, safe_torch_load
+from vmambair.engine.trainer import train_main
+
+from train_helpers import one_thread, tiny_options  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _records(exp):
+    return [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_train_checkpoint_resume_validate(tmp_path, capsys):
+    opt = tiny_options(tmp_path)  # stages: patch 16 x batch 2 for 3 iters, then patch 24 x batch 1
+    assert train_main(["-opt", str(opt), "--set", "train.total_iter=4"]) == 0
+    out = capsys.readouterr().out
+    exp = tmp_path / "experiments" / "tiny"
+    assert "stage 1/2 patch 16 batch 2x1" in out and "stage 2/2 patch 24 batch 1x1" in out
+    assert "Progressive training: stage 2/2, GT patch 24, batch 1 per process, from iteration 4" in out
+    assert sorted(p.name for p in (exp / "training_states").iterdir()) == ["2.state", "4.state"]
+    state = safe_torch_load(exp / "training_states" / "4.state")
+    assert state["iter"] == 4 and state["stage"] == 1 and state["epoch_offset"] == 7  # 3x2 + 1x1 samples
+    assert "Validation Rain100L (2 images) at iteration 3: psnr" in out
+
+    # The same command with a longer schedule continues from iteration 4.
+    assert train_main(["-opt", str(opt)]) == 0
+    out = capsys.readouterr().out
+    assert "at iteration 4 (epoch 0, stage 2)" in out and "iter 5/6" in out and "iter 1/6" not in out
+    weights = torch.load(exp / "models" / "net_g_latest.pth", weights_only=True)
+    assert set(weights) == {"params", "params_ema"}
+    assert load_network_weights(exp / "models" / "net_g_6.pth", key="params_ema").keys() == weights["params"].keys()
+    records = _records(exp)
+    assert [r["iter"] for r in records if "l_pix" in r] == [1, 2, 3, 4, 5, 6]
+    assert {r["iter"] for r in records if r.get("val") == "Rain100L"} == {3, 4, 6}
+    assert all(r["psnr"] > 5 and 0 < r["ssim"] <= 1 for r in records if "val" in r)
+    assert any((tmp_path / "tb_logger" / "tiny").iterdir())
+
+    # Nothing left to do: a third run resumes at 6 and exits at once.
+    assert train_main(["-opt", str(opt)]) == 0
+    assert "finished at iteration 6" in capsys.readouterr().out
+
+
+def test_no_resume_archives_and_restarts(tmp_path, capsys):
+    opt = tiny_options(tmp_path, total_iter=1)
+    assert train_main(["-opt", str(opt), "--set", "val=null"]) == 0
+    assert train_main(["-opt", str(opt), "--set", "val=null", "--no-resume"]) == 0
+    assert "iter 1/1" in capsys.readouterr().out
+    assert len(list((tmp_path / "experiments").glob("tiny_archived_*"))) == 1
