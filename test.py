@@ -6,7 +6,7 @@ lives in vmambair.engine.tester.
 import sys
 
 import vmambair  # noqa: F401  (must precede basicsr)
-from vmambair.engine.tester import test_main
+from vmambair.engine.tester import run_benchmark
 
 if __name__ == "__main__":
-    sys.exit(test_main())
+    sys.exit(run_benchmark())

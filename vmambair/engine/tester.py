@@ -22,7 +22,7 @@ from .evaluate import build_eval_loader, evaluate_dataset, format_table
 from .options import OptionsError, ValOptions, build_from_spec, dataset_phase, load_options
 
 
-def test_main(argv: Optional[List[str]] = None) -> int:
+def run_benchmark(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``test.py``. Returns the exit code (2: invalid options, 1: data/weights error)."""
     p = argparse.ArgumentParser(prog="test.py", description="Evaluate a network on the test sets of an options file.")
     p.add_argument("-opt", "--opt", required=True, help="Path to the test options YAML file.")
