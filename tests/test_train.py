@@ -54,3 +54,26 @@ def test_no_resume_archives_and_restarts(tmp_path, capsys):
     assert train_main(["-opt", str(opt), "--set", "val=null", "--no-resume"]) == 0
     assert "iter 1/1" in capsys.readouterr().out
     assert len(list((tmp_path / "experiments").glob("tiny_archived_*"))) == 1
+
+
+def test_corrupt_training_image_stops_with_its_name(tmp_path, capsys):
+    opt = tiny_options(tmp_path, total_iter=2)
+    bad = tmp_path / "Datasets" / "train" / "Rain13K" / "input" / "3.png"
+    bad.write_bytes(b"not a png")
+    # 4 iterations of batch 2 draw all 8 images, so the bad one is hit.
+    assert train_main(["-opt", str(opt), "--set", "train.total_iter=4", "--set", "val=null",
+                       "--set", "datasets.train.mini_batch_sizes=[2,2]"]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "corrupt" in err
+
+
+def test_pickled_checkpoint_is_refused(tmp_path):
+    import argparse
+
+    import pytest
+
+    from vmambair.engine.checkpoint import CheckpointError, load_network_weights
+    path = tmp_path / "unsafe.pth"
+    torch.save({"params": {"w": torch.zeros(1)}, "args": argparse.Namespace(a=1)}, path)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_network_weights(path)
