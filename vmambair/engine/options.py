@@ -58,7 +58,8 @@ class DatasetOptions:
     name: str = opt(help="Display name (used in logs, tables and result folders).")
     type: str = opt("PairedImageFolderDataset", "Dataset class in DATASET_REGISTRY.", registry="dataset")
     dataroot_gt: str = opt(help="Folder of ground-truth (target) images; relative paths resolve against path.data_root.")
-    dataroot_lq: str = opt(help="Folder of degraded (input) images, same file names as the GT folder.")
+    dataroot_lq: Optional[str] = opt(None, "Folder of degraded (input) images, same file names as the GT folder "
+                                     "(omitted by datasets that synthesise inputs, e.g. RealESRGANGTDataset).")
     meta_info_file: Optional[str] = opt(None, "Optional text file listing GT file names (first token per line), basicsr style.")
     filename_tmpl: str = opt("{}", "LQ file stem template from the GT stem, e.g. '{}_x4'.")
     io_backend: Dict[str, Any] = opt({"type": "disk"}, "basicsr FileClient backend; only {type: disk} is supported here.")
@@ -76,6 +77,8 @@ class DatasetOptions:
     pin_memory: bool = opt(True, "Pin host memory for faster GPU copies.")
     phase: Optional[str] = opt(None, "Set automatically from the key (train / val / test).")
     scale: Optional[int] = opt(None, "Set automatically from the top-level scale.")
+    degradation: Optional[Dict[str, Any]] = opt(None, "Settings of datasets that synthesise their inputs on the fly "
+                                                "(Real-ESRGAN degradation parameters; see docs/sr.md).")
 
 
 @dataclass(kw_only=True)
@@ -491,7 +494,10 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
         ds.dataroot_gt = resolve_data_path(ds.dataroot_gt, opts)
         ds.dataroot_lq = resolve_data_path(ds.dataroot_lq, opts)
         ds.meta_info_file = resolve_data_path(ds.meta_info_file, opts)
-        missing = [(k, getattr(ds, k)) for k in ("dataroot_gt", "dataroot_lq") if not Path(getattr(ds, k)).is_dir()]
+        if ds.dataroot_lq is None and not getattr(_registry("dataset").get(ds.type), "synthesizes_lq", False):
+            raise OptionsError(f"Option 'datasets.{key}.dataroot_lq' is required by {ds.type} (folder of input images).")
+        missing = [(k, getattr(ds, k)) for k in ("dataroot_gt", "dataroot_lq")
+                   if getattr(ds, k) is not None and not Path(getattr(ds, k)).is_dir()]
         if ds.meta_info_file and not Path(ds.meta_info_file).is_file():
             missing.append(("meta_info_file", ds.meta_info_file))
         if missing:
