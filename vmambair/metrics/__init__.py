@@ -3,3 +3,4 @@
 is where vmambair-specific metrics register themselves."""
 import vmambair.compat  # noqa: F401  (before basicsr)
 import basicsr.metrics  # noqa: F401  (fills METRIC_REGISTRY)
+from . import lpips_metric  # noqa: F401,E402  (calculate_lpips, calculate_niqe_score)
