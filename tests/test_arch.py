@@ -131,3 +131,16 @@ def test_flops_count_scan_term():
 def test_channel_scan_shape():
     cs = ChannelScan(12, rank=1)
     assert cs(torch.rand(2, 12, 5, 3)).shape == (2, 12, 1, 1)
+
+
+def test_activation_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    net = VmambaIR(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+    x = torch.rand(1, 3, 16, 16)
+    net(x).square().mean().backward()
+    want = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net.set_activation_checkpointing(True)
+    net(x).square().mean().backward()
+    for g, w in zip((p.grad for p in net.parameters()), want):
+        torch.testing.assert_close(g, w)

@@ -8,6 +8,7 @@ A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
 ``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
 run, and otherwise the unfused path: permute copies -> selective_scan -> merge.
 """
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -17,6 +18,18 @@ from .selective_scan import resolve_backend, selective_scan
 
 # name of the scan backend -> fused implementation with planar_omni_scan's signature
 _FUSED: dict[str, Callable] = {}
+_fused_enabled = True
+
+
+@contextlib.contextmanager
+def fused_omni_scan(enabled: bool):
+    """Allow (default) or forbid the fused kernels, e.g. to time the unfused execution strategy."""
+    global _fused_enabled
+    old, _fused_enabled = _fused_enabled, enabled
+    try:
+        yield
+    finally:
+        _fused_enabled = old
 
 
 def register_fused_omni_scan(backend_name: str, fn: Callable) -> None:
@@ -77,7 +90,7 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     """
     bk = resolve_backend(x.device, backend)
     fused = _FUSED.get(bk.name)
-    if fused is not None and delta.shape[1] == 4 and not flops.shapes_only():
+    if fused is not None and _fused_enabled and delta.shape[1] == 4 and not flops.shapes_only():
         b, d, H, W = x.shape
         flops.add_scan(b, 4 * d, H * W, A.shape[1])
         return fused(x, delta, A, B, C, D, delta_bias)
