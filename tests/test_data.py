@@ -10,7 +10,7 @@ from vmambair.engine.inference import restore_image
 from vmambair.engine.lr_scheduler import CosineAnnealingRestartCyclicLR
 from vmambair.engine.trainer import ProgressiveSchedule
 
-from train_helpers import make_pairs, one_thread  # noqa: F401
+from test_train_helpers import make_pairs, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,3 +112,14 @@ def test_restore_image_tiles_and_pads():
     assert whole.shape == tiled.shape == (1, 3, 37, 45)
     assert torch.allclose(ens, img, atol=1e-6)
     assert (whole - tiled).abs()[..., 4:-4, 4:-4].mean() < 0.05
+
+
+def test_meta_info_file_and_filename_template(tmp_path):
+    folder = make_pairs(tmp_path / "set", 3)
+    for p in (folder / "input").iterdir():
+        p.rename(p.with_name(f"{p.stem}_rain.png"))
+    meta = tmp_path / "meta.txt"
+    meta.write_text("2.png (24,24,3)\n0.png (24,24,3)\n")
+    ds = _dataset(folder, filename_tmpl="{}_rain", meta_info_file=str(meta))
+    assert [p[1].rsplit("/", 1)[1] for p in ds.pairs] == ["2.png", "0.png"]
+    assert ds[0]["lq_path"].endswith("2_rain.png")

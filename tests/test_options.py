@@ -8,7 +8,7 @@ import vmambair  # noqa: F401
 from vmambair.engine.options import OptionsError, load_options
 from vmambair.engine.trainer import train_main
 
-from train_helpers import ROOT, tiny_options
+from test_train_helpers import ROOT, tiny_options
 
 
 @pytest.fixture()

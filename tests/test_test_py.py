@@ -9,7 +9,7 @@ from vmambair.archs import VmambaIR
 from vmambair.engine.checkpoint import save_network
 from vmambair.engine.tester import run_benchmark
 
-from train_helpers import ROOT, TINY_NET, make_pairs, one_thread  # noqa: F401
+from test_train_helpers import ROOT, TINY_NET, make_pairs, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

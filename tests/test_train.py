@@ -9,7 +9,7 @@ import vmambair  # noqa: F401
 from vmambair.engine.checkpoint import load_network_weights, safe_torch_load
 from vmambair.engine.trainer import train_main
 
-from train_helpers import one_thread, tiny_options  # noqa: F401
+from test_train_helpers import one_thread, tiny_options  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ import pytest
 
 from vmambair.engine.trainer import train_main
 
-from train_helpers import ROOT, one_thread, run_script, tiny_options  # noqa: F401
+from test_train_helpers import ROOT, one_thread, run_script, tiny_options  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

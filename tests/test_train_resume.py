@@ -8,7 +8,7 @@ import torch
 from vmambair.engine.checkpoint import FAULT_KILL_DURING_SAVE_ENV
 from vmambair.engine.trainer import train_main
 
-from train_helpers import ROOT, one_thread, run_script, tiny_options  # noqa: F401
+from test_train_helpers import ROOT, one_thread, run_script, tiny_options  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
