@@ -24,6 +24,25 @@ def build_eval_loader(dataset) -> DataLoader:
     return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
 
 
+def _restore_with_oom_fallback(net, lq: torch.Tensor, val: ValOptions, scale: int, device: torch.device,
+                               bf16: bool) -> torch.Tensor:
+    """``restore_image`` with ``val``'s settings; on CUDA out-of-memory, retry in halving tiles."""
+    tile = val.tile
+    while True:
+        try:
+            with autocast_context(device, bf16):
+                return restore_image(net, lq, scale=scale, tile=tile, overlap=val.tile_overlap,
+                                     multiple=val.pad_multiple, self_ensemble=val.self_ensemble)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            current = tile or max(lq.shape[-2:])
+            tile = max(current // 2, 2 * val.tile_overlap, val.pad_multiple)
+            if tile >= current:
+                raise
+            print(f"note: out of GPU memory on a {lq.shape[-1]}x{lq.shape[-2]} image; retrying in {tile}px tiles "
+                  f"(set val.tile to skip this).")
+
+
 @torch.no_grad()
 def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, scale: int, device: torch.device,
                      bf16: bool = True, save_dir: Optional[str | Path] = None, suffix: Optional[str] = None,
@@ -49,9 +68,7 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
     total = len(loader)
     for batch in loader:
         lq = batch["lq"].to(device)
-        with autocast_context(device, bf16):
-            out = restore_image(net, lq, scale=scale, tile=val.tile, overlap=val.tile_overlap,
-                                multiple=val.pad_multiple, self_ensemble=val.self_ensemble)
+        out = _restore_with_oom_fallback(net, lq, val, scale, device, bf16)
         out = out.float().clamp_(0, 1).cpu()
         out_img = tensor2img(out, rgb2bgr=True)  # HxWx3 BGR uint8, the layout basicsr's metrics expect
         if "gt" in batch and val.metrics:
