@@ -6,6 +6,11 @@ from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
 from .vmambair_arch import VmambaIR  # noqa: E402
 
+# basicsr 1.4.2 registers its U-Net discriminator as 'UNetDiscriminatorSN_basicsr' (suffix, to
+# leave the plain name to Real-ESRGAN's package); give it the plain name YAMLs use.
+if "UNetDiscriminatorSN" not in ARCH_REGISTRY._obj_map:
+    ARCH_REGISTRY._obj_map["UNetDiscriminatorSN"] = ARCH_REGISTRY.get("UNetDiscriminatorSN_basicsr")
+
 
 def build_network(opt: dict):
     """Build a registered network from an options dict ``{type: Name, **kwargs}``."""
