@@ -1,0 +1,90 @@
+"""Real-world SR models: Real-ESRGAN's degradation synthesised in ``feed_data`` on the device.
+
+* ``RealSRNetModel``: stage 1, L1 only (Real-ESRGAN's "RealESRNet"), L1 target USM-sharpened
+  when ``degradation.gt_usm``.
+* ``RealSRGANModel``: stage 2, L1 + perceptual + GAN (see SRGANRestorationModel), targets
+  USM-sharpened per ``degradation.{l1,percep,gan}_gt_usm``.
+
+Training batches come from ``RealESRGANGTDataset`` (GT + kernels); ``feed_data`` turns them into
+(lq, gt) pairs with :func:`vmambair.data.degradation.degrade_batch`: fp32 with autocast
+disabled (the bf16 autocast of the step only wraps the networks), no gradients, then the final
+``gt_size`` crop and the training-pair pool. Batches that already hold ``lq`` (paired data)
+are used as they are.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+
+import vmambair.compat  # noqa: F401  (before basicsr)
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from vmambair.data.degradation import (DegradationError, RealESRGANDegradation, TrainingPairPool,
+                                       degrade_batch, parse_degradation)
+from vmambair.engine.dist import DistContext
+from vmambair.engine.options import Options, OptionsError
+
+from .restoration_model import ImageRestorationModel
+from .sr_gan_model import SRGANRestorationModel
+
+
+class RealDegradationMixin:
+    """Adds Real-ESRGAN synthesis to a model's ``feed_data``."""
+
+    def setup_degradation(self) -> None:
+        ds = self.opt.datasets.get("train")
+        if ds is None:
+            raise OptionsError(f"{type(self).__name__} needs 'datasets.train' (type RealESRGANGTDataset).")
+        try:
+            self.degradation = parse_degradation(ds.degradation)
+        except DegradationError as err:
+            raise OptionsError(str(err)) from None
+        self.degrader = RealESRGANDegradation(self.degradation, self.opt.scale).to(self.device)
+        self.pool = TrainingPairPool(self.degradation.queue_size) if self.degradation.queue_size > 0 else None
+        self.gt_usm = None
+
+    def feed_data(self, batch: Dict[str, Any]) -> None:
+        """``{'gt': (b,3,P,P), 'kernel1', 'kernel2', 'sinc_kernel': (b,K,K)}`` -> ``self.lq``
+        (b,3,g/s,g/s), ``self.gt`` and ``self.gt_usm`` (b,3,g,g), g = datasets.train.gt_size."""
+        if "kernel1" not in batch:  # paired data (e.g. fine-tuning on real pairs)
+            super().feed_data(batch)
+            self.gt_usm = self.degrader.sharpen(self.gt) if self.gt is not None else None
+            return
+        gt_size = self.opt.datasets["train"].gt_size
+        self.lq, self.gt, self.gt_usm = degrade_batch(self.degrader, self.pool, batch, gt_size, self.device)
+
+
+@MODEL_REGISTRY.register()
+class RealSRNetModel(RealDegradationMixin, ImageRestorationModel):
+    """Stage 1 of real-world SR: L1 on synthesised pairs (Real-ESRGAN's RealESRNet)."""
+
+    def __init__(self, opt: Options, ctx: DistContext):
+        super().__init__(opt, ctx)
+        if self.is_train:
+            self.setup_degradation()
+
+    def optimize_parameters(self, iteration: int) -> Dict[str, torch.Tensor]:
+        # The L1 target is the USM-sharpened GT when degradation.gt_usm (Real-ESRNet's gt_usm).
+        plain_gt = self.gt
+        if self.degradation.gt_usm and self.gt_usm is not None:
+            self.gt = self.gt_usm
+        try:
+            return super().optimize_parameters(iteration)
+        finally:
+            self.gt = plain_gt
+
+
+@MODEL_REGISTRY.register()
+class RealSRGANModel(RealDegradationMixin, SRGANRestorationModel):
+    """Stage 2 of real-world SR: GAN training on synthesised pairs (Real-ESRGAN)."""
+
+    def __init__(self, opt: Options, ctx: DistContext):
+        super().__init__(opt, ctx)
+        if self.is_train:
+            self.setup_degradation()
+
+    def loss_targets(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s, usm = self.degradation, self.gt_usm if self.gt_usm is not None else self.gt
+        return (usm if s.l1_gt_usm else self.gt, usm if s.percep_gt_usm else self.gt,
+                usm if s.gan_gt_usm else self.gt)
