@@ -1,0 +1,285 @@
+// Host side: argument checks, workspace allocation, launch, and the torch.library schema.
+//
+// Ops (namespace vmambair_scan), all CUDA-only; fake (meta) kernels and autograd formulas are
+// registered from Python (vmambair_scan_cuda/ops.py):
+//   scan_fwd(u, delta, A, B, C, D?, delta_bias?, softplus, nseg) -> (y, states)
+//   scan_bwd(dy, u, delta, A, B, C, D?, delta_bias?, states, softplus, nseg)
+//       -> (du, ddelta, dA, dB, dC, dD, ddelta_bias)     (dD / ddelta_bias empty when absent)
+//   omni_fwd / omni_bwd: the same for the fused four-direction planar scan, taking
+//       x (b, d, H, W), delta (b, 4, d, H, W), A (4d, N), B/C (b, 4, N, H, W), D/bias (4d,)
+//       and returning y (b, d, H, W) = the sum of the four directions.
+// nseg = 0 picks the number of sequence segments automatically (tests force other values).
+// (Not ATen/cuda/CUDAContext.h: it pulls in cuBLAS/cuSPARSE headers that minimal toolkits lack.)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <optional>
+#include <tuple>
+
+#include "scan.h"
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+void check_input(const Tensor& t, const char* name, const Tensor& like) {
+    TORCH_CHECK(t.is_cuda(), "vmambair_scan: ", name, " must be a CUDA tensor");
+    TORCH_CHECK(t.device() == like.device(), "vmambair_scan: ", name, " is on ", t.device(), " but u is on ", like.device());
+    TORCH_CHECK(t.is_contiguous(), "vmambair_scan: ", name, " must be contiguous");
+}
+
+void check_param(const OptTensor& t, const char* name, const Tensor& like, int64_t dim) {
+    if (!t.has_value()) return;
+    check_input(*t, name, like);
+    TORCH_CHECK(t->scalar_type() == at::kFloat, "vmambair_scan: ", name, " must be float32");
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == dim, "vmambair_scan: ", name, " must have shape (", dim, ",), got ", t->sizes());
+}
+
+// Segments per channel: 1 when (batch x channel blocks) fill the GPU, else enough to do so.
+int pick_nseg(int64_t blocks, int nchunks, int64_t requested) {
+    if (requested > 0) return (int)std::min<int64_t>(requested, nchunks);
+    int dev = 0, sms = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t target = 4 * (int64_t)sms;  // ~2 resident blocks per SM, two waves
+    if (blocks * 2 >= target) return 1;
+    const int64_t want = (target + blocks - 1) / blocks;
+    return (int)std::max<int64_t>(1, std::min<int64_t>(want, nchunks));
+}
+
+struct Geometry {
+    int64_t batch, dim, L, N, G, H = 0, W = 0, d = 0;
+};
+
+// Fills the sizes shared by forward and backward and checks the shapes.
+Geometry check_shapes(bool omni, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                      const Tensor& C) {
+    Geometry g{};
+    const auto dt = u.scalar_type();
+    TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+                "vmambair_scan: inputs must be float32, bfloat16 or float16, got ", dt);
+    const Tensor* same[] = {&delta, &B, &C};
+    const char* names[] = {"delta", "B", "C"};
+    for (int i = 0; i < 3; ++i) {
+        const Tensor& t = *same[i];
+        const char* name = names[i];
+        check_input(t, name, u);
+        TORCH_CHECK(t.scalar_type() == dt, "vmambair_scan: ", name, " has dtype ", t.scalar_type(),
+                    " but u has ", dt, " (cast u, delta, B, C to one dtype)");
+    }
+    check_input(u, "u", u);
+    check_input(A, "A", u);
+    TORCH_CHECK(A.scalar_type() == at::kFloat, "vmambair_scan: A must be float32");
+    TORCH_CHECK(A.dim() == 2, "vmambair_scan: A must be (channels, N)");
+    g.N = A.size(1);
+    TORCH_CHECK(g.N >= 1 && g.N <= vss::kMaxN, "vmambair_scan: state size N must be in [1, ", vss::kMaxN, "], got ", g.N);
+    if (!omni) {
+        TORCH_CHECK(u.dim() == 3, "vmambair_scan: u must be (batch, dim, L), got ", u.sizes());
+        g.batch = u.size(0); g.dim = u.size(1); g.L = u.size(2);
+        TORCH_CHECK(delta.sizes() == u.sizes(), "vmambair_scan: delta must match u ", u.sizes(), ", got ", delta.sizes());
+        TORCH_CHECK(A.size(0) == g.dim, "vmambair_scan: A must be (", g.dim, ", N), got ", A.sizes());
+        TORCH_CHECK(B.dim() == 4 && B.size(0) == g.batch && B.size(2) == g.N && B.size(3) == g.L,
+                    "vmambair_scan: B must be (batch, G, N, L) = (", g.batch, ", G, ", g.N, ", ", g.L, "), got ", B.sizes());
+        g.G = B.size(1);
+        TORCH_CHECK(g.G >= 1 && g.dim % g.G == 0, "vmambair_scan: the number of groups G=", g.G, " must divide dim=", g.dim);
+    } else {
+        TORCH_CHECK(u.dim() == 4, "vmambair_scan: x must be (batch, d, H, W), got ", u.sizes());
+        g.batch = u.size(0); g.d = u.size(1); g.H = u.size(2); g.W = u.size(3);
+        g.L = g.H * g.W; g.G = 4; g.dim = 4 * g.d;
+        TORCH_CHECK(delta.dim() == 5 && delta.size(0) == g.batch && delta.size(1) == 4 && delta.size(2) == g.d &&
+                    delta.size(3) == g.H && delta.size(4) == g.W,
+                    "vmambair_scan: delta must be (batch, 4, d, H, W), got ", delta.sizes());
+        TORCH_CHECK(A.size(0) == g.dim, "vmambair_scan: A must be (4*d=", g.dim, ", N), got ", A.sizes());
+        TORCH_CHECK(B.dim() == 5 && B.size(0) == g.batch && B.size(1) == 4 && B.size(2) == g.N && B.size(3) == g.H &&
+                    B.size(4) == g.W, "vmambair_scan: B must be (batch, 4, N, H, W), got ", B.sizes());
+    }
+    TORCH_CHECK(C.sizes() == B.sizes(), "vmambair_scan: C must match B ", B.sizes(), ", got ", C.sizes());
+    // Positions are int32 inside the kernels (offsets are int64).
+    TORCH_CHECK(g.L <= (int64_t)INT32_MAX - vss::kChunk, "vmambair_scan: sequence length ", g.L, " is too long");
+    TORCH_CHECK(g.batch <= 65535, "vmambair_scan: batch must be <= 65535");
+    return g;
+}
+
+vss::ScanParams make_params(bool omni, const Geometry& g, const Tensor& u, const Tensor& delta, const Tensor& A,
+                            const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& bias,
+                            bool softplus) {
+    vss::ScanParams p;
+    p.batch = (int)g.batch; p.dim = (int)g.dim; p.L = (int)g.L; p.N = (int)g.N; p.G = (int)g.G;
+    p.cpg = (int)(g.dim / g.G);
+    p.bpg = (p.cpg + vss::kWarps - 1) / vss::kWarps;
+    p.nchunks = (int)((g.L + vss::kChunk - 1) / vss::kChunk);
+    p.H = (int)g.H; p.W = (int)g.W;
+    p.softplus = softplus;
+    p.u = u.data_ptr(); p.delta = delta.data_ptr(); p.B = B.data_ptr(); p.C = C.data_ptr();
+    p.A = A.data_ptr<float>();
+    p.D = D.has_value() ? D->data_ptr<float>() : nullptr;
+    p.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+    (void)omni;
+    return p;
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+template <typename F>
+void dispatch(at::ScalarType t, F&& f) {
+    switch (t) {
+        case at::kFloat: f(float{}); break;
+        case at::kBFloat16: f(__nv_bfloat16{}); break;
+        case at::kHalf: f(__half{}); break;
+        default: TORCH_CHECK(false, "vmambair_scan: unsupported dtype ", t);
+    }
+}
+
+void set_segments(vss::ScanParams& p, int64_t nseg_req, const Tensor& like, Tensor& seg_S, Tensor& seg_H,
+                  Tensor& seg_carry) {
+    const int64_t blocks = (int64_t)p.batch * p.G * p.bpg;
+    p.nseg = pick_nseg(blocks, p.nchunks, nseg_req);
+    p.cps = (p.nchunks + p.nseg - 1) / p.nseg;
+    p.nseg = (p.nchunks + p.cps - 1) / p.cps;  // no empty segments
+    TORCH_CHECK(p.nseg <= 2147483647, "vmambair_scan: too many segments");
+    if (p.nseg > 1) {
+        auto f = like.options().dtype(at::kFloat);
+        seg_S = at::empty({p.batch, p.dim, p.nseg}, f);
+        seg_H = at::empty({p.batch, p.dim, p.nseg, p.N}, f);
+        seg_carry = at::empty({p.batch, p.dim, p.nseg, p.N}, f);
+        p.seg_S = seg_S.data_ptr<float>();
+        p.seg_H = seg_H.data_ptr<float>();
+        p.seg_carry = seg_carry.data_ptr<float>();
+    }
+}
+
+std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& delta, const Tensor& A,
+                                      const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& bias,
+                                      bool softplus, int64_t nseg) {
+    const Geometry g = check_shapes(omni, u, delta, A, B, C);
+    check_param(D, "D", u, g.dim);
+    check_param(bias, "delta_bias", u, g.dim);
+    c10::cuda::CUDAGuard guard(u.device());
+    const int64_t nchunks = (g.L + vss::kChunk - 1) / vss::kChunk;
+    Tensor states = at::empty({g.batch, g.dim, nchunks, g.N}, u.options().dtype(at::kFloat));
+    Tensor y = omni ? at::zeros({g.batch, g.d, g.H, g.W}, u.options().dtype(at::kFloat)) : at::empty_like(u);
+    if (g.batch == 0 || g.dim == 0 || g.L == 0) return {omni ? y.to(u.scalar_type()) : y, states};
+
+    vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
+    Tensor seg_S, seg_H, seg_carry;
+    set_segments(p, nseg, u, seg_S, seg_H, seg_carry);
+    p.y = y.data_ptr();
+    p.states = states.data_ptr<float>();
+    p.vec = !omni && g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y);
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    dispatch(u.scalar_type(), [&](auto tag) { vss::launch_fwd<decltype(tag)>(p, omni, stream); });
+    if (omni && u.scalar_type() != at::kFloat) y = y.to(u.scalar_type());
+    return {y, states};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
+    bool omni, const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+    const Tensor& C, const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg) {
+    const Geometry g = check_shapes(omni, u, delta, A, B, C);
+    check_param(D, "D", u, g.dim);
+    check_param(bias, "delta_bias", u, g.dim);
+    check_input(dy, "dy", u);
+    TORCH_CHECK(dy.sizes() == u.sizes(), "vmambair_scan: dy must match u ", u.sizes(), ", got ", dy.sizes());
+    TORCH_CHECK(dy.scalar_type() == u.scalar_type(), "vmambair_scan: dy must have u's dtype");
+    check_input(states, "states", u);
+    const int64_t nchunks = (g.L + vss::kChunk - 1) / vss::kChunk;
+    TORCH_CHECK(states.scalar_type() == at::kFloat && states.dim() == 4 && states.size(0) == g.batch &&
+                states.size(1) == g.dim && states.size(2) == nchunks && states.size(3) == g.N,
+                "vmambair_scan: states do not match the inputs (pass the states returned by the forward)");
+    c10::cuda::CUDAGuard guard(u.device());
+    auto f32 = u.options().dtype(at::kFloat);
+    Tensor du = omni ? at::zeros(u.sizes(), f32) : at::empty_like(u);
+    Tensor ddelta = at::empty_like(delta);
+    Tensor dA = at::zeros(A.sizes(), f32);
+    Tensor dB = at::zeros(B.sizes(), f32);
+    Tensor dC = at::zeros(C.sizes(), f32);
+    Tensor dD = D.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
+    Tensor dbias = bias.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
+    if (g.batch > 0 && g.dim > 0 && g.L > 0) {
+        vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
+        Tensor seg_S, seg_H, seg_carry;
+        set_segments(p, nseg, u, seg_S, seg_H, seg_carry);
+        p.states = states.data_ptr<float>();
+        p.dy = dy.data_ptr();
+        p.du = du.data_ptr();
+        p.ddelta = ddelta.data_ptr();
+        p.dA = dA.data_ptr<float>();
+        p.dB = dB.data_ptr<float>();
+        p.dC = dC.data_ptr<float>();
+        p.dD = D.has_value() ? dD.data_ptr<float>() : nullptr;
+        p.dbias = bias.has_value() ? dbias.data_ptr<float>() : nullptr;
+        p.vec = !omni && g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.dy) &&
+                aligned16(p.du) && aligned16(p.ddelta);
+        auto stream = c10::cuda::getCurrentCUDAStream();
+        dispatch(u.scalar_type(), [&](auto tag) { vss::launch_bwd<decltype(tag)>(p, omni, stream); });
+    } else {
+        ddelta.zero_();
+        if (!omni) du.zero_();
+    }
+    const auto dt = u.scalar_type();
+    if (dt != at::kFloat) {
+        du = du.to(dt);
+        dB = dB.to(dt);
+        dC = dC.to(dt);
+    }
+    return {du, ddelta, dA, dB, dC, dD, dbias};
+}
+
+std::tuple<Tensor, Tensor> scan_fwd(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                    const Tensor& C, const OptTensor& D, const OptTensor& bias, bool softplus,
+                                    int64_t nseg) {
+    return fwd_common(false, u, delta, A, B, C, D, bias, softplus, nseg);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scan_bwd(
+    const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+    const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg) {
+    return bwd_common(false, dy, u, delta, A, B, C, D, bias, states, softplus, nseg);
+}
+
+std::tuple<Tensor, Tensor> omni_fwd(const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                    const Tensor& C, const OptTensor& D, const OptTensor& bias, bool softplus,
+                                    int64_t nseg) {
+    return fwd_common(true, x, delta, A, B, C, D, bias, softplus, nseg);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> omni_bwd(
+    const Tensor& dy, const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+    const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg) {
+    return bwd_common(true, dy, x, delta, A, B, C, D, bias, states, softplus, nseg);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(vmambair_scan, m) {
+    m.def("scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, "
+          "bool softplus, int nseg=0) -> (Tensor, Tensor)");
+    m.def("scan_bwd(Tensor dy, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+          "Tensor? delta_bias, Tensor states, bool softplus, int nseg=0) "
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("omni_fwd(Tensor x, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, "
+          "bool softplus, int nseg=0) -> (Tensor, Tensor)");
+    m.def("omni_bwd(Tensor dy, Tensor x, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+          "Tensor? delta_bias, Tensor states, bool softplus, int nseg=0) "
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(vmambair_scan, CUDA, m) {
+    m.impl("scan_fwd", &scan_fwd);
+    m.impl("scan_bwd", &scan_bwd);
+    m.impl("omni_fwd", &omni_fwd);
+    m.impl("omni_bwd", &omni_bwd);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "VmambaIR selective-scan CUDA kernels; the ops live in torch.ops.vmambair_scan";
+    m.attr("CHUNK") = vss::kChunk;
+    m.attr("MAX_N") = vss::kMaxN;
+    m.def("cuda_version", []() { return CUDART_VERSION; }, "CUDA version the extension was compiled with");
+}

@@ -1,0 +1,91 @@
+// Selective scan for VmambaIR: shared declarations of the CUDA kernels and their launchers.
+//
+// Recurrence (per channel c, state n, diagonal A):
+//   dt_t = softplus(delta_t + bias_c) (or delta_t + bias_c)
+//   h_t  = exp(dt_t * A[c,n]) * h_{t-1} + dt_t * B[g,n,t] * u_t        (g = group of c)
+//   y_t  = sum_n C[g,n,t] * h_t + D[c] * u_t
+//
+// Work decomposition (see scan_fwd.cuh / scan_bwd.cuh):
+//   * a chunk is kChunk = 32 * kK consecutive positions; inside a chunk, lane l of a warp
+//     owns positions [l*kK, l*kK + kK) and scans them sequentially, and a warp-wide
+//     Kogge-Stone scan of the lanes' affine maps (h -> P*h + X) joins the lanes;
+//   * one warp is one channel; a block is kWarps channels of the SAME group, so the
+//     block stages that group's B/C chunk in shared memory once for all its warps and
+//     reduces dB/dC over its warps before touching global memory;
+//   * a warp walks the chunks of one "segment" of the sequence, carrying the state per n
+//     from chunk to chunk. When (batch x channels) alone cannot fill the GPU, the sequence
+//     is cut into several segments: a summary pass computes each segment's affine map,
+//     a tiny combine kernel chains them, and the main pass starts every segment from its
+//     exact incoming state. Any length works; nothing is truncated.
+//   * the forward saves the state at every chunk start (fp32, (b, dim, nchunks, N)), so the
+//     backward recomputes states chunk by chunk instead of storing them all.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cstdint>
+
+namespace vss {
+
+constexpr int kK = 8;                  // consecutive positions per lane
+constexpr int kWarps = 8;              // channels per block, one per warp
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunk = 32 * kK;        // positions per chunk
+constexpr int kMaxN = 16;              // largest state size
+constexpr int kRedStride = 32 * (kK + 1);  // padded row of the dB/dC reduction buffer (no bank conflicts)
+
+static_assert(kChunk == kThreads, "B/C staging maps thread i to chunk position i");
+
+struct ScanParams {
+    // geometry
+    int batch = 0;
+    int dim = 0;      // scan channels (plain: d; omni: 4*d, direction-major)
+    int L = 0;        // sequence length (omni: H*W)
+    int N = 0;        // state size
+    int G = 1;        // groups of B/C (omni: 4, one per direction)
+    int cpg = 0;      // channels per group = dim / G (omni: d)
+    int bpg = 0;      // blocks per group = ceil(cpg / kWarps)
+    int nchunks = 0;  // ceil(L / kChunk)
+    int nseg = 1;     // segments per channel
+    int cps = 0;      // chunks per segment
+    int H = 0, W = 0; // omni only
+    bool softplus = false;
+    bool vec = false; // plain mode: rows may be read/written with 16-byte accesses
+
+    // inputs (dtype T unless float)
+    const void* u = nullptr;      // plain (b, dim, L); omni x (b, d, L)
+    const void* delta = nullptr;  // (b, dim, L) (omni: (b, 4, d, H, W) is the same memory)
+    const void* B = nullptr;      // (b, G, N, L)
+    const void* C = nullptr;      // (b, G, N, L)
+    const float* A = nullptr;     // (dim, N)
+    const float* D = nullptr;     // (dim,) or null
+    const float* bias = nullptr;  // (dim,) or null
+
+    // forward outputs / workspaces
+    void* y = nullptr;            // plain: T (b, dim, L); omni: float accumulator (b, d, L), zeroed
+    float* states = nullptr;      // (b, dim, nchunks, N): state before each chunk's first position
+    float* seg_S = nullptr;       // (b, dim, nseg): sum of dt over each segment
+    float* seg_H = nullptr;       // (b, dim, nseg, N): segment summary (zero incoming state)
+    float* seg_carry = nullptr;   // (b, dim, nseg, N): exact incoming carry of each segment
+
+    // backward
+    const void* dy = nullptr;     // plain T (b, dim, L); omni T (b, d, L)
+    void* du = nullptr;           // plain T (b, dim, L); omni float accumulator (b, d, L), zeroed
+    void* ddelta = nullptr;       // T, delta's layout
+    float* dA = nullptr;          // (dim, N), zeroed
+    float* dB = nullptr;          // (b, G, N, L) float, zeroed
+    float* dC = nullptr;          // (b, G, N, L) float, zeroed
+    float* dD = nullptr;          // (dim,) zeroed, or null
+    float* dbias = nullptr;       // (dim,) zeroed, or null
+};
+
+// T in {float, __nv_bfloat16, __half}; defined in fwd_*.cu / bwd_*.cu.
+template <typename T> void launch_fwd(const ScanParams& p, bool omni, cudaStream_t stream);
+template <typename T> void launch_bwd(const ScanParams& p, bool omni, cudaStream_t stream);
+
+// Chains segment summaries into exact incoming carries (combine.cu).
+//   forward:  carry[0] = 0,        carry[s] = exp(A*S[s-1]) * carry[s-1] + H[s-1]
+//   backward: carry[nseg-1] = 0,   carry[s] = exp(A*S[s+1]) * carry[s+1] + H[s+1]
+void launch_combine(const float* seg_S, const float* seg_H, const float* A, float* carry,
+                    int rows, int dim, int N, int nseg, bool reverse, cudaStream_t stream);
+
+}  // namespace vss
