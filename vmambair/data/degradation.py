@@ -247,8 +247,8 @@ class RealESRGANDegradation(nn.Module):
         settings: parsed ``datasets.train.degradation``.
         scale: SR factor (4).
 
-    ``forward(gt, kernel1, kernel2, sinc_kernel)`` with ``gt`` (b, 3, H, W) RGB in [0, 1] and
-    kernels (b, K, K) returns ``lq`` (b, 3, H // scale, W // scale) in [0, 1], quantised to
+    ``forward(gt, kernel1, kernel2, sinc_kernel, sharpen_input=True)`` with ``gt`` (b, 3, H, W) RGB
+    in [0, 1] and kernels (b, K, K) returns ``lq`` (b, 3, H // scale, W // scale) in [0, 1], quantised to
     multiples of 1/255. It always computes in fp32, with autocast disabled: bf16 rounding would
     change the noise and JPEG statistics the network learns to undo.
     """
@@ -268,14 +268,15 @@ class RealESRGANDegradation(nn.Module):
 
     @torch.no_grad()
     def forward(self, gt: torch.Tensor, kernel1: torch.Tensor, kernel2: torch.Tensor,
-                sinc_kernel: torch.Tensor) -> torch.Tensor:
+                sinc_kernel: torch.Tensor, sharpen_input: bool = True) -> torch.Tensor:
         s = self.s
         with torch.autocast(device_type=gt.device.type, enabled=False):
             gt = gt.float()
             h, w = gt.shape[-2:]
             lq_size = (h // self.scale, w // self.scale)
-            # First order: blur, resize, noise, JPEG. Real-ESRGAN blurs the USM-sharpened GT.
-            out = filter2D(self.usm_sharpener(gt), kernel1.float())
+            # First order: blur, resize, noise, JPEG. Real-ESRGAN blurs the USM-sharpened GT
+            # (RealESRNet only when gt_usm: sharpen_input=False blurs the plain GT).
+            out = filter2D(self.usm_sharpener(gt) if sharpen_input else gt, kernel1.float())
             out = _random_resize(out, s.resize_prob, s.resize_range)
             out = _random_noise(out, s.gaussian_noise_prob, s.noise_range, s.poisson_scale_range, s.gray_noise_prob)
             out = self._jpeg(out, s.jpeg_range)
@@ -347,20 +348,23 @@ class TrainingPairPool:
 
 
 def degrade_batch(degrader: RealESRGANDegradation, pool: Optional[TrainingPairPool], batch: Dict[str, Any],
-                  gt_size: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  gt_size: int, device: torch.device, sharpen_input: bool = True
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Everything Real-ESRGAN's ``feed_data`` does, on ``device``.
 
     Args:
         batch: ``{'gt': (b,3,P,P), 'kernel1', 'kernel2', 'sinc_kernel': (b,K,K)}`` from the dataset
             (P = crop_pad_size).
         gt_size: final GT patch (e.g. 256); the LQ patch is gt_size // scale.
+        sharpen_input: degrade the USM-sharpened GT (Real-ESRGAN) or the plain GT (RealESRNet
+            with ``gt_usm: false``).
 
     Returns:
         ``(lq, gt, gt_usm)``: (b,3,gt_size/s,gt_size/s), (b,3,gt_size,gt_size) twice; fp32 in [0,1].
     """
     gt = batch["gt"].to(device, non_blocking=True).float()
     k1, k2, sinc = (batch[k].to(device, non_blocking=True) for k in ("kernel1", "kernel2", "sinc_kernel"))
-    lq = degrader(gt, k1, k2, sinc)
+    lq = degrader(gt, k1, k2, sinc, sharpen_input=sharpen_input)
     gt, lq = paired_random_crop(gt, lq, gt_size, degrader.scale)  # tensors in, tensors out
     if pool is not None:
         lq, gt = pool(lq, gt)

@@ -18,6 +18,8 @@ from basicsr.data.transforms import augment
 from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
+from vmambair.engine.options import OptionsError
+
 from .degradation import DegradationError, parse_degradation, sample_kernels, seeded_global_rngs
 from .image_io import DataError, is_image_file, read_image
 from .paired_dataset import Item, TrainableDataset
@@ -64,8 +66,8 @@ class RealESRGANGTDataset(TrainableDataset):
         get = (lambda k, d=None: getattr(opt, k, d)) if not isinstance(opt, dict) else (lambda k, d=None: opt.get(k, d))
         try:
             self.settings = parse_degradation(get("degradation"))
-        except DegradationError as err:
-            raise DataError(str(err)) from None
+        except DegradationError as err:  # a wrong option: train.py exits 2, like other option errors
+            raise OptionsError(str(err)) from None
         self.use_hflip = bool(get("use_hflip", True))
         self.use_rot = bool(get("use_rot", False))
         self.phase = get("phase") or "train"
@@ -75,8 +77,9 @@ class RealESRGANGTDataset(TrainableDataset):
 
     def set_patch_size(self, gt_size: int) -> None:
         if int(gt_size) > self.settings.crop_pad_size:
-            raise DataError(f"datasets.train.gt_size ({gt_size}) exceeds degradation.crop_pad_size "
-                            f"({self.settings.crop_pad_size}); the final crop must fit in the degraded patch.")
+            raise OptionsError(f"Option 'datasets.train.gt_size' ({gt_size}) exceeds 'datasets.train.degradation."
+                               f"crop_pad_size' ({self.settings.crop_pad_size}); the final crop must fit in the "
+                               f"degraded patch: lower gt_size or raise crop_pad_size.")
         self.gt_size = int(gt_size)
 
     def __len__(self) -> int:

@@ -41,8 +41,17 @@ class RealDegradationMixin:
         except DegradationError as err:
             raise OptionsError(str(err)) from None
         self.degrader = RealESRGANDegradation(self.degradation, self.opt.scale).to(self.device)
-        self.pool = TrainingPairPool(self.degradation.queue_size) if self.degradation.queue_size > 0 else None
+        q = self.degradation.queue_size
+        batches = ds.mini_batch_sizes or [ds.batch_size_per_gpu]
+        if q > 0 and any(q % b for b in batches):
+            b = next(b for b in batches if q % b)
+            raise OptionsError(f"Option 'datasets.train.degradation.queue_size' ({q}) must be a multiple of the "
+                               f"per-GPU batch size ({b}) for the training-pair pool, e.g. {b * max(1, q // b)}; "
+                               f"or 0 to turn the pool off.")
+        self.pool = TrainingPairPool(q) if q > 0 else None
         self.gt_usm = None
+        # Real-ESRGAN degrades the USM-sharpened GT; RealESRNet does so only with gt_usm.
+        self.sharpen_input = True
 
     def feed_data(self, batch: Dict[str, Any]) -> None:
         """``{'gt': (b,3,P,P), 'kernel1', 'kernel2', 'sinc_kernel': (b,K,K)}`` -> ``self.lq``
@@ -52,7 +61,8 @@ class RealDegradationMixin:
             self.gt_usm = self.degrader.sharpen(self.gt) if self.gt is not None else None
             return
         gt_size = self.opt.datasets["train"].gt_size
-        self.lq, self.gt, self.gt_usm = degrade_batch(self.degrader, self.pool, batch, gt_size, self.device)
+        self.lq, self.gt, self.gt_usm = degrade_batch(self.degrader, self.pool, batch, gt_size, self.device,
+                                                      sharpen_input=self.sharpen_input)
 
 
 @MODEL_REGISTRY.register()
@@ -63,6 +73,7 @@ class RealSRNetModel(RealDegradationMixin, ImageRestorationModel):
         super().__init__(opt, ctx)
         if self.is_train:
             self.setup_degradation()
+            self.sharpen_input = self.degradation.gt_usm
 
     def optimize_parameters(self, iteration: int) -> Dict[str, torch.Tensor]:
         # The L1 target is the USM-sharpened GT when degradation.gt_usm (Real-ESRNet's gt_usm).
