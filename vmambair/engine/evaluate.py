@@ -59,11 +59,14 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
         num_samples: also return this many ``[lq | output | gt]`` RGB uint8 strips (TensorBoard).
 
     Returns:
-        (``{metric name: mean}``, number of images, sample strips HxWx3 RGB uint8).
+        (``{metric name: mean}``, number of images, sample strips HxWx3 RGB uint8). Images
+        without ground truth get only no-reference metrics (``fn.no_reference``, e.g. NIQE); a
+        metric computed on no image is left out of the dict.
     """
     was_training = net.training
     net.eval()
     sums = {name: 0.0 for name in val.metrics}
+    counts = {name: 0 for name in val.metrics}
     count, samples = 0, []
     total = len(loader)
     for batch in loader:
@@ -71,11 +74,14 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
         out = _restore_with_oom_fallback(net, lq, val, scale, device, bf16)
         out = out.float().clamp_(0, 1).cpu()
         out_img = tensor2img(out, rgb2bgr=True)  # HxWx3 BGR uint8, the layout basicsr's metrics expect
-        if "gt" in batch and val.metrics:
-            gt_img = tensor2img(batch["gt"], rgb2bgr=True)
-            for name, spec in val.metrics.items():
-                kwargs = {k: v for k, v in spec.items() if k != "type"}
-                sums[name] += float(METRIC_REGISTRY.get(spec["type"])(out_img, gt_img, **kwargs))
+        gt_img = tensor2img(batch["gt"], rgb2bgr=True) if "gt" in batch else None
+        for name, spec in val.metrics.items():
+            fn = METRIC_REGISTRY.get(spec["type"])
+            if gt_img is None and not getattr(fn, "no_reference", False):
+                continue  # full-reference metric on a set without ground truth
+            kwargs = {k: v for k, v in spec.items() if k != "type"}
+            sums[name] += float(fn(out_img, gt_img, **kwargs))
+            counts[name] += 1
         if save_dir is not None:
             stem = Path(batch["lq_path"][0]).stem
             name = f"{stem}_{suffix}.png" if suffix else f"{stem}.png"
@@ -92,12 +98,13 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
             progress(count, total)
     if was_training:
         net.train()
-    means = {name: s / max(count, 1) for name, s in sums.items()}
+    means = {name: s / counts[name] for name, s in sums.items() if counts[name]}
     return means, count, samples
 
 
 def format_table(rows: List[Tuple[str, int, Dict[str, float]]], metric_names: List[str]) -> Tuple[str, str]:
-    """Markdown and CSV tables of ``(set name, images, {metric: value})`` rows (with a mean row).
+    """Markdown and CSV tables of ``(set name, images, {metric: value})`` rows (with a mean row);
+    a metric a set lacks (no ground truth) shows as ``-``.
 
     Returns:
         (markdown text, csv text).
@@ -106,11 +113,13 @@ def format_table(rows: List[Tuple[str, int, Dict[str, float]]], metric_names: Li
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     csv = [",".join(header)]
     for name, n, values in rows:
-        cells = [name, str(n)] + [f"{values[m]:.4f}" for m in metric_names]
+        cells = [name, str(n)] + [f"{values[m]:.4f}" if m in values else "-" for m in metric_names]
         lines.append("| " + " | ".join(cells) + " |")
         csv.append(",".join(cells))
     if len(rows) > 1:
-        mean = {m: float(np.mean([v[m] for _, _, v in rows])) for m in metric_names}
-        cells = ["mean (of sets)", str(sum(n for _, n, _ in rows))] + [f"{mean[m]:.4f}" for m in metric_names]
+        # A metric missing on a set (e.g. PSNR without ground truth) is averaged over the others.
+        have = {m: [v[m] for _, _, v in rows if m in v] for m in metric_names}
+        cells = ["mean (of sets)", str(sum(n for _, n, _ in rows))] + [
+            f"{float(np.mean(have[m])):.4f}" if have[m] else "-" for m in metric_names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", "\n".join(csv) + "\n"

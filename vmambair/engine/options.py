@@ -57,7 +57,8 @@ class DatasetOptions:
 
     name: str = opt(help="Display name (used in logs, tables and result folders).")
     type: str = opt("PairedImageFolderDataset", "Dataset class in DATASET_REGISTRY.", registry="dataset")
-    dataroot_gt: str = opt(help="Folder of ground-truth (target) images; relative paths resolve against path.data_root.")
+    dataroot_gt: Optional[str] = opt(None, "Folder of ground-truth (target) images; relative paths resolve against "
+                                     "path.data_root (omitted by input-only test sets, e.g. SingleImageFolderDataset).")
     dataroot_lq: Optional[str] = opt(None, "Folder of degraded (input) images, same file names as the GT folder "
                                      "(omitted by datasets that synthesise inputs, e.g. RealESRGANGTDataset).")
     meta_info_file: Optional[str] = opt(None, "Optional text file listing GT file names (first token per line), basicsr style.")
@@ -496,6 +497,9 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
         ds.meta_info_file = resolve_data_path(ds.meta_info_file, opts)
         if ds.dataroot_lq is None and not getattr(_registry("dataset").get(ds.type), "synthesizes_lq", False):
             raise OptionsError(f"Option 'datasets.{key}.dataroot_lq' is required by {ds.type} (folder of input images).")
+        if ds.dataroot_gt is None and not getattr(_registry("dataset").get(ds.type), "lq_only", False):
+            raise OptionsError(f"Option 'datasets.{key}.dataroot_gt' is required by {ds.type} (folder of ground-truth "
+                               f"images); for a test set without ground truth use type SingleImageFolderDataset.")
         missing = [(k, getattr(ds, k)) for k in ("dataroot_gt", "dataroot_lq")
                    if getattr(ds, k) is not None and not Path(getattr(ds, k)).is_dir()]
         if ds.meta_info_file and not Path(ds.meta_info_file).is_file():

@@ -196,7 +196,7 @@ class Trainer:
         sampler = ResumableBatchSampler(len(self.train_set), batch, self.ctx.rank, self.ctx.world_size,
                                         self.opt.manual_seed, ds_opt.use_shuffle, self.epoch, self.epoch_offset)
         if sampler.per_rank < batch:
-            raise DataError(f"Training set '{ds_opt.dataroot_lq}' has {len(self.train_set)} samples, fewer than "
+            raise DataError(f"Training set '{ds_opt.dataroot_lq or ds_opt.dataroot_gt}' has {len(self.train_set)} samples, fewer than "
                             f"batch size {batch} x {self.ctx.world_size} process(es); add images or raise "
                             f"datasets.train.dataset_enlarge_ratio.")
         workers = ds_opt.num_worker_per_gpu
