@@ -21,6 +21,22 @@ from basicsr.utils.lmdb_util import make_lmdb_from_imgs  # noqa: E402
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+def map_size(src: Path, files) -> int:
+    """LMDB map size: the images' raw pixel bytes (read from the headers) plus headroom.
+
+    basicsr's default extrapolates from the first image only, which overflows
+    (``MDB_MAP_FULL``) when later images are larger. The map is sparse: only what is written
+    takes disk space.
+    """
+    from PIL import Image
+
+    raw = 0
+    for f in files:
+        with Image.open(src / f) as im:
+            raw += im.size[0] * im.size[1] * max(len(im.getbands()), 3) * (2 if im.mode.startswith("I;16") else 1)
+    return int(raw * 1.5) + (64 << 20)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-i", "--input", required=True, nargs="+", help="Image folder(s).")
@@ -49,7 +65,8 @@ def main(argv=None) -> int:
         keys = [str(Path(f).with_suffix("")) for f in files]
         print(f"Packing {len(files)} images of {src} into {dst} ...")
         make_lmdb_from_imgs(str(src), str(dst), files, keys, compress_level=args.compress_level,
-                            multiprocessing_read=args.workers > 1, n_thread=max(1, args.workers))
+                            multiprocessing_read=args.workers > 1, n_thread=max(1, args.workers),
+                            map_size=map_size(src, files))
     return 0
 
 

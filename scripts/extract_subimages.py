@@ -13,6 +13,7 @@ Images smaller than the crop are copied whole when ``--keep-small`` is given, el
 import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
@@ -49,6 +50,11 @@ def process(args):
     return k, None
 
 
+def run_map(pool):
+    """``pool.map`` of a process pool, or the built-in ``map`` (in this process) for ``--workers 1``."""
+    return pool.map if pool is not None else (lambda fn, jobs, chunksize=1: map(fn, jobs))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-i", "--input", required=True, nargs="+", help="Folder(s) of images.")
@@ -59,7 +65,7 @@ def main(argv=None) -> int:
                    help="Add an edge-aligned window when more than this many pixels remain (default 0).")
     p.add_argument("--compression", type=int, default=3, help="PNG compression level 0-9 (default 3).")
     p.add_argument("--keep-small", action="store_true", help="Copy images smaller than the crop whole.")
-    p.add_argument("--workers", type=int, default=4, help="Parallel processes (default 4).")
+    p.add_argument("--workers", type=int, default=4, help="Parallel processes (default 4; 1 runs in this process).")
     args = p.parse_args(argv)
     files = []
     for folder in map(Path, args.input):
@@ -74,8 +80,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(f, out, args.crop_size, args.step, args.thresh_size, args.compression, args.keep_small) for f in files]
     total, problems = 0, []
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        for n, msg in tqdm(pool.map(process, jobs, chunksize=2), total=len(jobs), unit="img", desc="sub-images"):
+    with (ProcessPoolExecutor(max_workers=args.workers) if args.workers > 1 else nullcontext()) as pool:
+        for n, msg in tqdm(run_map(pool)(process, jobs, chunksize=2), total=len(jobs), unit="img", desc="sub-images"):
             total += n
             if msg:
                 problems.append(msg)

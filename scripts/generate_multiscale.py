@@ -11,6 +11,7 @@ shortest edge is 400 px (Lanczos), for the real-world SR training set (DF2K, OST
 import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 from PIL import Image
@@ -31,8 +32,8 @@ def process(args):
     for i, s in enumerate(SCALES):
         img.resize((int(w * s), int(h * s)), resample=Image.LANCZOS).save(Path(out_dir) / f"{path.stem}T{i}.png")
         n += 1
-    ratio = shortest / min(w, h)
-    size = (shortest, int(h * ratio)) if w <= h else (int(w * ratio), shortest)
+    # Real-ESRGAN's arithmetic (so file sizes match its multi-scale set exactly).
+    size = (shortest, int(shortest * (h / w))) if w < h else (int(shortest * (w / h)), shortest)
     img.resize(size, resample=Image.LANCZOS).save(Path(out_dir) / f"{path.stem}T{len(SCALES)}.png")
     n += 1
     if keep:
@@ -41,13 +42,18 @@ def process(args):
     return n, None
 
 
+def run_map(pool):
+    """``pool.map`` of a process pool, or the built-in ``map`` (in this process) for ``--workers 1``."""
+    return pool.map if pool is not None else (lambda fn, jobs, chunksize=1: map(fn, jobs))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-i", "--input", required=True, nargs="+", help="Folder(s) of HR images.")
     p.add_argument("-o", "--output", required=True, help="Output folder (created).")
     p.add_argument("--shortest-edge", type=int, default=400, help="Shortest edge of the last copy (default 400).")
     p.add_argument("--keep-original", action="store_true", help="Also write the x1 image.")
-    p.add_argument("--workers", type=int, default=4, help="Parallel processes (default 4).")
+    p.add_argument("--workers", type=int, default=4, help="Parallel processes (default 4; 1 runs in this process).")
     args = p.parse_args(argv)
     files = []
     for folder in map(Path, args.input):
@@ -62,8 +68,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(f, out, args.shortest_edge, args.keep_original) for f in files]
     total, problems = 0, []
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        for n, msg in tqdm(pool.map(process, jobs), total=len(jobs), unit="img", desc="multi-scale"):
+    with (ProcessPoolExecutor(max_workers=args.workers) if args.workers > 1 else nullcontext()) as pool:
+        for n, msg in tqdm(run_map(pool)(process, jobs), total=len(jobs), unit="img", desc="multi-scale"):
             total += n
             if msg:
                 problems.append(msg)

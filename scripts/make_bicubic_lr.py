@@ -11,6 +11,7 @@ given (then the HR is cropped at the bottom/right and written there, as benchmar
 import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
@@ -52,6 +53,11 @@ def process(args):
     return None
 
 
+def run_map(pool):
+    """``pool.map`` of a process pool, or the built-in ``map`` (in this process) for ``--workers 1``."""
+    return pool.map if pool is not None else (lambda fn, jobs, chunksize=1: map(fn, jobs))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-i", "--input", required=True, help="Folder of HR images.")
@@ -59,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("-s", "--scale", type=int, default=4, help="Downscaling factor (default 4).")
     p.add_argument("--mod-crop-dir", default=None,
                    help="Crop HR images to a multiple of the scale and write them to this folder.")
-    p.add_argument("--workers", type=int, default=4, help="Parallel processes (default 4).")
+    p.add_argument("--workers", type=int, default=4, help="Parallel processes (default 4; 1 runs in this process).")
     args = p.parse_args(argv)
     src = Path(args.input)
     if not src.is_dir():
@@ -74,8 +80,8 @@ def main(argv=None) -> int:
         Path(args.mod_crop_dir).mkdir(parents=True, exist_ok=True)
     jobs = [(f, args.output, args.scale, args.mod_crop_dir) for f in files]
     problems = []
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        for msg in tqdm(pool.map(process, jobs, chunksize=4), total=len(jobs), unit="img", desc="bicubic LR"):
+    with (ProcessPoolExecutor(max_workers=args.workers) if args.workers > 1 else nullcontext()) as pool:
+        for msg in tqdm(run_map(pool)(process, jobs, chunksize=4), total=len(jobs), unit="img", desc="bicubic LR"):
             if msg:
                 problems.append(msg)
     for msg in problems:
