@@ -340,6 +340,31 @@ def test_realworld_losses_see_the_sharpened_gt_per_option(tmp_path, gt_folder):
     assert not torch.equal(model.gt, model.gt_usm)
 
 
+def test_each_rank_degrades_differently_and_resume_replays(tmp_path, gt_folder):
+    from basicsr.utils.registry import MODEL_REGISTRY
+    opt_path = _tiny_recipe("realsr_x4_psnr.yml", tmp_path, "ranks", **{"datasets.train.dataroot_gt": str(gt_folder),
+                                                                         "datasets.train.degradation.queue_size": 0})
+    opt = load_options(opt_path)
+    ds = RealESRGANGTDataset(opt.datasets["train"])
+    batch = {k: torch.stack([ds[(i, i)][k] for i in range(2)]) for k in ("gt", "kernel1", "kernel2", "sinc_kernel")}
+
+    def lq_of(rank, state=None):
+        model = MODEL_REGISTRY.get("RealSRNetModel")(opt, DistContext(rank=rank))
+        if state is not None:
+            model.load_state_dict(state)
+        torch.manual_seed(123)  # the training loop's own streams do not decide the degradation
+        model.feed_data(batch)
+        return model.lq, model
+
+    lq0, model0 = lq_of(0)
+    assert torch.equal(lq0, lq_of(0)[0]) and not torch.equal(lq0, lq_of(1)[0])
+    state = model0.state_dict()
+    assert state["degraded_batches"] == 1
+    model0.feed_data(batch)
+    assert torch.equal(model0.lq, lq_of(0, state)[0])  # the second batch, also after a resume
+    assert not torch.equal(model0.lq, lq0)
+
+
 # ----------------------------------------------------------------------------- GAN step mechanics
 def _paired_gan_options(tmp_path, **train):
     data = tmp_path / "Datasets"

@@ -16,9 +16,12 @@ and checked by :func:`parse_degradation`; defaults are Real-ESRGAN's
 (``options/train_realesrnet_x4plus.yml`` / ``train_realesrgan_x4plus.yml``).
 
 Randomness: kernels come from the per-item seed the sampler gives the dataset; the on-device
-part draws from Python's ``random``, NumPy's and torch's global generators (as Real-ESRGAN
-does), which the trainer seeds and saves in training states. Under a fixed seed the whole
-pipeline is deterministic on CPU.
+part draws from Python's ``random``, NumPy's and torch's generators (as basicsr's functions
+do), which the real-world models seed per call and per process with
+:func:`seeded_degradation_rngs` (seed from ``manual_seed``, the rank and the number of batches
+degraded so far): every GPU draws different resizes, noise and JPEG qualities (Real-ESRGAN
+seeds each rank differently), and a resumed run continues the sequence. Under a fixed seed the
+whole pipeline is deterministic on CPU.
 """
 from __future__ import annotations
 
@@ -185,6 +188,26 @@ def seeded_global_rngs(seed: Optional[int]):
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+@contextmanager
+def seeded_degradation_rngs(seed: int, device: torch.device):
+    """Run the on-device degradation under its own seed: Python's ``random``, NumPy's and torch's
+    generators (CPU, and ``device``'s when it is a GPU) are seeded with ``seed`` for the block and
+    restored afterwards, so the training loop's own random streams are untouched."""
+    py_state, np_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 def _blur_kernel(sizes: Sequence[int], sinc_prob: float, kernel_list, kernel_prob, sigma, betag, betap,

@@ -8,8 +8,10 @@
 Training batches come from ``RealESRGANGTDataset`` (GT + kernels); ``feed_data`` turns them into
 (lq, gt) pairs with :func:`vmambair.data.degradation.degrade_batch`: fp32 with autocast
 disabled (the bf16 autocast of the step only wraps the networks), no gradients, then the final
-``gt_size`` crop and the training-pair pool. Batches that already hold ``lq`` (paired data)
-are used as they are.
+``gt_size`` crop and the training-pair pool. The random choices of each batch come from a seed
+of (manual_seed, rank, batch count): different on every GPU, replayed on resume (the pool's
+contents are not saved: a resumed run refills it). Batches that already hold ``lq`` (paired
+data) are used as they are.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from vmambair.data.degradation import (DegradationError, RealESRGANDegradation, TrainingPairPool,
-                                       degrade_batch, parse_degradation)
+                                       degrade_batch, parse_degradation, seeded_degradation_rngs)
 from vmambair.engine.dist import DistContext
 from vmambair.engine.options import Options, OptionsError
 
@@ -52,6 +54,11 @@ class RealDegradationMixin:
         self.gt_usm = None
         # Real-ESRGAN degrades the USM-sharpened GT; RealESRNet does so only with gt_usm.
         self.sharpen_input = True
+        self.degraded_batches = 0  # seeds the degradation of the next batch (saved in training states)
+
+    def degradation_seed(self) -> int:
+        """Seed of the next batch's degradation: differs per rank and per batch, same on resume."""
+        return ((self.opt.manual_seed * 1_000_003 + self.ctx.rank) * 10_000_019 + self.degraded_batches) % (2 ** 63)
 
     def feed_data(self, batch: Dict[str, Any]) -> None:
         """``{'gt': (b,3,P,P), 'kernel1', 'kernel2', 'sinc_kernel': (b,K,K)}`` -> ``self.lq``
@@ -61,8 +68,19 @@ class RealDegradationMixin:
             self.gt_usm = self.degrader.sharpen(self.gt) if self.gt is not None else None
             return
         gt_size = self.opt.datasets["train"].gt_size
-        self.lq, self.gt, self.gt_usm = degrade_batch(self.degrader, self.pool, batch, gt_size, self.device,
-                                                      sharpen_input=self.sharpen_input)
+        with seeded_degradation_rngs(self.degradation_seed(), self.device):
+            self.lq, self.gt, self.gt_usm = degrade_batch(self.degrader, self.pool, batch, gt_size, self.device,
+                                                          sharpen_input=self.sharpen_input)
+        self.degraded_batches += 1
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state["degraded_batches"] = getattr(self, "degraded_batches", 0)
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.degraded_batches = int(state.get("degraded_batches", 0))
 
 
 @MODEL_REGISTRY.register()
