@@ -513,6 +513,19 @@ def test_backbone_weights_lookup_and_errors(tmp_path, monkeypatch):
         build_torchvision_backbone("alexnet", True, str(own))
 
 
+def test_missing_vgg_weights_stop_training_with_the_file_name(tmp_path, gt_folder, monkeypatch, capsys):
+    from vmambair.losses import backbones
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(backbones.torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    opt = _tiny_recipe("realsr_x4_gan.yml", tmp_path, "novgg", **{"datasets.train.dataroot_gt": str(gt_folder),
+                                                                    "path.pretrain_network_g": None})
+    assert train_main(["-opt", str(opt), "--set", "train.perceptual_opt.pretrained=true"]) == 1
+    err = capsys.readouterr().err
+    assert "vgg19-dcbb9e9d.pth" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------- test.py tables
 def _save_tiny_sr_weights(path):
     from vmambair.archs import VmambaIR

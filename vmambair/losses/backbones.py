@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vmambair.engine.checkpoint import CheckpointError
+
 # torchvision's ImageNet weights: file name in the hub cache and download URL.
 TORCHVISION_WEIGHTS = {
     "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
@@ -32,8 +34,10 @@ TORCHVISION_WEIGHTS = {
 }
 
 
-class BackboneWeightsError(FileNotFoundError):
-    """Pretrained backbone weights could not be found or downloaded. The message says where to put them."""
+class BackboneWeightsError(CheckpointError, FileNotFoundError):
+    """Pretrained backbone weights could not be found or downloaded. The message says where to put them.
+
+    A CheckpointError, so train.py / test.py print the message and exit 1 instead of a traceback."""
 
 
 def hub_checkpoint_dir() -> Path:
