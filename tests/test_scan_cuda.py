@@ -179,13 +179,18 @@ def test_omni_fused_matches_unfused(dtype, N, hw):
 
 @pytest.mark.cuda
 @needs_gpu
-def test_network_path_uses_fused_and_matches_unfused_path():
+def test_network_path_uses_fused_and_matches_unfused_path(monkeypatch):
     """vmambair.ops.planar_omni_scan on CUDA takes the fused op; same result as the unfused CUDA path."""
     assert "cuda" in _FUSED
     assert vops.resolve_backend(torch.device("cuda")).name == "cuda"
+    calls = []
+    fused = _FUSED["cuda"]
+    # (Not torch.equal against a second fused call: the four directions meet in fp32 atomics,
+    # whose order, and so the last bits, vary from run to run.)
+    monkeypatch.setitem(_FUSED, "cuda", lambda *a: calls.append(1) or fused(*a))
     low, _ = make_omni_inputs(2, 8, 24, 20, 16, torch.float32, seed=5)
     y_fused = vops.planar_omni_scan(*low)
-    assert torch.equal(y_fused, ext.planar_omni_scan(*low))
+    assert calls == [1]
     y_unfused = planar_omni_scan_unfused(*low, backend="cuda")
     assert rel_err(y_fused, y_unfused) < 1e-5
 

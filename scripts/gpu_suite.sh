@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Build, test and benchmark on a GPU machine, in stages, logs into $LOGS (default: gpu_logs/).
+#
+#   bash scripts/gpu_suite.sh build test scan model        # one GPU
+#   bash scripts/gpu_suite.sh ddp                          # needs 2 or 4 GPUs
+#
+# Stages:
+#   build  pip-install our extension (kernels/selective_scan) against the installed torch; when
+#          $MAMBA_SRC names an unpacked mamba-ssm sdist, also build its selective_scan_cuda into
+#          $MAMBA_BUILD (kernels/selective_scan/tools/build_mamba_reference.py) for the comparison
+#   test   pytest -m cuda (kernel against the PyTorch reference, every dtype; network fast path)
+#   scan   scripts/bench_scan.py      -> benchmarks/gpu_scan.md
+#   model  scripts/bench_model.py for the real-world x4 and deraining networks -> benchmarks/model_*.md
+#   ddp    scripts/bench_ddp.py with 2 (and 4, when present) GPUs -> benchmarks/ddp_*.md
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOGS=${LOGS:-gpu_logs}
+mkdir -p "$LOGS"
+export PYTHONUNBUFFERED=1
+MAMBA_BUILD=${MAMBA_BUILD:-/tmp/build_mamba}
+PY=${PYTHON:-python3}
+ngpu=$($PY -c "import torch; print(torch.cuda.device_count())")
+
+for stage in "$@"; do
+  echo "=== $stage ($(date -u +%H:%M:%S))"
+  case $stage in
+    build)
+      if [ -n "${MAMBA_SRC:-}" ]; then
+        ( $PY kernels/selective_scan/tools/build_mamba_reference.py "$MAMBA_SRC" --out "$MAMBA_BUILD" \
+            > "$LOGS/mamba_build.log" 2>&1; echo "mamba build rc=$?" >> "$LOGS/mamba_build.log" ) &
+      fi
+      t0=$SECONDS
+      $PY -m pip install --no-build-isolation --no-deps -v ./kernels/selective_scan > "$LOGS/build.log" 2>&1 \
+          || { tail -60 "$LOGS/build.log"; exit 1; }
+      echo "extension built and installed in $((SECONDS - t0)) s"
+      wait
+      [ -f "$LOGS/mamba_build.log" ] && tail -3 "$LOGS/mamba_build.log"
+      ;;
+    test)
+      $PY -m pytest -m cuda -q -p no:cacheprovider tests 2>&1 | tee "$LOGS/cuda_tests.log" | tail -40
+      ;;
+    scan)
+      PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py ${SCAN_ARGS:-} 2>&1 | tee "$LOGS/scan.log" | tail -60
+      ;;
+    model)
+      PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_model.py -opt options/realsr_x4_gan.yml \
+          --train-batch 9 --train-size 64 --infer-sizes 256 1024 --out benchmarks/model_realsr_x4.md 2>&1 | tee "$LOGS/model_realsr.log"
+      PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_model.py -opt options/derain.yml \
+          --train-batch 8 --train-size 128 --infer-sizes 256 512 1024 2048 --out benchmarks/model_derain.md 2>&1 | tee "$LOGS/model_derain.log"
+      ;;
+    ddp)
+      for n in 2 4; do
+        if [ "$ngpu" -ge "$n" ]; then
+          $PY scripts/bench_ddp.py --gpus "$n" ${DDP_ARGS:-} --out "benchmarks/ddp_${n}gpu.md" 2>&1 | tee "$LOGS/ddp_$n.log" | tail -30
+        fi
+      done
+      ;;
+    *) echo "unknown stage $stage (build test scan model ddp)"; exit 2 ;;
+  esac
+done
