@@ -101,6 +101,9 @@ def main():
     ap.add_argument("--no-torch", action="store_true", help="skip the (slow) pure-PyTorch backend")
     ap.add_argument("--sweep-nseg", default="", help="also time ours with these forced segment counts, e.g. 1,2,4")
     ap.add_argument("--extra-long", action="store_true", help="also time (1, 96, 1048576, 16): a 1024x1024 map")
+    ap.add_argument("--sweep-only", action="store_true", help="run only the --omni-sweep section")
+    ap.add_argument("--omni-sweep", default="", help="also time fused vs unfused inference (no grad) at these "
+                    "square sizes, batch 1, dim 48, e.g. 64,256,1024 (where the fused op stops paying off)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_scan.py needs a CUDA GPU")
@@ -121,6 +124,8 @@ def main():
     log = lambda s: (print(s, flush=True), lines.append(s))  # noqa: E731
 
     shapes = list(PLAIN_SHAPES) + ([(1, 96, 1 << 20, 16, 4)] if args.extra_long else [])
+    if args.sweep_only:
+        shapes = []
     log("## Plain selective scan (softplus, D, delta_bias; B/C in 4 groups)\n")
     log("| shape (b, d, L, N) | dtype | backend | fwd ms | bwd ms | fwd+bwd ms | fwd GB/s | bwd GB/s "
         "| vs mamba-ssm (fwd+bwd) | rel. diff of y |")
@@ -159,7 +164,7 @@ def main():
     log("| dtype | path | fwd ms | bwd ms | fwd+bwd ms | fused speed-up (fwd+bwd) | rel. diff of y |")
     log("|---|---|---|---|---|---|---|")
     b, d, H, W, N = OMNI_SHAPE
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in () if args.sweep_only else (torch.float32, torch.bfloat16):
         inputs = omni_inputs(b, d, H, W, N, dtype)
         paths = [("fused (ours)", lambda *t: ext.planar_omni_scan(*t))]
         for bk in backends:
@@ -178,6 +183,20 @@ def main():
             log(f"| {DNAME[dtype]} | {name} | {f:.3f} | {bw:.3f} | {f + bw:.3f} | {sp} | {diff} |")
         del inputs
         torch.cuda.empty_cache()
+
+    if args.omni_sweep:
+        log("\n## Fused vs unfused planar scan, inference (no autograd), batch 1, dim 48, N=16\n")
+        log("| size | dtype | fused ms | permute + cuda + merge ms | fused speed-up |")
+        log("|---|---|---|---|---|")
+        for hw in [int(v) for v in args.omni_sweep.split(",") if v]:
+            for dtype in (torch.float32, torch.bfloat16):
+                with torch.no_grad():
+                    inputs = [t.detach() for t in omni_inputs(1, 48, hw, hw, 16, dtype)]
+                    f = time_ms(lambda: ext.planar_omni_scan(*inputs), args.warmup, args.reps)
+                    u = time_ms(lambda: planar_omni_scan_unfused(*inputs, backend="cuda"), args.warmup, args.reps)
+                log(f"| {hw}x{hw} | {DNAME[dtype]} | {f:.3f} | {u:.3f} | {u / f:.2f}x |")
+                del inputs
+                torch.cuda.empty_cache()
 
     notes = []
     if not have_mamba:
