@@ -250,6 +250,8 @@ class VmambaIR(nn.Module):
         ablation: shortcut for the paper's Table-4 variants, "V1".."V4".
         scan_backend: force a selective-scan backend (None: automatic).
         activation_checkpointing: recompute each block in the backward pass to save memory.
+        identity_init: zero-initialise the last convolution, so that the untrained network returns
+            its input (upsampled for SR): short training runs start from "do no harm".
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, dim: int = 48,
@@ -257,7 +259,7 @@ class VmambaIR(nn.Module):
                  ffn_expansion_factor: float = 2.66, d_state: int = 16, scan_directions: int = 4,
                  channel_scan: bool = True, effn: bool = True, linear_proj: bool = False,
                  ablation: Optional[str] = None, scan_backend: Optional[str] = None,
-                 activation_checkpointing: bool = False):
+                 activation_checkpointing: bool = False, identity_init: bool = False):
         super().__init__()
         if scale not in SR_SCALES:
             raise ValueError(f"VmambaIR: scale must be one of {SR_SCALES} (1 = same-size restoration, "
@@ -297,6 +299,11 @@ class VmambaIR(nn.Module):
         self.refinement = _stage(num_refinement_blocks, 2 * C, **kw)
         self.tail = _conv3(2 * C, out_channels, False) if scale == 1 else sr_tail(2 * C, scale, out_channels)
         self.set_activation_checkpointing(activation_checkpointing)
+        if identity_init:
+            last = self.tail if isinstance(self.tail, nn.Conv2d) else self.tail[-1]
+            nn.init.zeros_(last.weight)
+            if last.bias is not None:
+                nn.init.zeros_(last.bias)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each OSS block in the backward pass (training only) instead of storing its activations."""
