@@ -4,3 +4,4 @@ from .paired_dataset import (PairedImageFolderDataset, ResumableBatchSampler,  #
                              TrainableDataset, pair_files)
 from .realesrgan_dataset import RealESRGANGTDataset  # noqa: F401,E402  (real-world SR, GT only)
 from .single_dataset import SingleImageFolderDataset  # noqa: F401,E402  (input-only test sets, NIQE)
+from .quickstart import QuickstartRainDataset  # noqa: F401,E402  (quick start: scikit-image photos + synthetic rain)

@@ -127,6 +127,8 @@ class ValOptions:
     self_ensemble: bool = opt(False, "x8 self-ensemble (flips and rotations) at test time.")
     use_ema: bool = opt(True, "Validate the EMA network when train.ema_decay > 0.")
     num_tb_images: int = opt(2, "How many validation images go to TensorBoard.")
+    report_inputs: bool = opt(False, "At the end of training, print each validation image's metrics for the unrestored "
+                              "input beside the restored output, and save input | restored | target images.")
 
 
 @dataclass(kw_only=True)
@@ -500,8 +502,11 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
         if ds.dataroot_gt is None and not getattr(_registry("dataset").get(ds.type), "lq_only", False):
             raise OptionsError(f"Option 'datasets.{key}.dataroot_gt' is required by {ds.type} (folder of ground-truth "
                                f"images); for a test set without ground truth use type SingleImageFolderDataset.")
+        # Datasets that generate their data on first use (builds_data, e.g. the quick start's
+        # QuickstartRainDataset) create their folders themselves.
+        builds = getattr(_registry("dataset").get(ds.type), "builds_data", False)
         missing = [(k, getattr(ds, k)) for k in ("dataroot_gt", "dataroot_lq")
-                   if getattr(ds, k) is not None and not Path(getattr(ds, k)).is_dir()]
+                   if getattr(ds, k) is not None and not builds and not Path(getattr(ds, k)).is_dir()]
         if ds.meta_info_file and not Path(ds.meta_info_file).is_file():
             missing.append(("meta_info_file", ds.meta_info_file))
         if missing:

@@ -245,6 +245,29 @@ class Trainer:
         self.ctx.barrier()
         return results
 
+    def report_inputs(self) -> None:
+        """``val.report_inputs``: per validation image, the metrics of the unrestored input beside
+        the restored output, and ``input | restored | target`` images (see engine/report.py)."""
+        if self.ctx.is_main and self.val_sets:
+            from .checkpoint import atomic_write_bytes
+            from .report import compare_with_inputs, format_comparison
+            net = self.model.inference_network(use_ema=self.opt.val.use_ema)
+            texts = []
+            for key, ds in self.val_sets.items():
+                name = self.opt.datasets[key].name
+                rows = compare_with_inputs(net, ds, self.opt.val, self.opt.scale, self.ctx.device,
+                                           self.opt.train.bf16, self.vis_dir / name / "compare")
+                text, means = format_comparison(rows, name)
+                summary = "; ".join(f"{m}: input {means['input'][m]:.4f} -> restored {means['restored'][m]:.4f} "
+                                    f"({means['restored'][m] - means['input'][m]:+.4f})" for m in means["input"])
+                images = "\n".join(f"  {r['image']}" for r in rows)
+                texts.append(f"{text}\n\n{name} mean {summary}\nSide-by-side images (input | restored | target):\n{images}")
+            report = "\n\n".join(texts)
+            atomic_write_bytes((report + "\n").encode(), self.exp_dir / "comparison.md")
+            logger.info(f"Comparison with the unrestored inputs at iteration {self.iteration} "
+                        f"(also in {self.exp_dir / 'comparison.md'}):\n{report}")
+        self.ctx.barrier()
+
     def _jsonl(self, record: Dict[str, Any]) -> None:
         if self.jsonl:
             self.jsonl.write(json.dumps(record) + "\n")
@@ -311,6 +334,8 @@ class Trainer:
                 self.validate()
             window_start += time.time() - paused  # keep it/s and ETA about training only
         logger.info(f"Training {opt.name} finished at iteration {self.iteration}.")
+        if opt.val is not None and opt.val.report_inputs:
+            self.report_inputs()
         if self.tb:
             self.tb.close()
         if self.jsonl:
