@@ -165,3 +165,25 @@ def test_omni_scan_unfused_matches_per_direction_loop():
         for t, (i, j) in enumerate(order):
             want[..., i, j] += y[..., t]
     torch.testing.assert_close(got, want)
+
+
+def test_fused_omni_scan_only_up_to_the_pixel_limit(monkeypatch):
+    """The fused kernel (a spy here) runs for maps of at most VMAMBAIR_FUSED_MAX_PIXELS pixels, else the unfused path."""
+    from vmambair.ops import omni_scan
+
+    calls = []
+    monkeypatch.setitem(omni_scan._FUSED, "torch", lambda x, *a: calls.append(x.shape[-2:]) or torch.zeros_like(x))
+    g = torch.Generator().manual_seed(0)
+
+    def inputs(h, w, d=3, n=2):
+        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        return (r(1, d, h, w), r(1, 4, d, h, w), -torch.rand(4 * d, n), r(1, 4, n, h, w), r(1, 4, n, h, w))
+
+    monkeypatch.setenv("VMAMBAIR_FUSED_MAX_PIXELS", "64")
+    small = ops.planar_omni_scan(*inputs(8, 8), backend="torch")
+    assert calls == [(8, 8)] and not small.any()  # the spy's zeros came back
+    big = ops.planar_omni_scan(*inputs(8, 9), backend="torch")
+    assert calls == [(8, 8)] and big.abs().sum() > 0  # 72 pixels: unfused, a real result
+    monkeypatch.setenv("VMAMBAIR_FUSED_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="VMAMBAIR_FUSED_MAX_PIXELS"):
+        ops.planar_omni_scan(*inputs(8, 8), backend="torch")

@@ -6,9 +6,13 @@ Each direction has its own delta/B/C (given per pixel, in the natural layout) an
 A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
 
 ``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
-run, and otherwise the unfused path: permute copies -> selective_scan -> merge.
+run, and the map is at most ``fused_max_pixels()`` pixels; otherwise the unfused path: permute
+copies -> selective_scan -> merge. (The fused CUDA kernel reads the column-major directions with
+strided gathers; measured on an H200, benchmarks/omni_sweep.md, it is 2-6x faster than the
+unfused path up to 128x128, 1.2x at 256x256, and 2x slower from 512x512 on.)
 """
 import contextlib
+import os
 from typing import Callable, Optional
 
 import torch
@@ -19,6 +23,20 @@ from .selective_scan import resolve_backend, selective_scan
 # name of the scan backend -> fused implementation with planar_omni_scan's signature
 _FUSED: dict[str, Callable] = {}
 _fused_enabled = True
+FUSED_MAX_PIXELS_ENV = "VMAMBAIR_FUSED_MAX_PIXELS"
+_DEFAULT_FUSED_MAX_PIXELS = 256 * 256
+
+
+def fused_max_pixels() -> int:
+    """Largest H*W for which the fused kernel is used (env ``VMAMBAIR_FUSED_MAX_PIXELS``; default 65536)."""
+    raw = os.environ.get(FUSED_MAX_PIXELS_ENV)
+    if raw is None:
+        return _DEFAULT_FUSED_MAX_PIXELS
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{FUSED_MAX_PIXELS_ENV}={raw!r} is not an integer; set it to the largest H*W "
+                         "(e.g. 65536) that should use the fused omni-scan kernel, or unset it.") from None
 
 
 @contextlib.contextmanager
@@ -90,8 +108,9 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     """
     bk = resolve_backend(x.device, backend)
     fused = _FUSED.get(bk.name)
-    if fused is not None and _fused_enabled and delta.shape[1] == 4 and not flops.shapes_only():
-        b, d, H, W = x.shape
+    b, d, H, W = x.shape
+    if (fused is not None and _fused_enabled and delta.shape[1] == 4 and H * W <= fused_max_pixels()
+            and not flops.shapes_only()):
         flops.add_scan(b, 4 * d, H * W, A.shape[1])
         return fused(x, delta, A, B, C, D, delta_bias)
     return planar_omni_scan_unfused(x, delta, A, B, C, D, delta_bias, backend=bk.name)
