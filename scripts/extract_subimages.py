@@ -12,14 +12,13 @@ Images smaller than the crop are copied whole when ``--keep-small`` is given, el
 """
 import argparse
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
-from tqdm import tqdm
 
-IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vmambair.data.image_io import DataError  # noqa: E402
+from vmambair.data.prep import list_image_files, progress_map  # noqa: E402
 
 
 def window_starts(length: int, crop: int, step: int, thresh: int):
@@ -50,11 +49,6 @@ def process(args):
     return k, None
 
 
-def run_map(pool):
-    """``pool.map`` of a process pool, or the built-in ``map`` (in this process) for ``--workers 1``."""
-    return pool.map if pool is not None else (lambda fn, jobs, chunksize=1: map(fn, jobs))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-i", "--input", required=True, nargs="+", help="Folder(s) of images.")
@@ -67,24 +61,19 @@ def main(argv=None) -> int:
     p.add_argument("--keep-small", action="store_true", help="Copy images smaller than the crop whole.")
     p.add_argument("--workers", type=int, default=4, help="Parallel processes (default 4; 1 runs in this process).")
     args = p.parse_args(argv)
-    files = []
-    for folder in map(Path, args.input):
-        if not folder.is_dir():
-            print(f"error: input folder '{folder}' does not exist", file=sys.stderr)
-            return 2
-        files += sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXT)
-    if not files:
-        print(f"error: no images in {args.input}", file=sys.stderr)
+    try:
+        files = list_image_files(args.input)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(f, out, args.crop_size, args.step, args.thresh_size, args.compression, args.keep_small) for f in files]
     total, problems = 0, []
-    with (ProcessPoolExecutor(max_workers=args.workers) if args.workers > 1 else nullcontext()) as pool:
-        for n, msg in tqdm(run_map(pool)(process, jobs, chunksize=2), total=len(jobs), unit="img", desc="sub-images"):
-            total += n
-            if msg:
-                problems.append(msg)
+    for n, msg in progress_map(process, jobs, args.workers, "sub-images", chunksize=2):
+        total += n
+        if msg:
+            problems.append(msg)
     for msg in problems:
         print(f"warning: {msg}", file=sys.stderr)
     print(f"Wrote {total} sub-images of {len(files)} images to {out}.")

@@ -10,23 +10,16 @@ given (then the HR is cropped at the bottom/right and written there, as benchmar
 """
 import argparse
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vmambair.data.image_io import DataError  # noqa: E402
+from vmambair.data.prep import list_image_files, progress_map  # noqa: E402
 import vmambair.compat  # noqa: F401,E402  (before basicsr)
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
-
-IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def list_images(folder: Path):
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXT)
 
 
 def bicubic_downscale(img: np.ndarray, scale: int) -> np.ndarray:
@@ -53,11 +46,6 @@ def process(args):
     return None
 
 
-def run_map(pool):
-    """``pool.map`` of a process pool, or the built-in ``map`` (in this process) for ``--workers 1``."""
-    return pool.map if pool is not None else (lambda fn, jobs, chunksize=1: map(fn, jobs))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-i", "--input", required=True, help="Folder of HR images.")
@@ -67,23 +55,19 @@ def main(argv=None) -> int:
                    help="Crop HR images to a multiple of the scale and write them to this folder.")
     p.add_argument("--workers", type=int, default=4, help="Parallel processes (default 4; 1 runs in this process).")
     args = p.parse_args(argv)
-    src = Path(args.input)
-    if not src.is_dir():
-        print(f"error: input folder '{src}' does not exist", file=sys.stderr)
-        return 2
-    files = list_images(src)
-    if not files:
-        print(f"error: no images in '{src}'", file=sys.stderr)
+    try:
+        files = list_image_files([args.input])
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     Path(args.output).mkdir(parents=True, exist_ok=True)
     if args.mod_crop_dir:
         Path(args.mod_crop_dir).mkdir(parents=True, exist_ok=True)
     jobs = [(f, args.output, args.scale, args.mod_crop_dir) for f in files]
     problems = []
-    with (ProcessPoolExecutor(max_workers=args.workers) if args.workers > 1 else nullcontext()) as pool:
-        for msg in tqdm(run_map(pool)(process, jobs, chunksize=4), total=len(jobs), unit="img", desc="bicubic LR"):
-            if msg:
-                problems.append(msg)
+    for msg in progress_map(process, jobs, args.workers, "bicubic LR", chunksize=4):
+        if msg:
+            problems.append(msg)
     for msg in problems:
         print(f"warning: {msg}", file=sys.stderr)
     print(f"Wrote {len(jobs) - len(problems)} LR images (x{args.scale}) to {args.output}.")
