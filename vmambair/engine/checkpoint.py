@@ -175,7 +175,14 @@ def load_into_network(net: torch.nn.Module, path: str | os.PathLike, key: Option
     """Load weights from ``path`` into ``net`` with a readable message on mismatch."""
     state = load_network_weights(path, key=key)
     net = getattr(net, "module", net)
-    result = net.load_state_dict(state, strict=False)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        shapes = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        raise CheckpointError(
+            f"Weights in '{path}' do not match {type(net).__name__}: {len(shapes)} tensor(s) differ in shape, "
+            f"e.g. {shapes[0] if shapes else str(err).splitlines()[0]} Check network_g (dim, num_blocks, "
+            f"scale...) against the network the weights were trained with.") from None
     if strict and (result.missing_keys or result.unexpected_keys):
         raise CheckpointError(
             f"Weights in '{path}' do not match {type(net).__name__}: missing "
