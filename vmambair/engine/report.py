@@ -49,6 +49,8 @@ def compare_with_inputs(net: torch.nn.Module, dataset, val: ValOptions, scale: i
     out_dir = Path(out_dir)
     rows = []
     for batch in build_eval_loader(dataset):
+        if "gt" not in batch:  # input-only sets (no target to compare with)
+            continue
         lq = batch["lq"].to(device)
         with autocast_context(device, bf16):
             out = restore_image(net, lq, scale=scale, tile=val.tile, overlap=val.tile_overlap,

@@ -257,15 +257,18 @@ class Trainer:
                 name = self.opt.datasets[key].name
                 rows = compare_with_inputs(net, ds, self.opt.val, self.opt.scale, self.ctx.device,
                                            self.opt.train.bf16, self.vis_dir / name / "compare")
+                if not rows:
+                    continue
                 text, means = format_comparison(rows, name)
                 summary = "; ".join(f"{m}: input {means['input'][m]:.4f} -> restored {means['restored'][m]:.4f} "
                                     f"({means['restored'][m] - means['input'][m]:+.4f})" for m in means["input"])
                 images = "\n".join(f"  {r['image']}" for r in rows)
                 texts.append(f"{text}\n\n{name} mean {summary}\nSide-by-side images (input | restored | target):\n{images}")
-            report = "\n\n".join(texts)
-            atomic_write_bytes((report + "\n").encode(), self.exp_dir / "comparison.md")
-            logger.info(f"Comparison with the unrestored inputs at iteration {self.iteration} "
-                        f"(also in {self.exp_dir / 'comparison.md'}):\n{report}")
+            if texts:
+                report = "\n\n".join(texts)
+                atomic_write_bytes((report + "\n").encode(), self.exp_dir / "comparison.md")
+                logger.info(f"Comparison with the unrestored inputs at iteration {self.iteration} "
+                            f"(also in {self.exp_dir / 'comparison.md'}):\n{report}")
         self.ctx.barrier()
 
     def _jsonl(self, record: Dict[str, Any]) -> None:
