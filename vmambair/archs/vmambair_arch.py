@@ -19,6 +19,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from .. import ops
 from ..utils import flops
+from ..utils.padding import pad_to_multiple
 
 ABLATIONS = {
     "V1": dict(scan_directions=1, channel_scan=False),
@@ -327,13 +328,3 @@ class VmambaIR(nn.Module):
         else:
             out = out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
         return out[..., : H * self.scale, : W * self.scale]
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad (b, c, H, W) on the bottom/right to multiples of ``multiple`` (reflect where possible)."""
-    H, W = x.shape[-2:]
-    ph, pw = (-H) % multiple, (-W) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < H and pw < W else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)

@@ -54,22 +54,36 @@ def to_float_bgr(img: np.ndarray, source: str = "<array>") -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def read_image_unchanged(path: str | os.PathLike, fix: str = "replace or remove it") -> np.ndarray:
+    """Decode an image file keeping its bit depth and channels: HxW, HxWx3 BGR or HxWx4 BGRA;
+    uint8, uint16 or float32.
+
+    Raises:
+        DataError: the file is missing, empty, corrupt, or of an unsupported pixel type; the
+        message names the file and ends with ``fix`` (what the user should do about it).
+    """
+    try:
+        content = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"Cannot read image file '{path}': {err.strerror}; {fix}.") from None
+    if not content:
+        raise DataError(f"Image file '{path}' is empty (0 bytes); {fix}.")
+    img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"Image file '{path}' is corrupt or not an image OpenCV can decode; {fix}.")
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
+        raise DataError(f"Image file '{path}' has pixel type {img.dtype}; use 8- or 16-bit PNG/TIFF/JPEG.")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        raise DataError(f"Image file '{path}' has {img.shape[2]} channels; expected 1, 3 or 4.")
+    return img
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as float32 HxWx3 BGR in [0, 1] (see module docstring).
 
     Raises:
         DataError: the file is missing, empty, or not a decodable image.
     """
-    path = str(path)
-    try:
-        with open(path, "rb") as f:
-            content = f.read()
-    except OSError as err:
-        raise DataError(f"Cannot read image file '{path}': {err.strerror}.") from None
-    if not content:
-        raise DataError(f"Image file '{path}' is empty (0 bytes); replace or remove it.")
-    img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise DataError(f"Image file '{path}' is corrupt or not an image OpenCV can decode; "
-                        f"replace or remove it (and its pair).")
-    return to_float_bgr(img, path)
+    return to_float_bgr(read_image_unchanged(path, "replace or remove it (and its pair)"), str(path))

@@ -8,7 +8,8 @@ import contextlib
 from typing import Callable, List, Optional
 
 import torch
-import torch.nn.functional as F
+
+from ..utils.padding import pad_to_multiple
 
 
 def autocast_context(device: torch.device, bf16: bool = True):
@@ -18,19 +19,9 @@ def autocast_context(device: torch.device, bf16: bool = True):
     return contextlib.nullcontext()
 
 
-def _pad_to_multiple(img: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = img.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return img
-    # Reflection needs pad < size; fall back to replicate for tiny images.
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(img, (0, pw, 0, ph), mode=mode)
-
-
 def _forward_padded(net: Callable, img: torch.Tensor, scale: int, multiple: int) -> torch.Tensor:
     h, w = img.shape[-2:]
-    out = net(_pad_to_multiple(img, multiple))
+    out = net(pad_to_multiple(img, multiple))
     return out[..., : h * scale, : w * scale]
 
 
@@ -119,7 +110,7 @@ def restore_image(net: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor
 
     # Pad the whole image once, so that tiles touching the bottom/right border see the same
     # reflected pixels as an untiled pass would.
-    padded = _pad_to_multiple(img, multiple)
+    padded = pad_to_multiple(img, multiple)
     H, W = padded.shape[-2:]
     tile = max(int(tile) // multiple * multiple, multiple)
     th, tw = min(tile, H), min(tile, W)

@@ -34,7 +34,7 @@ import torch
 
 import vmambair  # noqa: F401  (compat shim + registries)
 
-from vmambair.data.image_io import DataError, is_image_file
+from vmambair.data.image_io import DataError, is_image_file, read_image_unchanged
 
 from .checkpoint import CheckpointError, atomic_write_bytes, load_into_network
 from .inference import restore_image
@@ -115,31 +115,6 @@ def load_network(opt_path: Path, weights: Optional[str], param_key: Optional[str
 
 
 # ----------------------------------------------------------------------------- images
-def read_image_unchanged(path: str | Path) -> np.ndarray:
-    """Decode an image file keeping its bit depth and channels (HxW, HxWx3 BGR or HxWx4 BGRA;
-    uint8, uint16 or float32).
-
-    Raises:
-        DataError: the file is missing, empty, corrupt, or of an unsupported pixel type.
-    """
-    try:
-        content = Path(path).read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read '{path}': {err.strerror}") from None
-    if not content:
-        raise DataError(f"'{path}' is empty (0 bytes)")
-    img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise DataError(f"'{path}' is corrupt or not an image OpenCV can decode")
-    if img.dtype not in (np.uint8, np.uint16, np.float32):
-        raise DataError(f"'{path}' has pixel type {img.dtype}; use 8- or 16-bit PNG/TIFF/JPEG")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 3 and img.shape[2] not in (3, 4):
-        raise DataError(f"'{path}' has {img.shape[2]} channels; expected 1, 3 or 4")
-    return img
-
-
 def _peak(dtype) -> float:
     return 255.0 if dtype == np.uint8 else 65535.0 if dtype == np.uint16 else 1.0
 
