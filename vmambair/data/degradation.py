@@ -18,7 +18,7 @@ and checked by :func:`parse_degradation`; defaults are Real-ESRGAN's
 Randomness: kernels come from the per-item seed the sampler gives the dataset; the on-device
 part draws from Python's ``random``, NumPy's and torch's generators (as basicsr's functions
 do), which the real-world models seed per call and per process with
-:func:`seeded_degradation_rngs` (seed from ``manual_seed``, the rank and the number of batches
+:func:`seeded_global_rngs` (seed from ``manual_seed``, the rank and the number of batches
 degraded so far): every GPU draws different resizes, noise and JPEG qualities (Real-ESRGAN
 seeds each rank differently), and a resumed run continues the sequence. Under a fixed seed the
 whole pipeline is deterministic on CPU.
@@ -174,40 +174,30 @@ def parse_degradation(raw: Optional[Dict[str, Any]], key: str = "datasets.train.
 
 # ----------------------------------------------------------------------------- kernels
 @contextmanager
-def seeded_global_rngs(seed: Optional[int]):
-    """Run basicsr's kernel samplers (which use ``random`` and ``np.random``) under ``seed``,
-    restoring both global states afterwards. ``seed=None``: no change."""
+def seeded_global_rngs(seed: Optional[int], torch_device: Optional[torch.device] = None):
+    """Run a block under ``seed``: Python's ``random`` and NumPy's global generator (what basicsr's
+    kernel samplers use) and, when ``torch_device`` is given, torch's CPU generator and that
+    device's (when it is a GPU; the on-device degradation draws from them). All states are
+    restored afterwards, so the caller's own random streams are untouched. ``seed=None``: no change."""
     if seed is None:
         yield
         return
     py_state, np_state = random.getstate(), np.random.get_state()
+    cpu_state = torch.get_rng_state() if torch_device is not None else None
+    cuda_state = torch.cuda.get_rng_state(torch_device) if torch_device is not None and torch_device.type == "cuda" else None
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
+    if torch_device is not None:
+        torch.manual_seed(seed)
     try:
         yield
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-
-
-@contextmanager
-def seeded_degradation_rngs(seed: int, device: torch.device):
-    """Run the on-device degradation under its own seed: Python's ``random``, NumPy's and torch's
-    generators (CPU, and ``device``'s when it is a GPU) are seeded with ``seed`` for the block and
-    restored afterwards, so the training loop's own random streams are untouched."""
-    py_state, np_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(cpu_state)
+        if cpu_state is not None:
+            torch.set_rng_state(cpu_state)
         if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state, device)
+            torch.cuda.set_rng_state(cuda_state, torch_device)
 
 
 def _blur_kernel(sizes: Sequence[int], sinc_prob: float, kernel_list, kernel_prob, sigma, betag, betap,

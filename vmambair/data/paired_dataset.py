@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -86,6 +86,13 @@ def pair_files(gt_dir: str, lq_dir: str, filename_tmpl: str = "{}",
     return pairs
 
 
+def option_getter(opt) -> Callable[..., Any]:
+    """``get(key, default=None)`` over a dataset's options, a DatasetOptions or a plain dict."""
+    if isinstance(opt, dict):
+        return lambda k, d=None: opt.get(k, d)
+    return lambda k, d=None: getattr(opt, k, d)
+
+
 class TrainableDataset(Dataset):
     """Protocol of datasets the vmambair trainer can drive.
 
@@ -113,7 +120,7 @@ class PairedImageFolderDataset(TrainableDataset):
 
     def __init__(self, opt):
         super().__init__()
-        get = (lambda k, d=None: getattr(opt, k, d)) if not isinstance(opt, dict) else (lambda k, d=None: opt.get(k, d))
+        get = option_getter(opt)
         self.phase = get("phase") or "train"
         self.scale = int(get("scale") or 1)
         self.gt_size = get("gt_size")

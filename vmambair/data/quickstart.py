@@ -32,7 +32,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from vmambair.engine.checkpoint import atomic_write_bytes
 
 from .image_io import DataError
-from .paired_dataset import PairedImageFolderDataset
+from .paired_dataset import PairedImageFolderDataset, option_getter
 
 # Photos bundled in scikit-image's wheel (skimage/data/*.png|jpg): these load offline. Several
 # others in skimage.data are fetched with pooch on first use and would fail on machines without
@@ -256,7 +256,7 @@ class QuickstartRainDataset(PairedImageFolderDataset):
     builds_data = True  # options validation: the folders may not exist yet
 
     def __init__(self, opt):
-        get = (lambda k, d=None: getattr(opt, k, d)) if not isinstance(opt, dict) else (lambda k, d=None: opt.get(k, d))
+        get = option_getter(opt)
         phase = get("phase") or "train"
         gt, lq = Path(get("dataroot_gt")), Path(get("dataroot_lq"))
         if gt.parent != lq.parent:

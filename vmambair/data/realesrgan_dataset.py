@@ -22,7 +22,7 @@ from vmambair.engine.options import OptionsError
 
 from .degradation import DegradationError, parse_degradation, sample_kernels, seeded_global_rngs
 from .image_io import DataError, is_image_file, read_image
-from .paired_dataset import Item, TrainableDataset
+from .paired_dataset import Item, TrainableDataset, option_getter
 
 
 def list_gt_files(gt_dir: str, meta_info_file: str | None = None) -> List[str]:
@@ -63,7 +63,7 @@ class RealESRGANGTDataset(TrainableDataset):
 
     def __init__(self, opt):
         super().__init__()
-        get = (lambda k, d=None: getattr(opt, k, d)) if not isinstance(opt, dict) else (lambda k, d=None: opt.get(k, d))
+        get = option_getter(opt)
         try:
             self.settings = parse_degradation(get("degradation"))
         except DegradationError as err:  # a wrong option: train.py exits 2, like other option errors

@@ -17,7 +17,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from vmambair.engine.options import OptionsError
 
 from .image_io import DataError, is_image_file, read_image
-from .paired_dataset import Item, TrainableDataset
+from .paired_dataset import Item, TrainableDataset, option_getter
 
 
 @DATASET_REGISTRY.register()
@@ -32,7 +32,7 @@ class SingleImageFolderDataset(TrainableDataset):
 
     def __init__(self, opt):
         super().__init__()
-        get = (lambda k, d=None: getattr(opt, k, d)) if not isinstance(opt, dict) else (lambda k, d=None: opt.get(k, d))
+        get = option_getter(opt)
         if (get("phase") or "test") == "train":
             raise OptionsError("SingleImageFolderDataset has no ground truth and cannot train; use it for "
                                "datasets.test_<k> / val sections only.")

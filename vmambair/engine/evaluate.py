@@ -44,6 +44,12 @@ def _restore_with_oom_fallback(net, lq: torch.Tensor, val: ValOptions, scale: in
 
 
 @torch.no_grad()
+def metric_value(spec: Dict, img, ref) -> float:
+    """One basicsr metric: ``spec`` = ``{'type': registry name, **kwargs}``; ``img`` and ``ref`` are
+    HxWx3 BGR uint8 (``ref`` None for no-reference metrics such as NIQE)."""
+    return float(METRIC_REGISTRY.get(spec["type"])(img, ref, **{k: v for k, v in spec.items() if k != "type"}))
+
+
 def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, scale: int, device: torch.device,
                      bf16: bool = True, save_dir: Optional[str | Path] = None, suffix: Optional[str] = None,
                      num_samples: int = 0, progress: Optional[Callable[[int, int], None]] = None,
@@ -76,11 +82,9 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
         out_img = tensor2img(out, rgb2bgr=True)  # HxWx3 BGR uint8, the layout basicsr's metrics expect
         gt_img = tensor2img(batch["gt"], rgb2bgr=True) if "gt" in batch else None
         for name, spec in val.metrics.items():
-            fn = METRIC_REGISTRY.get(spec["type"])
-            if gt_img is None and not getattr(fn, "no_reference", False):
+            if gt_img is None and not getattr(METRIC_REGISTRY.get(spec["type"]), "no_reference", False):
                 continue  # full-reference metric on a set without ground truth
-            kwargs = {k: v for k, v in spec.items() if k != "type"}
-            sums[name] += float(fn(out_img, gt_img, **kwargs))
+            sums[name] += metric_value(spec, out_img, gt_img)
             counts[name] += 1
         if save_dir is not None:
             stem = Path(batch["lq_path"][0]).stem

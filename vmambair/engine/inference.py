@@ -12,10 +12,11 @@ import torch
 from ..utils.padding import pad_to_multiple
 
 
-def autocast_context(device: torch.device, bf16: bool = True):
-    """bf16 autocast on CUDA devices that support it; a no-op (fp32) anywhere else."""
-    if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_context(device: torch.device, bf16: bool = True, dtype: torch.dtype = torch.bfloat16):
+    """Autocast to ``dtype`` (bf16, or fp16) on CUDA when ``bf16`` (enabled) is true and the device
+    supports bf16; a no-op (fp32) anywhere else."""
+    if bf16 and device.type == "cuda" and (dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()):
+        return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
 
 

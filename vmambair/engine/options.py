@@ -497,14 +497,15 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
         ds.dataroot_gt = resolve_data_path(ds.dataroot_gt, opts)
         ds.dataroot_lq = resolve_data_path(ds.dataroot_lq, opts)
         ds.meta_info_file = resolve_data_path(ds.meta_info_file, opts)
-        if ds.dataroot_lq is None and not getattr(_registry("dataset").get(ds.type), "synthesizes_lq", False):
+        ds_cls = _registry("dataset").get(ds.type)
+        if ds.dataroot_lq is None and not getattr(ds_cls, "synthesizes_lq", False):
             raise OptionsError(f"Option 'datasets.{key}.dataroot_lq' is required by {ds.type} (folder of input images).")
-        if ds.dataroot_gt is None and not getattr(_registry("dataset").get(ds.type), "lq_only", False):
+        if ds.dataroot_gt is None and not getattr(ds_cls, "lq_only", False):
             raise OptionsError(f"Option 'datasets.{key}.dataroot_gt' is required by {ds.type} (folder of ground-truth "
                                f"images); for a test set without ground truth use type SingleImageFolderDataset.")
         # Datasets that generate their data on first use (builds_data, e.g. the quick start's
         # QuickstartRainDataset) create their folders themselves.
-        builds = getattr(_registry("dataset").get(ds.type), "builds_data", False)
+        builds = getattr(ds_cls, "builds_data", False)
         missing = [(k, getattr(ds, k)) for k in ("dataroot_gt", "dataroot_lq")
                    if getattr(ds, k) is not None and not builds and not Path(getattr(ds, k)).is_dir()]
         if ds.meta_info_file and not Path(ds.meta_info_file).is_file():

@@ -15,18 +15,16 @@ import torch
 
 import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils import tensor2img
-from basicsr.utils.registry import METRIC_REGISTRY
 
 from .checkpoint import atomic_write_bytes
-from .evaluate import build_eval_loader
+from .evaluate import build_eval_loader, metric_value
 from .inference import autocast_context, restore_image
 from .options import ValOptions
 
 
 def _metrics(img: np.ndarray, ref: np.ndarray, specs: Dict[str, Dict]) -> Dict[str, float]:
     """``{name: value}`` of basicsr metric ``specs`` for HxWx3 BGR uint8 ``img`` against ``ref``."""
-    return {name: float(METRIC_REGISTRY.get(spec["type"])(img, ref, **{k: v for k, v in spec.items() if k != "type"}))
-            for name, spec in specs.items()}
+    return {name: metric_value(spec, img, ref) for name, spec in specs.items()}
 
 
 @torch.no_grad()

@@ -23,7 +23,6 @@ rename): an interrupted run never leaves a truncated image under a real name.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -37,7 +36,7 @@ import vmambair  # noqa: F401  (compat shim + registries)
 from vmambair.data.image_io import DataError, is_image_file, read_image_unchanged
 
 from .checkpoint import CheckpointError, atomic_write_bytes, load_into_network
-from .inference import restore_image
+from .inference import autocast_context, restore_image
 from .options import OptionsError, build_from_spec, load_options
 
 REPO_OPTIONS = Path(__file__).resolve().parents[2] / "options"
@@ -52,6 +51,7 @@ TASKS: Dict[str, str] = {
 }
 
 OUTPUT_EXTENSIONS = ("png", "tif", "jpg", "webp")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class UsageError(RuntimeError):
@@ -145,7 +145,8 @@ def restore_array(net: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, 
 
     def run(bgr_img: np.ndarray, report) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(bgr_img[:, :, ::-1].transpose(2, 0, 1)))[None]
-        with _autocast(device, precision), torch.no_grad():
+        with autocast_context(device, precision != "fp32", _AUTOCAST_DTYPES.get(precision, torch.bfloat16)), \
+                torch.no_grad():
             out = restore_image(net, t, scale=scale, tile=tile, overlap=overlap, multiple=multiple,
                                 self_ensemble=self_ensemble, device=device, progress=report)
         return out.float().clamp_(0, 1)[0].permute(1, 2, 0).numpy()[:, :, ::-1]
@@ -166,12 +167,6 @@ def restore_array(net: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, 
     if img.dtype == np.float32:
         return out.astype(np.float32)
     return np.round(out * peak).astype(img.dtype)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32" or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def encode_image(img: np.ndarray, ext: str) -> Tuple[bytes, Optional[str]]:

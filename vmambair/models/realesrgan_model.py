@@ -23,7 +23,7 @@ import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from vmambair.data.degradation import (DegradationError, RealESRGANDegradation, TrainingPairPool,
-                                       degrade_batch, parse_degradation, seeded_degradation_rngs)
+                                       degrade_batch, parse_degradation, seeded_global_rngs)
 from vmambair.engine.dist import DistContext
 from vmambair.engine.options import Options, OptionsError
 
@@ -68,7 +68,7 @@ class RealDegradationMixin:
             self.gt_usm = self.degrader.sharpen(self.gt) if self.gt is not None else None
             return
         gt_size = self.opt.datasets["train"].gt_size
-        with seeded_degradation_rngs(self.degradation_seed(), self.device):
+        with seeded_global_rngs(self.degradation_seed(), torch_device=self.device):
             self.lq, self.gt, self.gt_usm = degrade_batch(self.degrader, self.pool, batch, gt_size, self.device,
                                                           sharpen_input=self.sharpen_input)
         self.degraded_batches += 1

@@ -11,6 +11,8 @@ imported until a backend is first asked about, so ``import vmambair`` stays chea
 """
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Optional
 
 import torch
@@ -21,29 +23,28 @@ from .selective_scan import register_backend
 _INSTALL = "pip install ./kernels/selective_scan"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-_ext_mod = None
-_ext_err: Optional[str] = None
+
+@functools.lru_cache(maxsize=None)
+def _try_import(name: str):
+    """``(module, None)``, or ``(None, the exception)`` when ``name`` cannot be imported; tried once."""
+    try:
+        return importlib.import_module(name), None
+    except Exception as e:  # noqa: BLE001  not installed, or e.g. undefined symbols after a torch upgrade
+        return None, e
 
 
 def _ext():
-    """The imported extension package, or None (the reason is kept in ``_ext_err``)."""
-    global _ext_mod, _ext_err
-    if _ext_mod is None and _ext_err is None:
-        try:
-            import vmambair_scan_cuda
-
-            _ext_mod = vmambair_scan_cuda
-        except ModuleNotFoundError as e:
-            _ext_err = f"the extension is not installed ({e})"
-        except Exception as e:  # noqa: BLE001  e.g. undefined symbols after a torch upgrade
-            _ext_err = (f"the extension is installed but does not load ({type(e).__name__}: {e}); "
-                        f"rebuild it against this torch with `pip install --force-reinstall {_INSTALL}`")
-    return _ext_mod
+    """Our extension package, or None."""
+    return _try_import("vmambair_scan_cuda")[0]
 
 
 def _cuda_reason() -> Optional[str]:
-    if _ext() is None:
-        return (f"our CUDA selective scan is unavailable: {_ext_err}. Build it with `{_INSTALL}` "
+    mod, err = _try_import("vmambair_scan_cuda")
+    if mod is None:
+        why = (f"the extension is not installed ({err})" if isinstance(err, ModuleNotFoundError) else
+               f"the extension is installed but does not load ({type(err).__name__}: {err}); "
+               f"rebuild it against this torch with `pip install --force-reinstall {_INSTALL}`")
+        return (f"our CUDA selective scan is unavailable: {why}. Build it with `{_INSTALL}` "
                 "(needs nvcc from a CUDA toolkit whose major version matches torch.version.cuda).")
     if not torch.cuda.is_available():
         return "our CUDA selective scan is installed, but no CUDA device is visible"
@@ -65,25 +66,15 @@ register_fused_omni_scan("cuda", _cuda_omni)
 
 
 # ---------------------------------------------------------------- mamba-ssm
-_mamba_mod = None
-_mamba_err: Optional[str] = None
-
-
 def _mamba():
-    global _mamba_mod, _mamba_err
-    if _mamba_mod is None and _mamba_err is None:
-        try:
-            import selective_scan_cuda
-
-            _mamba_mod = selective_scan_cuda
-        except Exception as e:  # noqa: BLE001
-            _mamba_err = f"{type(e).__name__}: {e}"
-    return _mamba_mod
+    """mamba-ssm's compiled ``selective_scan_cuda``, or None."""
+    return _try_import("selective_scan_cuda")[0]
 
 
 def _mamba_reason() -> Optional[str]:
-    if _mamba() is None:
-        return (f"mamba-ssm's compiled kernel `selective_scan_cuda` is not importable ({_mamba_err}); install "
+    mod, err = _try_import("selective_scan_cuda")
+    if mod is None:
+        return (f"mamba-ssm's compiled kernel `selective_scan_cuda` is not importable ({type(err).__name__}: {err}); install "
                 "mamba-ssm built for this torch (`pip install mamba-ssm --no-build-isolation`), or use the "
                 "'cuda' backend")
     if not torch.cuda.is_available():
