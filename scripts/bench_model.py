@@ -40,6 +40,15 @@ def execution_path(name: str, plain_backend: str):
         yield lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
 
+PATH_TITLES = {"reference": "reference (fp32, unfused)", "fast": "fast (bf16, fused)",
+               "compiled": "compiled (fast + torch.compile)"}
+
+
+def for_path(net, path: str):
+    """The network as the path runs it: "compiled" wraps it in torch.compile (the fast path otherwise)."""
+    return torch.compile(net) if path == "compiled" else net
+
+
 def timed(fn, warmup: int, iters: int):
     for _ in range(warmup):
         fn()
@@ -56,7 +65,7 @@ def timed(fn, warmup: int, iters: int):
 
 def bench_train(net_opt, scale, batch, size, path, plain_backend, warmup, iters):
     torch.manual_seed(0)
-    net = build_network(net_opt).cuda().train()
+    net = for_path(build_network(net_opt).cuda().train(), path)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     x = torch.rand(batch, 3, size, size, device="cuda")
     y = torch.rand(batch, 3, size * scale, size * scale, device="cuda")
@@ -79,7 +88,7 @@ def bench_train(net_opt, scale, batch, size, path, plain_backend, warmup, iters)
 @torch.no_grad()
 def bench_infer(net_opt, size, path, plain_backend, warmup, iters):
     torch.manual_seed(0)
-    net = build_network(net_opt).cuda().eval()
+    net = for_path(build_network(net_opt).cuda().eval(), path)
     x = torch.rand(1, 3, size, size, device="cuda")
     with execution_path(path, plain_backend) as amp:
         def run():
@@ -94,6 +103,98 @@ def bench_infer(net_opt, size, path, plain_backend, warmup, iters):
             torch.cuda.empty_cache()
 
 
+def profile_table(fn, label: str, top: int) -> str:
+    """Run ``fn`` under torch.profiler (after warm-up); return a Markdown summary of GPU time.
+
+    Kernels are grouped by a coarse category (scan, conv/gemm, norm, elementwise, copy, other);
+    "GPU busy" is the summed kernel time over the wall time: well under 1 means launch-bound.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    iters = 3
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t) * 1000 / iters
+    kernels = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(ev.name, [0.0, 0])
+            kernels[ev.name][0] += ev.time_range.elapsed_us() / 1000 / iters
+            kernels[ev.name][1] += 1
+    groups = {}
+    for name, (ms, n) in kernels.items():
+        g = kernel_category(name)
+        groups[g] = groups.get(g, 0.0) + ms
+    busy = sum(groups.values())
+    lines = [f"### {label}", "",
+             f"wall {wall_ms:.1f} ms per call (profiled), GPU kernel time {busy:.1f} ms "
+             f"(busy {busy / wall_ms:.2f}), kernel launches per call {sum(n for _, n in kernels.values()) // iters}", "",
+             "| category | ms | share |", "|---|---|---|"]
+    lines += [f"| {g} | {ms:.2f} | {ms / busy:.0%} |" for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])]
+    lines += ["", "| kernel | ms | launches |", "|---|---|---|"]
+    for name, (ms, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| `{name[:110]}` | {ms:.2f} | {n // iters} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_profile(args, net_opt, scale, plain) -> int:
+    """The --profile mode: one Markdown file of kernel-time tables, per path, train and inference."""
+    parts = [f"# Profile: {args.opt}", "", f"- GPU: {torch.cuda.get_device_name()} ; torch {torch.__version__}",
+             f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
+             f"- command: `python {' '.join(sys.argv)}`", ""]
+    for path in args.paths:
+        for what in ["train"] + [f"infer {s}" for s in args.infer_sizes[:1]]:
+            torch.manual_seed(0)
+            net = for_path(build_network(net_opt).cuda(), path)
+            with execution_path(path, plain) as amp:
+                if what == "train":
+                    net.train()
+                    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+                    x = torch.rand(args.train_batch, 3, args.train_size, args.train_size, device="cuda")
+                    y = torch.rand(args.train_batch, 3, args.train_size * scale, args.train_size * scale, device="cuda")
+
+                    def fn():
+                        with amp():
+                            loss = F.l1_loss(net(x).float(), y)
+                        loss.backward()
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                else:
+                    net.eval()
+                    size = args.infer_sizes[0]
+                    x = torch.rand(1, 3, size, size, device="cuda")
+
+                    def fn():
+                        with torch.no_grad(), amp():
+                            net(x)
+                parts.append(profile_table(fn, f"{path}: {what}", args.profile_top))
+            print(parts[-1], flush=True)
+            del net
+            torch.cuda.empty_cache()
+    os.makedirs(os.path.dirname(args.profile) or ".", exist_ok=True)
+    with open(args.profile, "w") as f:
+        f.write("\n".join(parts))
+    print(f"wrote {args.profile}")
+    return 0
+
+
+def kernel_category(name: str) -> str:
+    """Coarse bucket of a CUDA kernel name, for the profile summary."""
+    n = name.lower()
+    for cat, keys in (("scan", ("scan", "selective", "omni")), ("norm", ("layer_norm", "layernorm")),
+                      ("conv/gemm", ("conv", "gemm", "cutlass", "cudnn", "xmma", "sm90", "implicit", "nchw", "nhwc")),
+                      ("copy/layout", ("copy", "cat", "transpose", "permute", "flip")),
+                      ("reduce", ("reduce",)), ("elementwise", ("elementwise", "vectorized", "unrolled"))):
+        if any(k in n for k in keys):
+            return cat
+    return "other"
+
+
 def fmt(r):
     return "OOM" if r is None else f"{r[0]:.1f} ms, {r[2]:.2f} GB"
 
@@ -104,12 +205,17 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--train-size", type=int, default=128)
     p.add_argument("--infer-sizes", type=int, nargs="*", default=[256, 512, 1024])
-    p.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
+    p.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast", "compiled"],
+                   help="reference: fp32 + unfused scan; fast: bf16 + fused; compiled: fast under torch.compile")
     p.add_argument("--plain-backend", default=None,
                    help="scan backend of the reference path (default: mamba_ssm if available, else cuda)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--out", default=None, help="Markdown file to write (default: benchmarks/model_<name>.md)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="instead of timing, profile each path's training step and the first inference size "
+                        "with torch.profiler and write a kernel-time summary (by category and top kernels) to FILE")
+    p.add_argument("--profile-top", type=int, default=25, help="kernels listed per profile")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: bench_model.py needs a CUDA GPU.", file=sys.stderr)
@@ -121,6 +227,8 @@ def main(argv=None):
     scale = net_opt.get("scale", 1)
     avail = ops.available_backends("cuda")
     plain = args.plain_backend or ("mamba_ssm" if "mamba_ssm" in avail else avail[0])
+    if args.profile:
+        return write_profile(args, net_opt, scale, plain)
     rows = []
     results = {}
     for path in args.paths:
@@ -132,12 +240,14 @@ def main(argv=None):
             r = bench_infer(net_opt, s, path, plain, max(1, args.warmup // 2), max(2, args.iters // 2))
             results[(f"infer {s}", path)] = r
             print(f"infer  {path:9s} {s}x{s}: {fmt(r)}", flush=True)
-    for what in [("train", None)] + [(f"infer {s}", None) for s in args.infer_sizes]:
-        key = what[0]
-        ref, fast = results.get((key, "reference")), results.get((key, "fast"))
-        ratio = f"{ref[0] / fast[0]:.2f}x" if ref and fast else "-"
-        mem = f"{fast[2] / ref[2]:.2f}" if ref and fast else "-"
-        rows.append(f"| {key} | {fmt(ref)} | {fmt(fast)} | {ratio} | {mem} |")
+    others = [p for p in args.paths if p != "reference"]
+    for key in ["train"] + [f"infer {s}" for s in args.infer_sizes]:
+        ref = results.get((key, "reference"))
+        cells = [fmt(results.get((key, p))) for p in args.paths]
+        for p in others:
+            r = results.get((key, p))
+            cells.append(f"{ref[0] / r[0]:.2f}x, mem {r[2] / ref[2]:.2f}" if ref and r else "-")
+        rows.append(f"| {key} | " + " | ".join(cells) + " |")
     name = os.path.splitext(os.path.basename(args.opt))[0]
     out = args.out or os.path.join("benchmarks", f"model_{name}.md")
     head = [f"# Model benchmark: {name}", "",
@@ -147,8 +257,9 @@ def main(argv=None):
             f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam",
             f"- inference: batch 1, input size as given; reference scan backend: {plain}; "
             f"fused op available: {'cuda' in avail}", "",
-            "| what | reference (fp32, unfused) | fast (bf16, fused) | speed-up | memory fast/ref |",
-            "|---|---|---|---|---|"]
+            "| what | " + " | ".join(PATH_TITLES[p] for p in args.paths)
+            + "".join(f" | {p} vs reference (speed-up, memory ratio)" for p in others) + " |",
+            "|---" * (1 + len(args.paths) + len(others)) + "|"]
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         f.write("\n".join(head + rows) + "\n")
