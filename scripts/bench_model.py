@@ -5,9 +5,12 @@
         --infer-sizes 256 512 1024 --out benchmarks/model_realsr_x4.md
 
 Both paths run in this one process on the same GPU, so their ratio is meaningful.
-  reference: fp32 everywhere, the four scan directions as materialised permuted copies -> the
-             plain selective scan -> merge (the original implementation's execution strategy).
-  fast:      bf16 autocast with the scan state in fp32, the fused omni-scan op when available.
+  reference: fp32 everywhere, the projections as rank-R einsums per direction, the four scan
+             directions as materialised permuted copies -> the plain selective scan -> merge
+             (the original implementation's execution strategy).
+  fast:      bf16 autocast with the scan state in fp32, projections as 1x1 convolutions, the
+             fused omni-scan op for small batches (see vmambair.ops.omni_scan).
+  compiled:  the fast path under torch.compile.
 A training step is forward + L1 loss + backward + Adam step. Peak memory is
 torch.cuda.max_memory_allocated with cudnn.benchmark off (no workspace trials).
 """
@@ -28,13 +31,14 @@ import yaml  # noqa: E402
 import vmambair  # noqa: E402,F401
 from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
+from vmambair.archs.vmambair_arch import original_projections  # noqa: E402
 
 
 @contextlib.contextmanager
 def execution_path(name: str, plain_backend: str):
     """Configure the scan and precision for one path; yields the autocast context factory."""
     if name == "reference":
-        with ops.fused_omni_scan(False), ops.use_backend(plain_backend):
+        with ops.fused_omni_scan(False), ops.use_backend(plain_backend), original_projections():
             yield contextlib.nullcontext
     else:
         yield lambda: torch.autocast("cuda", dtype=torch.bfloat16)

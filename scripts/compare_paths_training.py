@@ -3,8 +3,10 @@
 
     python scripts/compare_paths_training.py -opt options/realsr_x4_psnr.yml --iters 1000
 
-reference: fp32, the four scan directions as permuted copies -> plain scan -> merge.
-fast:      bf16 autocast (scan state in fp32) with the fused omni-scan op.
+reference: fp32, per-direction einsum projections, the four scan directions as permuted copies
+           -> plain scan -> merge (as scripts/bench_model.py's reference path).
+fast:      bf16 autocast (scan state in fp32), 1x1-convolution projections, the fused omni-scan
+           op for small batches.
 Both runs start from the same initial weights and see the same batches in the same order:
 x4 super-resolution pairs cut from the photographs that ship with scikit-image (GT crops,
 LQ = bicubic downscale by the network's scale; scale 1 networks get Gaussian noise instead).

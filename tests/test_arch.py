@@ -144,3 +144,29 @@ def test_activation_checkpointing_gives_same_gradients():
     net(x).square().mean().backward()
     for g, w in zip((p.grad for p in net.parameters()), want):
         torch.testing.assert_close(g, w)
+
+
+def test_planar_projections_as_convolutions_match_the_original_einsums():
+    """project_map (1x1 convs, multiplied-out dt pair) computes what the per-direction einsums do,
+    values and gradients, and the network's output does not depend on which one runs."""
+    from vmambair.archs.vmambair_arch import SSMParams, original_projections
+
+    torch.manual_seed(0)
+    ssm = SSMParams(4, 12, 3, 5).double()
+    x = torch.randn(2, 12, 5, 7, dtype=torch.float64, requires_grad=True)
+    got = ssm.project_map(x)
+    want = ssm.project(x.reshape(2, 1, 12, 35).expand(2, 4, 12, 35))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.reshape(w.shape), w)
+    grads_got = torch.autograd.grad(sum((t * t).sum() for t in got), [x, ssm.x_proj_weight, ssm.dt_projs_weight])
+    grads_want = torch.autograd.grad(sum((t * t).sum() for t in want), [x, ssm.x_proj_weight, ssm.dt_projs_weight])
+    for g, w in zip(grads_got, grads_want):
+        torch.testing.assert_close(g, w)
+
+    net = VmambaIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, scan_backend="torch").double().eval()
+    inp = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        fast = net(inp)
+        with original_projections():
+            ref = net(inp)
+    torch.testing.assert_close(fast, ref)

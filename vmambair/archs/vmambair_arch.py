@@ -8,6 +8,7 @@ Ablations of the paper's Table 4 are constructor options (or ``ablation: V1..V4`
 V1 one-direction planar scan, no channel scan; V2 four directions, no channel scan;
 V3 no EFFN; V4 linear layers with reshapes instead of 1x1 convolutions.
 """
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -101,15 +102,60 @@ class SSMParams(nn.Module):
         self.Ds._no_weight_decay = True
 
     def project(self, xs: torch.Tensor):
-        """xs (b, K, d, L) -> delta (b, K, d, L), B (b, K, N, L), C (b, K, N, L)."""
+        """xs (b, K, d, L) -> delta (b, K, d, L), B (b, K, N, L), C (b, K, N, L).
+
+        The original's formulation: a rank-R x projection, then the dt projection, per direction
+        (used on sequences, and by the reference execution path on the planar maps).
+        """
         b, K, d, L = xs.shape
-        flops.add(b * K * L * d * (self.rank + 2 * self.d_state) + b * K * L * self.rank * d)
+        self.count_flops(b * L)
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dt, B, C = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=2)
         return torch.einsum("bkrl,kdr->bkdl", dt, self.dt_projs_weight), B, C
 
+    def project_map(self, x: torch.Tensor):
+        """x (b, d, H, W), the same input for all K directions -> delta (b, K, d, H, W), B and C (b, K, N, H, W).
+
+        The same function as :meth:`project`, executed as three 1x1 convolutions: the rank-R
+        pair (dt_projs_weight[k] @ x_proj_weight[k, :R]) is multiplied out into one (d, d) matrix
+        per direction first, so the low-rank detour (R = d/16 channels, which runs as badly shaped
+        GEMMs) is never materialised. More multiply-adds, far fewer and better-shaped kernels.
+        """
+        b, d, H, W = x.shape
+        K, R, N = self.K, self.rank, self.d_state
+        self.count_flops(b * H * W)
+        with torch.autocast(x.device.type, enabled=False):  # the product of weights stays fp32
+            w_delta = torch.bmm(self.dt_projs_weight, self.x_proj_weight[:, :R]).reshape(K * d, d, 1, 1)
+        w_b = self.x_proj_weight[:, R:R + N].reshape(K * N, d, 1, 1)
+        w_c = self.x_proj_weight[:, R + N:].reshape(K * N, d, 1, 1)
+        return (F.conv2d(x, w_delta).view(b, K, d, H, W), F.conv2d(x, w_b).view(b, K, N, H, W),
+                F.conv2d(x, w_c).view(b, K, N, H, W))
+
+    def count_flops(self, positions: int) -> None:
+        """The paper's FLOPs of the projections (low-rank form), however they are executed."""
+        flops.add(positions * self.K * (self.d * (self.rank + 2 * self.d_state) + self.rank * self.d))
+
     def A(self):
         return -torch.exp(self.A_logs.float())
+
+
+_original_projections = False
+
+
+@contextlib.contextmanager
+def original_projections(enabled: bool = True):
+    """Compute the planar scans' projections the original's way (rank-R einsums per direction)
+    instead of as 1x1 convolutions; same function, for the reference execution path."""
+    global _original_projections
+    old, _original_projections = _original_projections, enabled
+    try:
+        yield
+    finally:
+        _original_projections = old
+
+
+def original_projections_enabled() -> bool:
+    return _original_projections
 
 
 class PlanarScan(nn.Module):
@@ -125,11 +171,14 @@ class PlanarScan(nn.Module):
     def forward(self, x):
         b, d, H, W = x.shape
         K = self.ssm.K
-        # The projections act per pixel, so they are computed once in the natural layout;
-        # only the scan itself needs each direction's pixel order.
-        delta, B, C = self.ssm.project(x.reshape(b, 1, d, H * W).expand(b, K, d, H * W))
-        return ops.planar_omni_scan(x, delta.view(b, K, d, H, W), self.ssm.A(), B.view(b, K, -1, H, W),
-                                    C.view(b, K, -1, H, W), self.ssm.Ds.float(),
+        if original_projections_enabled():
+            # The original's execution: project each direction's (materialised) sequence.
+            delta, B, C = self.ssm.project(x.reshape(b, 1, d, H * W).expand(b, K, d, H * W))
+            delta, B, C = delta.view(b, K, d, H, W), B.view(b, K, -1, H, W), C.view(b, K, -1, H, W)
+        else:
+            # The projections act per pixel: computed once, in the natural layout.
+            delta, B, C = self.ssm.project_map(x)
+        return ops.planar_omni_scan(x, delta, self.ssm.A(), B, C, self.ssm.Ds.float(),
                                     self.ssm.dt_projs_bias.float().view(-1), backend=self.backend)
 
 

@@ -6,10 +6,13 @@ Each direction has its own delta/B/C (given per pixel, in the natural layout) an
 A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
 
 ``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
-run, and the map is at most ``fused_max_pixels()`` pixels; otherwise the unfused path: permute
-copies -> selective_scan -> merge. (The fused CUDA kernel reads the column-major directions with
-strided gathers; measured on an H200, benchmarks/omni_sweep.md, it is 2-6x faster than the
-unfused path up to 128x128, 1.2x at 256x256, and 2x slower from 512x512 on.)
+run, and the batch holds at most ``fused_max_pixels()`` pixels (batch * H * W); otherwise the
+unfused path: permute copies -> selective_scan -> merge. (The fused CUDA kernel reads the
+column-major directions with strided gathers and adds the directions with atomics. Measured on
+an H200, benchmarks/omni_sweep.md, one image: 2-6x faster than the unfused path up to 128x128,
+1.2x at 256x256, 2x slower from 512x512 on; a deraining training batch of 8 x 128x128 ran its
+level-1 scans 2x slower fused than unfused, benchmarks/profile_derain.md. So the limit counts
+the whole batch: the fused op wins where launches, not bytes, dominate.)
 """
 import contextlib
 import os
@@ -28,14 +31,14 @@ _DEFAULT_FUSED_MAX_PIXELS = 256 * 256
 
 
 def fused_max_pixels() -> int:
-    """Largest H*W for which the fused kernel is used (env ``VMAMBAIR_FUSED_MAX_PIXELS``; default 65536)."""
+    """Largest batch*H*W for which the fused kernel is used (env ``VMAMBAIR_FUSED_MAX_PIXELS``; default 65536)."""
     raw = os.environ.get(FUSED_MAX_PIXELS_ENV)
     if raw is None:
         return _DEFAULT_FUSED_MAX_PIXELS
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{FUSED_MAX_PIXELS_ENV}={raw!r} is not an integer; set it to the largest H*W "
+        raise ValueError(f"{FUSED_MAX_PIXELS_ENV}={raw!r} is not an integer; set it to the largest batch*H*W "
                          "(e.g. 65536) that should use the fused omni-scan kernel, or unset it.") from None
 
 
@@ -109,7 +112,7 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     bk = resolve_backend(x.device, backend)
     fused = _FUSED.get(bk.name)
     b, d, H, W = x.shape
-    if (fused is not None and _fused_enabled and delta.shape[1] == 4 and H * W <= fused_max_pixels()
+    if (fused is not None and _fused_enabled and delta.shape[1] == 4 and b * H * W <= fused_max_pixels()
             and not flops.shapes_only()):
         flops.add_scan(b, 4 * d, H * W, A.shape[1])
         return fused(x, delta, A, B, C, D, delta_bias)

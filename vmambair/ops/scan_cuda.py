@@ -11,7 +11,6 @@ imported until a backend is first asked about, so ``import vmambair`` stays chea
 """
 from __future__ import annotations
 
-import functools
 import importlib
 from typing import Optional
 
@@ -24,13 +23,21 @@ _INSTALL = "pip install ./kernels/selective_scan"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@functools.lru_cache(maxsize=None)
+_IMPORTED: dict = {}
+
+
 def _try_import(name: str):
-    """``(module, None)``, or ``(None, the exception)`` when ``name`` cannot be imported; tried once."""
-    try:
-        return importlib.import_module(name), None
-    except Exception as e:  # noqa: BLE001  not installed, or e.g. undefined symbols after a torch upgrade
-        return None, e
+    """``(module, None)``, or ``(None, the exception)`` when ``name`` cannot be imported; tried once.
+
+    A plain dict cache (not functools.lru_cache): torch.compile traces through it as a constant
+    lookup once the import has happened, instead of re-running importlib (a graph break).
+    """
+    if name not in _IMPORTED:
+        try:
+            _IMPORTED[name] = importlib.import_module(name), None
+        except Exception as e:  # noqa: BLE001  not installed, or e.g. undefined symbols after a torch upgrade
+            _IMPORTED[name] = None, e
+    return _IMPORTED[name]
 
 
 def _ext():
