@@ -113,6 +113,8 @@ class TrainOptions:
     clip_grad_norm: Optional[float] = opt(None, "Clip the gradient norm of network_g to this value (null: off).")
     bf16: bool = opt(True, "bf16 autocast on CUDA devices that support it (CPU always runs fp32).")
     deterministic: bool = opt(False, "Deterministic algorithms (bit-exact resume on CPU; slower on GPU).")
+    compile: bool = opt(False, "torch.compile network_g for training on CUDA (the first iterations, and each new "
+                                "patch size, spend time compiling).")
 
 
 @dataclass(kw_only=True)

@@ -90,8 +90,16 @@ class BaseModel:
         return net
 
     def wrap_for_training(self, name: str) -> nn.Module:
-        """Wrap network ``name`` in DDP when running distributed (after EMA copies are made)."""
+        """Wrap network ``name`` in DDP when running distributed (after EMA copies are made).
+
+        With ``train.compile`` on a CUDA device, network_g's forward is compiled in place
+        (``nn.Module.compile``: parameter names and checkpoints stay as they are).
+        """
         net = self.networks[name]
+        if name == "net_g" and self.opt.train is not None and self.opt.train.compile and self.device.type == "cuda":
+            from vmambair import ops
+            ops.available_backends(self.device)  # resolve the scan backends eagerly, outside the traced code
+            net.compile()
         if self.ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped[name] = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
