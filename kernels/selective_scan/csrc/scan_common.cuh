@@ -121,4 +121,85 @@ __device__ __forceinline__ void warp_scan_rev(float& P, float& Q, int lane) {
     }
 }
 
+// Several independent scans at once, for instruction-level parallelism: NF forward scans
+// (as warp_scan_fwd) of (Pf[j], Xf[j]) and NR reverse scans (as warp_scan_rev) of (Pr[j], Qr[j]).
+// The shuffles of one Kogge-Stone step of all of them are issued together, so their latencies
+// overlap instead of adding up. Only the X / Q results are meaningful afterwards: the callers
+// fold the incoming carry into the first lane before scanning, so they never need the scanned
+// products, and the last step skips updating them (one shuffle fewer per scan).
+template <int NF, int NR>
+__device__ __forceinline__ void warp_scan_multi(float (&Pf)[NF > 0 ? NF : 1], float (&Xf)[NF > 0 ? NF : 1],
+                                                float (&Pr)[NR > 0 ? NR : 1], float (&Qr)[NR > 0 ? NR : 1],
+                                                int lane) {
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const bool last = off == 16;
+        float Pu[NF > 0 ? NF : 1], Xu[NF > 0 ? NF : 1], Pd[NR > 0 ? NR : 1], Qd[NR > 0 ? NR : 1];
+#pragma unroll
+        for (int j = 0; j < NF; ++j) {
+            Xu[j] = __shfl_up_sync(kFull, Xf[j], off);
+            if (!last) Pu[j] = __shfl_up_sync(kFull, Pf[j], off);
+        }
+#pragma unroll
+        for (int j = 0; j < NR; ++j) {
+            Qd[j] = __shfl_down_sync(kFull, Qr[j], off);
+            if (!last) Pd[j] = __shfl_down_sync(kFull, Pr[j], off);
+        }
+        if (lane >= off) {
+#pragma unroll
+            for (int j = 0; j < NF; ++j) {
+                Xf[j] = fmaf(Pf[j], Xu[j], Xf[j]);
+                if (!last) Pf[j] *= Pu[j];
+            }
+        }
+        if (lane + off < 32) {
+#pragma unroll
+            for (int j = 0; j < NR; ++j) {
+                Qr[j] = fmaf(Pr[j], Qd[j], Qr[j]);
+                if (!last) Pr[j] *= Pd[j];
+            }
+        }
+    }
+}
+
+// Hint: bring the 128-byte line holding p into L2 (no register, no wait). Used to fetch the
+// next chunk's rows while the current one is computed; a hint only, never needed for correctness.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(p)));
+}
+
+// Plain mode: prefetch into L2 the chunk of positions [tb, tb + kChunk) of the rows that this
+// block stages: nrows rows of length L at base0 + r*L and, unless base1 is null, nrows more at
+// base1 + r*L (B and C of its group). Each thread takes one 128-byte line: thread i -> row
+// i / LPR, line i % LPR (2 * kMaxN rows fit the block). Positions past L are skipped.
+template <typename T>
+__device__ __forceinline__ void prefetch_rows_l2(const T* base0, const T* base1, int nrows, int L, int tb,
+                                                 int tid) {
+    constexpr int kPerLine = 128 / (int)sizeof(T);
+    constexpr int kLPR = kChunk / kPerLine;  // lines per chunk row (8 fp32, 4 bf16/fp16)
+    static_assert(2 * kMaxN * kLPR <= kThreads, "one line per thread");
+    const int r = tid / kLPR;
+    const int t = tb + (tid % kLPR) * kPerLine;
+    if (r < (base1 ? 2 * nrows : nrows) && t < L) {
+        const T* base = r < nrows ? base0 : base1;
+        prefetch_l2(base + (int64_t)(r < nrows ? r : r - nrows) * L + t);
+    }
+}
+
+// Plain mode: prefetch into L2 this warp's part [t0, t0 + kChunk) of nrows rows (row k at rows[k]),
+// one line per lane: lane -> row lane / LPR, line lane % LPR.
+template <typename T, int NR>
+__device__ __forceinline__ void prefetch_warp_rows_l2(const T* const (&rows)[NR], int L, int tb, int lane) {
+    constexpr int kPerLine = 128 / (int)sizeof(T);
+    constexpr int kLPR = kChunk / kPerLine;
+    static_assert(NR * kLPR <= 32, "one line per lane");
+    const int r = lane / kLPR;
+    const int t = tb + (lane % kLPR) * kPerLine;
+    if (r < NR && t < L) {
+#pragma unroll
+        for (int k = 0; k < NR; ++k)
+            if (k == r) prefetch_l2(rows[k] + t);
+    }
+}
+
 }  // namespace vss

@@ -3,20 +3,52 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include <type_traits>
+
 #include "scan_common.cuh"
 
 namespace vss {
 
+// States processed together in the kN-specialised kernels: their scans' shuffle chains are
+// independent and are interleaved (ILP). 2 keeps the kernel within the 80 registers that let
+// 3 blocks (24 warps) share an SM.
+constexpr int kFwdNP = 2;
+
+// Shared memory of the forward, in floats (dynamic: the double-buffered staging exceeds 48 KB).
+//   Bs[2][NS][kChunk], Cs[2][NS][kChunk] (not in the summary kernel), carry[kWarps][NS], A2s[kWarps][NS]
+template <int NS, bool kSummary>
+struct FwdSmem {
+    static constexpr int kBs = 0;
+    static constexpr int kCs = kBs + 2 * NS * kChunk;
+    static constexpr int kCarry = kCs + (kSummary ? 0 : 2 * NS * kChunk);
+    static constexpr int kA2 = kCarry + kWarps * NS;
+    static constexpr int kEnd = kA2 + kWarps * NS;
+    static constexpr int kBytes = kEnd * (int)sizeof(float);
+};
+
 // One block = kWarps channels of one group, one segment of the sequence, one batch item.
 // kSummary: compute only the segment's outgoing state from a zero incoming state, plus the
 // sum of dt over the segment (its decay is exp(A * sum)); write nothing else.
-template <typename T, bool kOmni, bool kSummary>
-__global__ void __launch_bounds__(kThreads)
+// kN > 0: the state size is kN (= p.N) at compile time, so every n-loop is unrolled and the
+// states are processed kFwdNP at a time; kN == 0: any p.N <= kMaxN, one state at a time.
+//
+// Per chunk: (1) every thread issues all its global loads (its position of the group's B/C
+// rows for every n, its lane's delta/u) and an L2 prefetch of the next chunk; (2) the B/C
+// values go to this chunk's half of the double-buffered staging area and ONE barrier publishes
+// them (the other half may still be read by slower warps finishing the previous chunk; the
+// barrier of the previous chunk guarantees nobody still reads the half being written, since
+// every warp passed it only after finishing the chunk before); (3) per state, the lane scans its
+// kK positions, the warp scans the lanes' maps with the chunk's incoming state folded into
+// lane 0, and lane 0 keeps the outgoing state (read back from lane 31) in carry[warp][n].
+template <typename T, bool kOmni, bool kSummary, int kN>
+__global__ void __launch_bounds__(kThreads, kN > 0 ? 3 : 2)
 fwd_kernel(const ScanParams p) {
-    __shared__ __align__(16) float Bs[kMaxN][kChunk];
-    __shared__ __align__(16) float Cs[kSummary ? 1 : kMaxN][kChunk];
-    __shared__ float carry[kWarps][kMaxN];  // state entering the next chunk, per warp and n
-    __shared__ float A2s[kWarps][kMaxN];    // A * log2(e)
+    constexpr int NS = kN > 0 ? kN : kMaxN;  // staged rows (upper bound of N)
+    using Sm = FwdSmem<NS, kSummary>;
+    extern __shared__ float4 fwd_smem4[];
+    float* smem = reinterpret_cast<float*>(fwd_smem4);
+    float (*carry)[NS] = reinterpret_cast<float (*)[NS]>(smem + Sm::kCarry);  // touched by lane 0 only
+    float (*A2s)[NS] = reinterpret_cast<float (*)[NS]>(smem + Sm::kA2);      // A * log2(e)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int seg = blockIdx.x, bi = blockIdx.z;
@@ -24,7 +56,7 @@ fwd_kernel(const ScanParams p) {
     const int cl = (blockIdx.y - g * p.bpg) * kWarps + warp;  // channel inside the group
     const bool valid = cl < p.cpg;                           // idle warps still join the barriers
     const int c = g * p.cpg + (valid ? cl : 0);
-    const int N = p.N, L = p.L;
+    const int N = kN > 0 ? kN : p.N, L = p.L;
     const int64_t row = (int64_t)bi * p.dim + c;                               // delta / states row
     const int64_t xrow = kOmni ? (int64_t)bi * p.cpg + (valid ? cl : 0) : row; // u / y row
     const T* __restrict__ urow = static_cast<const T*>(p.u) + xrow * L;
@@ -40,94 +72,162 @@ fwd_kernel(const ScanParams p) {
         A2s[warp][lane] = p.A[(int64_t)c * N + lane] * kLog2e;
         carry[warp][lane] = (!kSummary && p.nseg > 1) ? p.seg_carry[(row * p.nseg + seg) * N + lane] : 0.f;
     }
+    // (Read by lane 0 only after the first chunk's barrier.)
     float S_tot = 0.f;
 
     for (int ch = ch0; ch < ch1; ++ch) {
         const int tb = ch * kChunk;
-        __syncthreads();  // the previous chunk is done with Bs/Cs (and carry writes are visible)
-        {
-            // Stage this group's B (and C) chunk once for all warps, as fp32, in scan order.
-            const int t = tb + tid;
-            const bool in = t < L;
-            const int pp = in ? (kOmni ? omni_pixel(g, t, p.H, p.W, L) : t) : 0;
-            for (int n = 0; n < N; ++n) {
-                Bs[n][tid] = in ? to_f<T>(Bg[(int64_t)n * L + pp]) : 0.f;
-                if constexpr (!kSummary) Cs[n][tid] = in ? to_f<T>(Cg[(int64_t)n * L + pp]) : 0.f;
+        const int buf = (ch - ch0) & 1;
+        float (*Bs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kBs + buf * NS * kChunk);
+        float (*Cs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kCs + buf * NS * kChunk);
+        const int t0 = tb + lane * kK;
+        const int nv = valid ? min(kK, L - t0) : 0;  // positions of this lane that exist (may be <= 0)
+
+        // (1)+(2) Global loads of the chunk, issued back to back so that they are in flight
+        // together, and the staged B/C stores. The rows go in two halves (kHalf states of B and
+        // C each) to bound the registers that hold loaded values; this lane's delta/u loads are
+        // issued between the first half's loads and its stores. No barrier is needed before the
+        // stores (double buffering, see above) and ONE barrier publishes them.
+        const int tpos = tb + tid;
+        const bool tin = tpos < L;
+        const int tpix = tin ? (kOmni ? omni_pixel(g, tpos, p.H, p.W, L) : tpos) : 0;
+        constexpr int kHalf = NS > 8 ? 8 : NS;
+        float vb[kHalf], vc[kHalf];
+        auto load_bc = [&](const int nb) {
+#pragma unroll
+            for (int j = 0; j < kHalf; ++j) {
+                if (nb + j < N) {
+                    vb[j] = tin ? to_f<T>(Bg[(int64_t)(nb + j) * L + tpix]) : 0.f;
+                    if constexpr (!kSummary) vc[j] = tin ? to_f<T>(Cg[(int64_t)(nb + j) * L + tpix]) : 0.f;
+                }
+            }
+        };
+        auto store_bc = [&](const int nb) {
+#pragma unroll
+            for (int j = 0; j < kHalf; ++j) {
+                if (nb + j < N) {
+                    Bs[nb + j][tid] = vb[j];
+                    if constexpr (!kSummary) Cs[nb + j][tid] = vc[j];
+                }
+            }
+        };
+        load_bc(0);
+        float dt[kK], uv[kK];
+        if constexpr (kOmni) {
+#pragma unroll
+            for (int i = 0; i < kK; ++i) {
+                const int pix = i < nv ? omni_pixel(g, t0 + i, p.H, p.W, L) : 0;
+                dt[i] = i < nv ? to_f<T>(drow[pix]) : 0.f;
+                uv[i] = i < nv ? to_f<T>(urow[pix]) : 0.f;
+            }
+        } else {
+            load_row<T>(drow + t0, nv, p.vec, dt);
+            load_row<T>(urow + t0, nv, p.vec, uv);
+        }
+        store_bc(0);
+#pragma unroll
+        for (int nb = kHalf; nb < NS; nb += kHalf) {
+            if (nb < N) {
+                load_bc(nb);
+                store_bc(nb);
+            }
+        }
+        if constexpr (!kOmni) {
+            if (ch + 1 < ch1) {
+                // The next chunk's rows into L2 while this one is computed (B/C are shared by the
+                // group's blocks and often hit L2 already; delta/u are read exactly once).
+                prefetch_rows_l2<T>(Bg, kSummary ? nullptr : Cg, N, L, tb + kChunk, tid);
+                if (valid) {
+                    const T* const rows[2] = {drow, urow};
+                    prefetch_warp_rows_l2<T, 2>(rows, L, tb + kChunk, lane);
+                }
             }
         }
         __syncthreads();
 
-        const int t0 = tb + lane * kK;
-        const int nv = valid ? min(kK, L - t0) : 0;  // positions of this lane that exist (may be <= 0)
-        float dt[kK], du[kK], yv[kK];
-        int pix[kK];
-        {
-            float uv[kK];
-            if constexpr (kOmni) {
+        float du[kK], yv[kK];
 #pragma unroll
-                for (int i = 0; i < kK; ++i) {
-                    pix[i] = i < nv ? omni_pixel(g, t0 + i, p.H, p.W, L) : 0;
-                    dt[i] = i < nv ? to_f<T>(drow[pix[i]]) : 0.f;
-                    uv[i] = i < nv ? to_f<T>(urow[pix[i]]) : 0.f;
-                }
-            } else {
-                load_row<T>(drow + t0, nv, p.vec, dt);
-                load_row<T>(urow + t0, nv, p.vec, uv);
-            }
-#pragma unroll
-            for (int i = 0; i < kK; ++i) {
-                const float z = dt[i] + bias;
-                // Positions past the end get dt = 0: decay 1, input 0, so they pass the state through.
-                dt[i] = i < nv ? (p.softplus ? softplus_f(z) : z) : 0.f;
-                du[i] = dt[i] * uv[i];
-                yv[i] = Dc * uv[i];
-            }
+        for (int i = 0; i < kK; ++i) {
+            const float z = dt[i] + bias;
+            // Positions past the end get dt = 0: decay 1, input 0, so they pass the state through.
+            dt[i] = i < nv ? (p.softplus ? softplus_f(z) : z) : 0.f;
+            du[i] = dt[i] * uv[i];
+            yv[i] = Dc * uv[i];
         }
         float S = 0.f;
 #pragma unroll
         for (int i = 0; i < kK; ++i) S += dt[i];
 
-        for (int n = 0; n < N; ++n) {
-            const float A2 = A2s[warp][n];
-            float a[kK], x[kK], bv[kK];
-            load_smem_row(&Bs[n][lane * kK], bv);
-            float X = 0.f;
+        // (3) States n0 .. n0 + NP - 1.
+        auto states = [&](auto np_tag, const int n0) {
+            constexpr int NP = decltype(np_tag)::value;
+            float a[NP][kK], P[NP], X[NP], hc[NP];
 #pragma unroll
-            for (int i = 0; i < kK; ++i) {
-                a[i] = exp2f(dt[i] * A2);
-                x[i] = du[i] * bv[i];
-                X = fmaf(a[i], X, x[i]);
-            }
-            // The product of this lane's decays is exp(A * sum dt): one exp instead of kK multiplies.
-            float P = exp2f(A2 * S);
-            warp_scan_fwd(P, X, lane);
-            const float hc = carry[warp][n];
-            float Pe = __shfl_up_sync(kFull, P, 1);
-            float Xe = __shfl_up_sync(kFull, X, 1);
-            if (lane == 0) { Pe = 1.f; Xe = 0.f; }
-            __syncwarp();  // every lane has read carry[warp][n] before lane 31 replaces it
-            if (lane == 31) carry[warp][n] = fmaf(P, hc, X);
-            if constexpr (!kSummary) {
-                if (lane == 0 && valid) p.states[(row * p.nchunks + ch) * N + n] = hc;
-                float cv[kK];
-                load_smem_row(&Cs[n][lane * kK], cv);
-                float h = fmaf(Pe, hc, Xe);
+            for (int j = 0; j < NP; ++j) {
+                const float A2 = A2s[warp][n0 + j];
+                hc[j] = lane == 0 ? carry[warp][n0 + j] : 0.f;  // state entering the chunk (lane 0 only)
+                float bv[kK];
+                load_smem_row(&Bs[n0 + j][lane * kK], bv);
+                float x = 0.f;
 #pragma unroll
                 for (int i = 0; i < kK; ++i) {
-                    h = fmaf(a[i], h, x[i]);
-                    yv[i] = fmaf(cv[i], h, yv[i]);
+                    a[j][i] = exp2f(dt[i] * A2);
+                    x = fmaf(a[j][i], x, du[i] * bv[i]);
+                }
+                // The product of this lane's decays is exp(A * sum dt): one exp instead of kK multiplies.
+                P[j] = exp2f(A2 * S);
+                // Fold the incoming state into lane 0, so the scan yields exact states directly.
+                X[j] = lane == 0 ? fmaf(P[j], hc[j], x) : x;
+            }
+            {
+                float Pr_unused[1], Qr_unused[1];
+                warp_scan_multi<NP, 0>(P, X, Pr_unused, Qr_unused, lane);
+            }
+#pragma unroll
+            for (int j = 0; j < NP; ++j) {
+                // Lane l gets X of lane l-1 (the state entering its positions); lane 0 gets X of
+                // lane 31, the state leaving the chunk, which it keeps for the next chunk.
+                const float Xe = __shfl_sync(kFull, X[j], (lane + 31) & 31);
+                if (lane == 0) carry[warp][n0 + j] = Xe;
+                if constexpr (!kSummary) {
+                    if (lane == 0 && valid) p.states[(row * p.nchunks + ch) * N + n0 + j] = hc[j];
+                    // B and C re-read from shared memory 4 positions at a time (registers).
+                    const float4* b4 = reinterpret_cast<const float4*>(&Bs[n0 + j][lane * kK]);
+                    const float4* c4 = reinterpret_cast<const float4*>(&Cs[n0 + j][lane * kK]);
+                    float h = lane == 0 ? hc[j] : Xe;
+#pragma unroll
+                    for (int q = 0; q < kK / 4; ++q) {
+                        const float4 bq = b4[q], cq = c4[q];
+                        const float bv[4] = {bq.x, bq.y, bq.z, bq.w}, cv[4] = {cq.x, cq.y, cq.z, cq.w};
+#pragma unroll
+                        for (int k = 0; k < 4; ++k) {
+                            const int i = 4 * q + k;
+                            h = fmaf(a[j][i], h, du[i] * bv[k]);
+                            yv[i] = fmaf(cv[k], h, yv[i]);
+                        }
+                    }
                 }
             }
+        };
+        if constexpr (kN > 0) {
+            static_assert(kN % kFwdNP == 0, "kN must be a multiple of kFwdNP");
+            // Not unrolled further: a fully unrolled n-loop lets the scheduler hoist work of later
+            // states and balloons the registers (255 and spills); one pair at a time fits in 80.
+#pragma unroll 1
+            for (int n0 = 0; n0 < kN; n0 += kFwdNP) states(std::integral_constant<int, kFwdNP>{}, n0);
+        } else {
+            for (int n0 = 0; n0 < N; ++n0) states(std::integral_constant<int, 1>{}, n0);
         }
 
         if constexpr (!kSummary) {
             if (valid) {
                 if constexpr (kOmni) {
                     // Four directions add into the same pixel: fp32 atomics into a zeroed buffer.
+                    // (Pixels recomputed rather than kept in 8 registers across the n-loop.)
                     float* yacc = static_cast<float*>(p.y) + xrow * L;
 #pragma unroll
                     for (int i = 0; i < kK; ++i)
-                        if (i < nv) atomicAdd(yacc + pix[i], yv[i]);
+                        if (i < nv) atomicAdd(yacc + omni_pixel(g, t0 + i, p.H, p.W, L), yv[i]);
                 } else {
                     store_row<T>(static_cast<T*>(p.y) + row * L + t0, nv, p.vec, yv);
                 }
@@ -139,7 +239,7 @@ fwd_kernel(const ScanParams p) {
 
     if constexpr (kSummary) {
         S_tot = warp_sum(S_tot);
-        __syncwarp();
+        __syncwarp();  // lane 0's last carry writes are visible to the other lanes
         if (valid) {
             if (lane == 0) p.seg_S[row * p.nseg + seg] = S_tot;
             if (lane < N) p.seg_H[(row * p.nseg + seg) * N + lane] = carry[warp][lane];
@@ -147,21 +247,39 @@ fwd_kernel(const ScanParams p) {
     }
 }
 
-template <typename T>
-void launch_fwd(const ScanParams& p, bool omni, cudaStream_t stream) {
+template <typename T, bool kOmni, bool kSummary, int kN>
+static void launch_fwd_kernel(const ScanParams& p, cudaStream_t stream) {
     const dim3 block(kThreads);
-    if (p.nseg > 1) {
-        const dim3 grid(p.nseg, p.G * p.bpg, p.batch);
-        if (omni) fwd_kernel<T, true, true><<<grid, block, 0, stream>>>(p);
-        else fwd_kernel<T, false, true><<<grid, block, 0, stream>>>(p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        launch_combine(p.seg_S, p.seg_H, p.A, p.seg_carry, p.batch * p.dim, p.dim, p.N, p.nseg, false, stream);
-    }
     const dim3 grid(p.nseg, p.G * p.bpg, p.batch);
-    if (omni) fwd_kernel<T, true, false><<<grid, block, 0, stream>>>(p);
-    else fwd_kernel<T, false, false><<<grid, block, 0, stream>>>(p);
+    constexpr int bytes = FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes;
+    if constexpr (bytes > 48 * 1024) {
+        // Above 48 KB a kernel must opt in; cheap, and per device, so simply done at every launch.
+        C10_CUDA_CHECK(cudaFuncSetAttribute(fwd_kernel<T, kOmni, kSummary, kN>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    }
+    fwd_kernel<T, kOmni, kSummary, kN><<<grid, block, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-}  // namespace vss
+template <typename T, bool kSummary>
+static void launch_fwd_pass(const ScanParams& p, bool omni, cudaStream_t stream) {
+    // VmambaIR always uses N = 16: a specialised kernel; any other N takes the generic one.
+    if (p.N == 16) {
+        if (omni) launch_fwd_kernel<T, true, kSummary, 16>(p, stream);
+        else launch_fwd_kernel<T, false, kSummary, 16>(p, stream);
+    } else {
+        if (omni) launch_fwd_kernel<T, true, kSummary, 0>(p, stream);
+        else launch_fwd_kernel<T, false, kSummary, 0>(p, stream);
+    }
+}
 
+template <typename T>
+void launch_fwd(const ScanParams& p, bool omni, cudaStream_t stream) {
+    if (p.nseg > 1) {
+        launch_fwd_pass<T, true>(p, omni, stream);
+        launch_combine(p.seg_S, p.seg_H, p.A, p.seg_carry, p.batch * p.dim, p.dim, p.N, p.nseg, false, stream);
+    }
+    launch_fwd_pass<T, false>(p, omni, stream);
+}
+
+}  // namespace vss
