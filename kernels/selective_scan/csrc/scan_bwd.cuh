@@ -15,28 +15,44 @@
 
 namespace vss {
 
-// Dynamic shared memory layout, in floats. The summary kernel uses only the first part.
-constexpr int kSmCs = 0;                                  // [kMaxN][kChunk]
-constexpr int kSmRcarry = kSmCs + kMaxN * kChunk;         // [kWarps][kMaxN]
-constexpr int kSmA = kSmRcarry + kWarps * kMaxN;          // [kWarps][kMaxN]
-constexpr int kSmSummaryEnd = kSmA + kWarps * kMaxN;
-constexpr int kSmBs = kSmSummaryEnd;                      // [kMaxN][kChunk]
-constexpr int kSmRed = kSmBs + kMaxN * kChunk;            // [2 buffers][dB, dC][kWarps][kRedStride]
-constexpr int kSmDA = kSmRed + 4 * kWarps * kRedStride;   // [kWarps][kMaxN][32]
-constexpr int kSmEnd = kSmDA + kWarps * kMaxN * 32;
-static_assert(kSmBs % 4 == 0 && kSmRed % 4 == 0, "16-byte alignment of staged rows");
+// Dynamic shared memory layout, in floats (NS = staged rows, an upper bound of N). The summary
+// kernel uses only the first part.
+//   Cs[NS][kChunk], rcarry[kWarps][NS] (lane 31 only), As[kWarps][NS]  | summary end
+//   Bs[NS][kChunk], red[2 buffers][dB, dC][kWarps][kChunk], dAs[kWarps][NS][32]
+template <int NS>
+struct BwdSmem {
+    static constexpr int kCs = 0;
+    static constexpr int kRcarry = kCs + NS * kChunk;
+    static constexpr int kA = kRcarry + kWarps * NS;
+    static constexpr int kSummaryEnd = kA + kWarps * NS;
+    static constexpr int kBs = kSummaryEnd;
+    static constexpr int kRed = kBs + NS * kChunk;
+    static constexpr int kDA = kRed + 4 * kWarps * kChunk;
+    static constexpr int kEnd = kDA + kWarps * NS * 32;
+    static_assert(kBs % 4 == 0 && kRed % 4 == 0, "16-byte alignment of staged rows");
+};
 
-template <typename T, bool kOmni, bool kSummary>
-__global__ void __launch_bounds__(kThreads)
+// kN > 0: state size known at compile time (= p.N); kN == 0: any p.N <= kMaxN.
+// Per chunk: all global loads are issued together (this position's B/C rows for every n, in two
+// halves to bound registers; this lane's delta/u/dy; the chunk's saved states, one n per lane),
+// and the next chunk (ch - 1) is prefetched into L2. Per state, the forward recomputation scan
+// and the reverse scan are independent, so their warp scans run interleaved (ILP); the incoming
+// state / reverse carry are folded into lane 0 / lane 31 before scanning, so the scans give
+// exact values directly, and lane 31 keeps the reverse carry (rcarry[warp][n], touched by lane
+// 31 only, except at init and in the summary's final read, both ordered by barriers).
+template <typename T, bool kOmni, bool kSummary, int kN>
+__global__ void __launch_bounds__(kThreads, 2)
 bwd_kernel(const ScanParams p) {
+    constexpr int NS = kN > 0 ? kN : kMaxN;
+    using Sm = BwdSmem<NS>;
     extern __shared__ float4 smem4[];
     float* smem = reinterpret_cast<float*>(smem4);
-    float (*Cs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + kSmCs);
-    float (*rcarry)[kMaxN] = reinterpret_cast<float (*)[kMaxN]>(smem + kSmRcarry);
-    float (*As)[kMaxN] = reinterpret_cast<float (*)[kMaxN]>(smem + kSmA);
-    float (*Bs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + kSmBs);
-    float* red = smem + kSmRed;
-    float (*dAs)[kMaxN][32] = reinterpret_cast<float (*)[kMaxN][32]>(smem + kSmDA);
+    float (*Cs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kCs);
+    float (*rcarry)[NS] = reinterpret_cast<float (*)[NS]>(smem + Sm::kRcarry);
+    float (*As)[NS] = reinterpret_cast<float (*)[NS]>(smem + Sm::kA);
+    float (*Bs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kBs);
+    float* red = smem + Sm::kRed;
+    float (*dAs)[NS][32] = reinterpret_cast<float (*)[NS][32]>(smem + Sm::kDA);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int seg = blockIdx.x, bi = blockIdx.z;
@@ -44,7 +60,7 @@ bwd_kernel(const ScanParams p) {
     const int cl = (blockIdx.y - g * p.bpg) * kWarps + warp;
     const bool valid = cl < p.cpg;  // idle warps compute zeros and still join every barrier
     const int c = g * p.cpg + (valid ? cl : 0);
-    const int N = p.N, L = p.L;
+    const int N = kN > 0 ? kN : p.N, L = p.L;
     const int64_t row = (int64_t)bi * p.dim + c;
     const int64_t xrow = kOmni ? (int64_t)bi * p.cpg + (valid ? cl : 0) : row;
     const T* __restrict__ urow = static_cast<const T*>(p.u) + xrow * L;
@@ -70,34 +86,80 @@ bwd_kernel(const ScanParams p) {
 
     for (int ch = ch1 - 1; ch >= ch0; --ch) {
         const int tb = ch * kChunk;
-        __syncthreads();
+        const int t0 = tb + lane * kK;
+        const int nv = valid ? min(kK, L - t0) : 0;
         const int tpos = tb + tid;
         const bool tin = tpos < L;
         const int tpix = tin ? (kOmni ? omni_pixel(g, tpos, p.H, p.W, L) : tpos) : 0;
-        for (int n = 0; n < N; ++n) {
-            if constexpr (!kSummary) Bs[n][tid] = tin ? to_f<T>(Bg[(int64_t)n * L + tpix]) : 0.f;
-            Cs[n][tid] = tin ? to_f<T>(Cg[(int64_t)n * L + tpix]) : 0.f;
-        }
-        __syncthreads();
 
-        const int t0 = tb + lane * kK;
-        const int nv = valid ? min(kK, L - t0) : 0;
-        float dt[kK], uv[kK], dyv[kK], du[kK];
-        int pix[kK];
+        // Global loads of the chunk, issued back to back (see the comment above the kernel).
+        constexpr int kHalf = NS > 8 ? 8 : NS;
+        float vb[kHalf], vc[kHalf];
+        auto load_bc = [&](const int nb) {
+#pragma unroll
+            for (int j = 0; j < kHalf; ++j) {
+                if (nb + j < N) {
+                    if constexpr (!kSummary) vb[j] = tin ? to_f<T>(Bg[(int64_t)(nb + j) * L + tpix]) : 0.f;
+                    vc[j] = tin ? to_f<T>(Cg[(int64_t)(nb + j) * L + tpix]) : 0.f;
+                }
+            }
+        };
+        auto store_bc = [&](const int nb) {
+#pragma unroll
+            for (int j = 0; j < kHalf; ++j) {
+                if (nb + j < N) {
+                    if constexpr (!kSummary) Bs[nb + j][tid] = vb[j];
+                    Cs[nb + j][tid] = vc[j];
+                }
+            }
+        };
+        load_bc(0);
+        float dt[kK], uv[kK], dyv[kK];
         if constexpr (kOmni) {
 #pragma unroll
             for (int i = 0; i < kK; ++i) {
-                pix[i] = i < nv ? omni_pixel(g, t0 + i, p.H, p.W, L) : 0;
-                dt[i] = i < nv ? to_f<T>(drow[pix[i]]) : 0.f;
-                uv[i] = i < nv ? to_f<T>(urow[pix[i]]) : 0.f;
-                dyv[i] = i < nv ? to_f<T>(dyrow[pix[i]]) : 0.f;
+                const int pix = i < nv ? omni_pixel(g, t0 + i, p.H, p.W, L) : 0;
+                dt[i] = i < nv ? to_f<T>(drow[pix]) : 0.f;
+                uv[i] = i < nv ? to_f<T>(urow[pix]) : 0.f;
+                dyv[i] = i < nv ? to_f<T>(dyrow[pix]) : 0.f;
             }
         } else {
             load_row<T>(drow + t0, nv, p.vec, dt);
             load_row<T>(urow + t0, nv, p.vec, uv);
             load_row<T>(dyrow + t0, nv, p.vec, dyv);
         }
+        // Saved state at the chunk start, state n in lane n (handed out by shuffles below).
+        float st = 0.f;
+        if constexpr (!kSummary) {
+            if (lane < N) st = p.states[(row * p.nchunks + ch) * N + lane];
+        }
+        if constexpr (!kOmni) {
+            if (ch - 1 >= ch0) {
+                prefetch_rows_l2<T>(Cg, kSummary ? nullptr : Bg, N, L, tb - kChunk, tid);
+                if (valid) {
+                    if constexpr (kSummary) {
+                        const T* const rows[2] = {drow, dyrow};
+                        prefetch_warp_rows_l2<T, 2>(rows, L, tb - kChunk, lane);
+                    } else {
+                        const T* const rows[3] = {drow, urow, dyrow};
+                        prefetch_warp_rows_l2<T, 3>(rows, L, tb - kChunk, lane);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the previous chunk is done with Bs/Cs
+        store_bc(0);
+#pragma unroll
+        for (int nb = kHalf; nb < NS; nb += kHalf) {
+            if (nb < N) {
+                load_bc(nb);
+                store_bc(nb);
+            }
+        }
+        __syncthreads();
+
         float S = 0.f;
+        float du[kK];
 #pragma unroll
         for (int i = 0; i < kK; ++i) {
             const float z = dt[i] + bias;
@@ -109,7 +171,7 @@ bwd_kernel(const ScanParams p) {
 #pragma unroll
         for (int i = 0; i < kK; ++i) { gB[i] = 0.f; qhA[i] = 0.f; }
 
-        for (int n = 0; n < N; ++n) {
+        auto state = [&](const int n) {
             const float An = As[warp][n];
             const float A2 = An * kLog2e;
             float a[kK], w[kK];
@@ -123,47 +185,51 @@ bwd_kernel(const ScanParams p) {
                 }
             }
             const float P0 = exp2f(A2 * S);
+            const float h0 = kSummary ? 0.f : __shfl_sync(kFull, st, n);  // lane 0 uses it
+            const float rc = lane == 31 ? rcarry[warp][n] : 0.f;          // lane 31 uses it
 
-            // Forward recomputation of the states inside this chunk, from the saved chunk start.
-            float h[kK], bv[kK], hin = 0.f;
+            // Reverse map of this lane: r -> a_t (w_t + r) over its positions; rc folded into lane 31.
+            float Pr[1] = {P0}, Qr[1];
+            {
+                float Q = 0.f;
+#pragma unroll
+                for (int i = kK - 1; i >= 0; --i) Q = a[i] * (w[i] + Q);
+                Qr[0] = lane == 31 ? fmaf(P0, rc, Q) : Q;
+            }
+            // Forward recomputation of the states inside this chunk, from the saved chunk start
+            // (folded into lane 0).
+            float bv[kK];
+            float Pf[1] = {P0}, Xf[1] = {0.f};
             if constexpr (!kSummary) {
                 load_smem_row(&Bs[n][lane * kK], bv);
                 float X = 0.f;
 #pragma unroll
                 for (int i = 0; i < kK; ++i) X = fmaf(a[i], X, du[i] * bv[i]);
-                float P = P0;
-                warp_scan_fwd(P, X, lane);
-                float Pe = __shfl_up_sync(kFull, P, 1);
-                float Xe = __shfl_up_sync(kFull, X, 1);
-                if (lane == 0) { Pe = 1.f; Xe = 0.f; }
-                const float h0 = p.states[(row * p.nchunks + ch) * N + n];
-                hin = fmaf(Pe, h0, Xe);
-                float hh = hin;
-#pragma unroll
-                for (int i = 0; i < kK; ++i) {
-                    hh = fmaf(a[i], hh, du[i] * bv[i]);
-                    h[i] = hh;
-                }
+                Xf[0] = lane == 0 ? fmaf(P0, h0, X) : X;
+                warp_scan_multi<1, 1>(Pf, Xf, Pr, Qr, lane);
+            } else {
+                warp_scan_multi<0, 1>(Pf, Xf, Pr, Qr, lane);
             }
-
-            // Reverse scan of r -> a_t (w_t + r) (r is q handed to the left).
-            float Q = 0.f;
-#pragma unroll
-            for (int i = kK - 1; i >= 0; --i) Q = a[i] * (w[i] + Q);
-            float P = P0;
-            warp_scan_rev(P, Q, lane);
-            const float rc = rcarry[warp][n];
-            float Pn = __shfl_down_sync(kFull, P, 1);
-            float Qn = __shfl_down_sync(kFull, Q, 1);
-            if (lane == 31) { Pn = 1.f; Qn = 0.f; }
-            __syncwarp();  // every lane has read rcarry[warp][n] before lane 0 replaces it
-            if (lane == 0) rcarry[warp][n] = fmaf(P, rc, Q);
+            // Lane l gets Q of lane l+1 (r entering its last position from the right); lane 31
+            // gets Q of lane 0, the reverse carry handed to the previous chunk.
+            const float Qn = __shfl_sync(kFull, Qr[0], (lane + 1) & 31);
+            if (lane == 31) rcarry[warp][n] = Qn;
 
             if constexpr (!kSummary) {
-                float r = fmaf(Pn, rc, Qn);
+                const float Xe = __shfl_sync(kFull, Xf[0], (lane + 31) & 31);
+                const float hin = lane == 0 ? h0 : Xe;
+                float h[kK];
+                {
+                    float hh = hin;
+#pragma unroll
+                    for (int i = 0; i < kK; ++i) {
+                        hh = fmaf(a[i], hh, du[i] * bv[i]);
+                        h[i] = hh;
+                    }
+                }
+                float r = lane == 31 ? rc : Qn;
                 float dAl = 0.f;
-                float* rB = red + ((buf * 2 + 0) * kWarps + warp) * kRedStride + lane * (kK + 1);
-                float* rC = red + ((buf * 2 + 1) * kWarps + warp) * kRedStride + lane * (kK + 1);
+                float rB[kK], rC[kK];
 #pragma unroll
                 for (int i = kK - 1; i >= 0; --i) {
                     const float gg = w[i] + r;
@@ -178,18 +244,24 @@ bwd_kernel(const ScanParams p) {
                     dAl = fmaf(qh, dt[i], dAl);
                 }
                 dAs[warp][n][lane] += dAl;
+                // This warp's dB/dC contributions, 16-byte stores (contiguous: no bank conflicts).
+                float4* wB = reinterpret_cast<float4*>(red + ((buf * 2 + 0) * kWarps + warp) * kChunk + lane * kK);
+                float4* wC = reinterpret_cast<float4*>(red + ((buf * 2 + 1) * kWarps + warp) * kChunk + lane * kK);
+                wB[0] = make_float4(rB[0], rB[1], rB[2], rB[3]);
+                wB[1] = make_float4(rB[4], rB[5], rB[6], rB[7]);
+                wC[0] = make_float4(rC[0], rC[1], rC[2], rC[3]);
+                wC[1] = make_float4(rC[4], rC[5], rC[6], rC[7]);
                 __syncthreads();
                 // Sum dB/dC over the block's channels, then one atomic per position and n.
                 // (Double-buffered by n parity: one barrier per n suffices.)
                 {
-                    const int idx = (tid / kK) * (kK + 1) + tid % kK;
-                    const float* r0 = red + (buf * 2 + 0) * kWarps * kRedStride + idx;
-                    const float* r1 = red + (buf * 2 + 1) * kWarps * kRedStride + idx;
+                    const float* r0 = red + (buf * 2 + 0) * kWarps * kChunk + tid;
+                    const float* r1 = red + (buf * 2 + 1) * kWarps * kChunk + tid;
                     float sB = 0.f, sC = 0.f;
 #pragma unroll
                     for (int w8 = 0; w8 < kWarps; ++w8) {
-                        sB += r0[w8 * kRedStride];
-                        sC += r1[w8 * kRedStride];
+                        sB += r0[w8 * kChunk];
+                        sC += r1[w8 * kChunk];
                     }
                     if (tin) {
                         atomicAdd(p.dB + gbase + (int64_t)n * L + tpix, sB);
@@ -198,6 +270,14 @@ bwd_kernel(const ScanParams p) {
                 }
                 buf ^= 1;
             }
+        };
+        if constexpr (kN > 0) {
+            // Not unrolled: unrolling lets the scheduler mix states and raises the registers
+            // past the 128 that two resident blocks allow.
+#pragma unroll 1
+            for (int n = 0; n < kN; ++n) state(n);
+        } else {
+            for (int n = 0; n < N; ++n) state(n);
         }
 
         if constexpr (!kSummary) {
@@ -220,8 +300,9 @@ bwd_kernel(const ScanParams p) {
 #pragma unroll
                     for (int i = 0; i < kK; ++i) {
                         if (i < nv) {
-                            atomicAdd(duacc + pix[i], duo[i]);
-                            ddrow[pix[i]] = from_f<T>(ddo[i]);
+                            const int pix = omni_pixel(g, t0 + i, p.H, p.W, L);
+                            atomicAdd(duacc + pix, duo[i]);
+                            ddrow[pix] = from_f<T>(ddo[i]);
                         }
                     }
                 } else {
@@ -247,7 +328,7 @@ bwd_kernel(const ScanParams p) {
         }
     } else {
         S_tot = warp_sum(S_tot);
-        __syncwarp();
+        __syncwarp();  // lane 31's last rcarry writes are visible to the other lanes
         if (valid) {
             if (lane == 0) p.seg_S[row * p.nseg + seg] = S_tot;
             if (lane < N) p.seg_H[(row * p.nseg + seg) * N + lane] = rcarry[warp][lane];
@@ -255,32 +336,40 @@ bwd_kernel(const ScanParams p) {
     }
 }
 
-template <typename Kernel>
-static void set_smem_limit(Kernel kernel, int bytes) {
-    // Above 48 KB a kernel must opt in; cheap, and per device, so simply done at every launch.
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+template <typename T, bool kOmni, bool kSummary, int kN>
+static void launch_bwd_kernel(const ScanParams& p, cudaStream_t stream) {
+    using Sm = BwdSmem<(kN > 0 ? kN : kMaxN)>;
+    const dim3 block(kThreads);
+    const dim3 grid(p.nseg, p.G * p.bpg, p.batch);
+    constexpr int bytes = (kSummary ? Sm::kSummaryEnd : Sm::kEnd) * (int)sizeof(float);
+    if constexpr (bytes > 48 * 1024) {
+        // Above 48 KB a kernel must opt in; cheap, and per device, so simply done at every launch.
+        C10_CUDA_CHECK(cudaFuncSetAttribute(bwd_kernel<T, kOmni, kSummary, kN>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    }
+    bwd_kernel<T, kOmni, kSummary, kN><<<grid, block, bytes, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, bool kSummary>
+static void launch_bwd_pass(const ScanParams& p, bool omni, cudaStream_t stream) {
+    // VmambaIR always uses N = 16: a specialised kernel; any other N takes the generic one.
+    if (p.N == 16) {
+        if (omni) launch_bwd_kernel<T, true, kSummary, 16>(p, stream);
+        else launch_bwd_kernel<T, false, kSummary, 16>(p, stream);
+    } else {
+        if (omni) launch_bwd_kernel<T, true, kSummary, 0>(p, stream);
+        else launch_bwd_kernel<T, false, kSummary, 0>(p, stream);
+    }
 }
 
 template <typename T>
 void launch_bwd(const ScanParams& p, bool omni, cudaStream_t stream) {
-    const dim3 block(kThreads);
-    const dim3 grid(p.nseg, p.G * p.bpg, p.batch);
     if (p.nseg > 1) {
-        const int bytes = kSmSummaryEnd * (int)sizeof(float);
-        if (omni) bwd_kernel<T, true, true><<<grid, block, bytes, stream>>>(p);
-        else bwd_kernel<T, false, true><<<grid, block, bytes, stream>>>(p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_bwd_pass<T, true>(p, omni, stream);
         launch_combine(p.seg_S, p.seg_H, p.A, p.seg_carry, p.batch * p.dim, p.dim, p.N, p.nseg, true, stream);
     }
-    const int bytes = kSmEnd * (int)sizeof(float);
-    if (omni) {
-        set_smem_limit(bwd_kernel<T, true, false>, bytes);
-        bwd_kernel<T, true, false><<<grid, block, bytes, stream>>>(p);
-    } else {
-        set_smem_limit(bwd_kernel<T, false, false>, bytes);
-        bwd_kernel<T, false, false><<<grid, block, bytes, stream>>>(p);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_bwd_pass<T, false>(p, omni, stream);
 }
 
 }  // namespace vss
