@@ -170,3 +170,24 @@ def test_planar_projections_as_convolutions_match_the_original_einsums():
         with original_projections():
             ref = net(inp)
     torch.testing.assert_close(fast, ref)
+
+
+def test_effn_aligned_execution_is_the_same_function():
+    """EFFN on zero-padded (aligned) weights gives the unpadded layer's output and gradients."""
+    from vmambair.archs.vmambair_arch import EFFN
+
+    torch.manual_seed(0)
+    ffn = EFFN(12).double()  # hidden 31: padded to 32
+    x = torch.randn(2, 12, 5, 6, dtype=torch.float64, requires_grad=True)
+    results = []
+    for align in (8, 0):
+        EFFN.align = align
+        try:
+            out = ffn(x)
+            results.append((out, torch.autograd.grad((out ** 2).sum(), [x] + list(ffn.parameters()))))
+        finally:
+            EFFN.align = 8
+    (o1, g1), (o2, g2) = results
+    torch.testing.assert_close(o1, o2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)

@@ -60,18 +60,37 @@ class Pointwise(nn.Module):
 
 
 class EFFN(nn.Module):
-    """Gated depthwise feed-forward network (Restormer's GDFN): (b, c, h, w) -> same."""
+    """Gated depthwise feed-forward network (Restormer's GDFN): (b, c, h, w) -> same.
+
+    hidden = int(c * 2.66) is odd or not a multiple of 8 at every level (127, 255, 510, 1021 for
+    C = 48), which sends the 1x1 convolutions to slow unaligned GEMM kernels. With ``align`` > 0
+    the layer runs on weights zero-padded to a multiple of ``align`` hidden channels: the padded
+    channels are gelu(0) * 0 = 0 and meet zero columns of project_out, so the function, the
+    parameters and their gradients are exactly those of the unpadded layer.
+    """
+
+    align = 8  # class-wide; 0 runs the convolutions at their natural width
 
     def __init__(self, c: int, expansion: float = 2.66, linear_proj: bool = False):
         super().__init__()
         hidden = int(c * expansion)
+        self.hidden = hidden
         self.project_in = Pointwise(c, 2 * hidden, bias=False, linear=linear_proj)
         self.dwconv = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, bias=False)
         self.project_out = Pointwise(hidden, c, bias=False, linear=linear_proj)
 
     def forward(self, x):
-        a, b = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(a) * b)
+        h = self.hidden
+        hp = -(-h // self.align) * self.align if self.align else h
+        if hp == h or self.project_in.linear:
+            a, b = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+            return self.project_out(F.gelu(a) * b)
+        # (2h, ...) weights -> (2, h, ...) -> zero rows appended to each half -> (2hp, ...)
+        w_in = F.pad(self.project_in.proj.weight.view(2, h, -1), (0, 0, 0, hp - h)).view(2 * hp, -1, 1, 1)
+        w_dw = F.pad(self.dwconv.weight.view(2, h, -1), (0, 0, 0, hp - h)).view(2 * hp, 1, 3, 3)
+        w_out = F.pad(self.project_out.proj.weight, (0, 0, 0, 0, 0, hp - h))
+        a, b = F.conv2d(F.conv2d(x, w_in), w_dw, padding=1, groups=2 * hp).chunk(2, dim=1)
+        return F.conv2d(F.gelu(a) * b, w_out)
 
 
 def init_dt_bias(n: int, dt_min=1e-3, dt_max=1e-1, floor=1e-4) -> torch.Tensor:
