@@ -92,14 +92,15 @@ class BaseModel:
     def wrap_for_training(self, name: str) -> nn.Module:
         """Wrap network ``name`` in DDP when running distributed (after EMA copies are made).
 
-        With ``train.compile`` on a CUDA device, network_g's forward is compiled in place
-        (``nn.Module.compile``: parameter names and checkpoints stay as they are).
+        With ``train.compile`` on a CUDA device, network_g is compiled in place (its
+        ``compile_blocks`` when it has one, else ``nn.Module.compile``): parameter names and
+        checkpoints stay as they are.
         """
         net = self.networks[name]
         if name == "net_g" and self.opt.train is not None and self.opt.train.compile and self.device.type == "cuda":
             from vmambair import ops
             ops.available_backends(self.device)  # resolve the scan backends eagerly, outside the traced code
-            net.compile()
+            net.compile_blocks() if hasattr(net, "compile_blocks") else net.compile()
         if self.ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped[name] = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
@@ -107,6 +108,8 @@ class BaseModel:
 
     def build_optimizer(self, name: str, net_name: str, spec: Dict[str, Any]) -> torch.optim.Optimizer:
         params = [p for p in self.networks[net_name].parameters() if p.requires_grad]
+        if self.device.type == "cuda" and spec["type"] in ("Adam", "AdamW") and "fused" not in spec:
+            spec = {**spec, "fused": True}  # one kernel per step instead of a launch per tensor group
         optimizer = build_from_spec("optim", spec, params)
         self.optimizers[name] = optimizer
         return optimizer
