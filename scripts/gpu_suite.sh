@@ -10,7 +10,8 @@
 #          $MAMBA_BUILD (kernels/selective_scan/tools/build_mamba_reference.py) for the comparison
 #   test   pytest -m cuda (kernel against the PyTorch reference, every dtype; network fast path)
 #   scan   scripts/bench_scan.py      -> benchmarks/gpu_scan.md
-#   model  scripts/bench_model.py for the real-world x4 and deraining networks -> benchmarks/model_*.md
+#   model  scripts/bench_model.py (reference, fast, compiled paths) for the real-world x4 and deraining
+#          networks -> benchmarks/model_*.md
 #   ddp    scripts/bench_ddp.py with 2 (and 4, when present) GPUs -> benchmarks/ddp_*.md
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,9 +45,11 @@ for stage in "$@"; do
       ;;
     model)
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_model.py -opt options/realsr_x4_gan.yml \
-          --train-batch 9 --train-size 64 --infer-sizes 256 1024 --out benchmarks/model_realsr_x4.md 2>&1 | tee "$LOGS/model_realsr.log"
+          --paths reference fast compiled --train-batch 9 --train-size 64 --infer-sizes 256 1024 \
+          --out benchmarks/model_realsr_x4.md 2>&1 | tee "$LOGS/model_realsr.log"
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_model.py -opt options/derain.yml \
-          --train-batch 8 --train-size 128 --infer-sizes 256 512 1024 2048 --out benchmarks/model_derain.md 2>&1 | tee "$LOGS/model_derain.log"
+          --paths reference fast compiled --train-batch 8 --train-size 128 --infer-sizes 256 512 1024 2048 \
+          --out benchmarks/model_derain.md 2>&1 | tee "$LOGS/model_derain.log"
       ;;
     ddp)
       for n in 2 4; do

@@ -116,6 +116,8 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert run(img, tmp_path / "o", opt, weights, "--precision", "fp16") == 2
     assert "needs a GPU" in capsys.readouterr().err
+    assert run(img, tmp_path / "o", opt, weights, "--compile") == 2
+    assert "--compile needs a CUDA device" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert restore_main(["-i", str(img), "-o", str(tmp_path / "o"), "-opt", str(opt), "--weights", str(weights),
                              "--device", "cuda"]) == 2
