@@ -272,6 +272,15 @@ def main(argv=None):
             "| what | " + " | ".join(PATH_TITLES[p] for p in args.paths)
             + "".join(f" | {p} vs reference (speed-up, memory ratio)" for p in others) + " |",
             "|---" * (1 + len(args.paths) + len(others)) + "|"]
+    if len(args.infer_sizes) > 1:  # linear complexity: time per pixel should not grow with the size
+        rows += ["", "Inference time per megapixel of input (ms/MP):", "",
+                 "| path | " + " | ".join(f"{s}x{s}" for s in args.infer_sizes) + " | largest / smallest |",
+                 "|---" * (len(args.infer_sizes) + 2) + "|"]
+        for p in args.paths:
+            per = [results.get((f"infer {s}", p)) for s in args.infer_sizes]
+            per = [r[0] / (s * s / 1e6) if r else None for r, s in zip(per, args.infer_sizes)]
+            ratio = f"{per[-1] / per[0]:.2f}" if per[0] and per[-1] else "-"
+            rows.append(f"| {p} | " + " | ".join(f"{v:.0f}" if v else "-" for v in per) + f" | {ratio} |")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         f.write("\n".join(head + rows) + "\n")
