@@ -75,43 +75,43 @@ def timed(fn, warmup: int, iters: int):
     return ms, (torch.cuda.max_memory_allocated() - base) / 2**30, torch.cuda.max_memory_allocated() / 2**30
 
 
-def bench_train(net_opt, scale, batch, size, path, plain_backend, warmup, iters):
+def make_train_step(net_opt, scale, batch, size, path, amp):
+    """A closure running one training step (fwd + L1 + bwd + Adam) of a freshly seeded network."""
     torch.manual_seed(0)
     net = for_path(build_network(net_opt).cuda().train(), path)
     opt = make_optimizer(net, path)
     x = torch.rand(batch, 3, size, size, device="cuda")
     y = torch.rand(batch, 3, size * scale, size * scale, device="cuda")
-    with execution_path(path, plain_backend) as amp:
-        def step():
-            with amp():
-                loss = F.l1_loss(net(x).float(), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        try:
-            return timed(step, warmup, iters)
-        except torch.OutOfMemoryError:
-            return None
-        finally:
-            del net, opt
-            torch.cuda.empty_cache()
+
+    def step():
+        with amp():
+            loss = F.l1_loss(net(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
 
 
-@torch.no_grad()
-def bench_infer(net_opt, size, path, plain_backend, warmup, iters):
+def make_inference(net_opt, size, path, amp):
+    """A closure restoring one random size x size image with a freshly seeded network."""
     torch.manual_seed(0)
     net = for_path(build_network(net_opt).cuda().eval(), path)
     x = torch.rand(1, 3, size, size, device="cuda")
+
+    def run():
+        with torch.no_grad(), amp():
+            net(x)
+    return run
+
+
+def bench(make, path, plain_backend, warmup, iters):
+    """Time the closure ``make(amp)`` builds on ``path``; None when it runs out of GPU memory."""
     with execution_path(path, plain_backend) as amp:
-        def run():
-            with amp():
-                net(x)
         try:
-            return timed(run, warmup, iters)
+            return timed(make(amp), warmup, iters)
         except torch.OutOfMemoryError:
             return None
         finally:
-            del net
             torch.cuda.empty_cache()
 
 
@@ -161,32 +161,14 @@ def write_profile(args, net_opt, scale, plain) -> int:
              f"- command: `python {' '.join(sys.argv)}`", ""]
     for path in args.paths:
         for what in ["train"] + [f"infer {s}" for s in args.infer_sizes[:1]]:
-            torch.manual_seed(0)
-            net = for_path(build_network(net_opt).cuda(), path)
             with execution_path(path, plain) as amp:
                 if what == "train":
-                    net.train()
-                    opt = make_optimizer(net, path)
-                    x = torch.rand(args.train_batch, 3, args.train_size, args.train_size, device="cuda")
-                    y = torch.rand(args.train_batch, 3, args.train_size * scale, args.train_size * scale, device="cuda")
-
-                    def fn():
-                        with amp():
-                            loss = F.l1_loss(net(x).float(), y)
-                        loss.backward()
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
+                    fn = make_train_step(net_opt, scale, args.train_batch, args.train_size, path, amp)
                 else:
-                    net.eval()
-                    size = args.infer_sizes[0]
-                    x = torch.rand(1, 3, size, size, device="cuda")
-
-                    def fn():
-                        with torch.no_grad(), amp():
-                            net(x)
+                    fn = make_inference(net_opt, args.infer_sizes[0], path, amp)
                 parts.append(profile_table(fn, f"{path}: {what}", args.profile_top))
+                del fn
             print(parts[-1], flush=True)
-            del net
             torch.cuda.empty_cache()
     os.makedirs(os.path.dirname(args.profile) or ".", exist_ok=True)
     with open(args.profile, "w") as f:
@@ -244,12 +226,14 @@ def main(argv=None):
     rows = []
     results = {}
     for path in args.paths:
-        r = bench_train(net_opt, scale, args.train_batch, args.train_size, path, plain, args.warmup, args.iters)
+        r = bench(lambda amp: make_train_step(net_opt, scale, args.train_batch, args.train_size, path, amp),
+                  path, plain, args.warmup, args.iters)
         results[("train", path)] = r
         print(f"train  {path:9s} batch {args.train_batch} x {args.train_size}^2: {fmt(r)}", flush=True)
     for s in args.infer_sizes:
         for path in args.paths:
-            r = bench_infer(net_opt, s, path, plain, max(1, args.warmup // 2), max(2, args.iters // 2))
+            r = bench(lambda amp: make_inference(net_opt, s, path, amp), path, plain,
+                      max(1, args.warmup // 2), max(2, args.iters // 2))
             results[(f"infer {s}", path)] = r
             print(f"infer  {path:9s} {s}x{s}: {fmt(r)}", flush=True)
     others = [p for p in args.paths if p != "reference"]
