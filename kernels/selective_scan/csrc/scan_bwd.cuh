@@ -30,6 +30,7 @@ struct BwdSmem {
     static constexpr int kDA = kRed + 4 * kWarps * kChunk;
     static constexpr int kEnd = kDA + kWarps * NS * 32;
     static_assert(kBs % 4 == 0 && kRed % 4 == 0, "16-byte alignment of staged rows");
+    static constexpr int bytes(bool summary) { return (summary ? kSummaryEnd : kEnd) * (int)sizeof(float); }
 };
 
 // kN > 0: state size known at compile time (= p.N); kN == 0: any p.N <= kMaxN.
@@ -336,31 +337,13 @@ bwd_kernel(const ScanParams p) {
     }
 }
 
-template <typename T, bool kOmni, bool kSummary, int kN>
-static void launch_bwd_kernel(const ScanParams& p, cudaStream_t stream) {
-    using Sm = BwdSmem<(kN > 0 ? kN : kMaxN)>;
-    const dim3 block(kThreads);
-    const dim3 grid(p.nseg, p.G * p.bpg, p.batch);
-    constexpr int bytes = (kSummary ? Sm::kSummaryEnd : Sm::kEnd) * (int)sizeof(float);
-    if constexpr (bytes > 48 * 1024) {
-        // Above 48 KB a kernel must opt in; cheap, and per device, so simply done at every launch.
-        C10_CUDA_CHECK(cudaFuncSetAttribute(bwd_kernel<T, kOmni, kSummary, kN>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    }
-    bwd_kernel<T, kOmni, kSummary, kN><<<grid, block, bytes, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 template <typename T, bool kSummary>
 static void launch_bwd_pass(const ScanParams& p, bool omni, cudaStream_t stream) {
-    // VmambaIR always uses N = 16: a specialised kernel; any other N takes the generic one.
-    if (p.N == 16) {
-        if (omni) launch_bwd_kernel<T, true, kSummary, 16>(p, stream);
-        else launch_bwd_kernel<T, false, kSummary, 16>(p, stream);
-    } else {
-        if (omni) launch_bwd_kernel<T, true, kSummary, 0>(p, stream);
-        else launch_bwd_kernel<T, false, kSummary, 0>(p, stream);
-    }
+    dispatch_omni_n(omni, p.N, [&](auto omni_c, auto n_c) {
+        constexpr bool kOmni = decltype(omni_c)::value;
+        constexpr int kN = decltype(n_c)::value;
+        launch_scan_kernel<BwdSmem<(kN > 0 ? kN : kMaxN)>::bytes(kSummary)>(bwd_kernel<T, kOmni, kSummary, kN>, p, stream);
+    });
 }
 
 template <typename T>

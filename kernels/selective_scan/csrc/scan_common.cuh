@@ -1,9 +1,12 @@
 // Device helpers shared by the forward and backward kernels.
 #pragma once
 
+#include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "scan.h"
 
@@ -199,6 +202,38 @@ __device__ __forceinline__ void prefetch_warp_rows_l2(const T* const (&rows)[NR]
 #pragma unroll
         for (int k = 0; k < NR; ++k)
             if (k == r) prefetch_l2(rows[k] + t);
+    }
+}
+
+// ---------------------------------------------------------------- host-side launch helpers
+
+// Runs kernel<<<(nseg, G * bpg, batch), kThreads, kBytes>>>(p). Above 48 KB of dynamic shared
+// memory a kernel must opt in; that is cheap and per device, so it is simply done at every launch.
+template <int kBytes>
+void launch_scan_kernel(void (*kernel)(const ScanParams), const ScanParams& p, cudaStream_t stream) {
+    const dim3 grid(p.nseg, p.G * p.bpg, p.batch);
+    if constexpr (kBytes > 48 * 1024) {
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
+    }
+    kernel<<<grid, dim3(kThreads), kBytes, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Calls launch(omni, n) with compile-time constants: omni as std::bool_constant, n as
+// std::integral_constant<int, 16> (VmambaIR always uses N = 16: a specialised kernel) or <int, 0>
+// (any other N: the generic kernel).
+template <typename Launch>
+void dispatch_omni_n(bool omni, int N, Launch&& launch) {
+    using Omni = std::true_type;
+    using Plain = std::false_type;
+    using N16 = std::integral_constant<int, 16>;
+    using AnyN = std::integral_constant<int, 0>;
+    if (N == 16) {
+        if (omni) launch(Omni{}, N16{});
+        else launch(Plain{}, N16{});
+    } else {
+        if (omni) launch(Omni{}, AnyN{});
+        else launch(Plain{}, AnyN{});
     }
 }
 

@@ -247,30 +247,13 @@ fwd_kernel(const ScanParams p) {
     }
 }
 
-template <typename T, bool kOmni, bool kSummary, int kN>
-static void launch_fwd_kernel(const ScanParams& p, cudaStream_t stream) {
-    const dim3 block(kThreads);
-    const dim3 grid(p.nseg, p.G * p.bpg, p.batch);
-    constexpr int bytes = FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes;
-    if constexpr (bytes > 48 * 1024) {
-        // Above 48 KB a kernel must opt in; cheap, and per device, so simply done at every launch.
-        C10_CUDA_CHECK(cudaFuncSetAttribute(fwd_kernel<T, kOmni, kSummary, kN>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    }
-    fwd_kernel<T, kOmni, kSummary, kN><<<grid, block, bytes, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 template <typename T, bool kSummary>
 static void launch_fwd_pass(const ScanParams& p, bool omni, cudaStream_t stream) {
-    // VmambaIR always uses N = 16: a specialised kernel; any other N takes the generic one.
-    if (p.N == 16) {
-        if (omni) launch_fwd_kernel<T, true, kSummary, 16>(p, stream);
-        else launch_fwd_kernel<T, false, kSummary, 16>(p, stream);
-    } else {
-        if (omni) launch_fwd_kernel<T, true, kSummary, 0>(p, stream);
-        else launch_fwd_kernel<T, false, kSummary, 0>(p, stream);
-    }
+    dispatch_omni_n(omni, p.N, [&](auto omni_c, auto n_c) {
+        constexpr bool kOmni = decltype(omni_c)::value;
+        constexpr int kN = decltype(n_c)::value;
+        launch_scan_kernel<FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes>(fwd_kernel<T, kOmni, kSummary, kN>, p, stream);
+    });
 }
 
 template <typename T>
