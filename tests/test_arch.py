@@ -206,3 +206,18 @@ def test_compile_blocks_traces_each_block_whole_and_keeps_the_function():
         got = net(x)
     assert [n for n, _ in net.named_parameters()] == names
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_sr_tail_in_strips_is_the_whole_image_result(scale, monkeypatch):
+    """Inference runs the SR tail in strips with a halo; the output equals the one-piece tail."""
+    torch.manual_seed(0)
+    net = VmambaIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, scale=scale,
+                   scan_backend="torch").double().eval()
+    feat = torch.randn(1, 16, 13, 7, dtype=torch.float64)
+    with torch.no_grad():
+        whole = net.tail(feat)
+        monkeypatch.setattr(VmambaIR, "tail_strip_pixels", 2 * 7)  # strips of 2 rows
+        strips = net.run_tail(feat)
+    assert strips.shape == whole.shape
+    torch.testing.assert_close(strips, whole)

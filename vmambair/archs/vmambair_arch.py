@@ -380,6 +380,31 @@ class VmambaIR(nn.Module):
             if isinstance(m, Stage):
                 m.checkpointing = bool(enabled)
 
+    # Inference only: the SR tail runs on horizontal strips of at most this many input pixels.
+    tail_strip_pixels = 128 * 1024
+
+    def run_tail(self, feat: torch.Tensor) -> torch.Tensor:
+        """The tail on features (b, 2C, H, W) -> (b, out, H*scale, W*scale).
+
+        Without gradients and for SR, the tail runs strip by strip: its x4 intermediates (384
+        channels at 2048^2, 96 at 4096^2 for a 1024^2 input) would otherwise dominate peak memory.
+        The tail is local (3x3 convolutions and pixel shuffles), so each strip is computed with
+        a halo of one input row per convolution and cropped back: exactly the whole-image result.
+        """
+        H, W = feat.shape[-2:]
+        rows = max(1, self.tail_strip_pixels // W)
+        if self.scale == 1 or torch.is_grad_enabled() or rows >= H:
+            return self.tail(feat)
+        # a 3x3 convolution at any of the tail's resolutions reaches at most one input row further
+        halo = sum(isinstance(m, nn.Conv2d) for m in self.tail.modules())
+        s = self.scale
+        strips = []
+        for r0 in range(0, H, rows):
+            r1 = min(H, r0 + rows)
+            a, b = max(0, r0 - halo), min(H, r1 + halo)
+            strips.append(self.tail(feat[..., a:b, :])[..., (r0 - a) * s:(r1 - a) * s, :])
+        return torch.cat(strips, dim=-2)
+
     def compile_blocks(self, **compile_kwargs) -> None:
         """torch.compile each OSS block in place (what ``train.compile`` does on CUDA).
 
@@ -405,7 +430,7 @@ class VmambaIR(nn.Module):
         d3 = self.decoder3(self.reduce3(torch.cat([self.up3(lat), e3], 1)))
         d2 = self.decoder2(self.reduce2(torch.cat([self.up2(d3), e2], 1)))
         d1 = self.decoder1(torch.cat([self.up1(d2), e1], 1))
-        out = self.tail(self.refinement(d1))
+        out = self.run_tail(self.refinement(d1))
         if self.scale == 1:
             out = out + x if self.residual else out
         else:
