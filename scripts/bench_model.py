@@ -51,7 +51,6 @@ PATH_TITLES = {"reference": "reference (fp32, unfused)", "fast": "fast (bf16, fu
 def for_path(net, path: str):
     """The network as the path runs it: "compiled" compiles its blocks in place, as train.compile does."""
     if path == "compiled":
-        ops.available_backends("cuda")  # resolve the scan backends eagerly, outside the traced code
         net.compile_blocks()
     return net
 
@@ -154,11 +153,16 @@ def profile_table(fn, label: str, top: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def provenance() -> list:
+    """The GPU, date and command lines every output file of this script starts with."""
+    return [f"- GPU: {torch.cuda.get_device_name()} ; torch {torch.__version__} ; {platform.node()}",
+            f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
+            f"- command: `python {' '.join(sys.argv)}`"]
+
+
 def write_profile(args, net_opt, scale, plain) -> int:
     """The --profile mode: one Markdown file of kernel-time tables, per path, train and inference."""
-    parts = [f"# Profile: {args.opt}", "", f"- GPU: {torch.cuda.get_device_name()} ; torch {torch.__version__}",
-             f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-             f"- command: `python {' '.join(sys.argv)}`", ""]
+    parts = [f"# Profile: {args.opt}", ""] + provenance() + [""]
     for path in args.paths:
         for what in ["train"] + [f"infer {s}" for s in args.infer_sizes[:1]]:
             with execution_path(path, plain) as amp:
@@ -247,9 +251,7 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(args.opt))[0]
     out = args.out or os.path.join("benchmarks", f"model_{name}.md")
     head = [f"# Model benchmark: {name}", "",
-            f"- GPU: {torch.cuda.get_device_name()} ; torch {torch.__version__} ; {platform.node()}",
-            f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
-            f"- command: `python {' '.join(sys.argv)}`",
+            *provenance(),
             f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam",
             f"- inference: batch 1, input size as given; reference scan backend: {plain}; "
             f"fused op available: {'cuda' in avail}", "",

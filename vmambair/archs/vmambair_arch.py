@@ -416,6 +416,8 @@ class VmambaIR(nn.Module):
         import torch._dynamo
         # train and eval graphs for each of the 4 widths, and a dynamic-shape graph per width
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        # Resolve (import) the scan backends now: an import inside traced code breaks the graph.
+        ops.available_backends(next(self.parameters()).device)
         for m in self.modules():
             if isinstance(m, OSSBlock):
                 m.compile(**compile_kwargs)

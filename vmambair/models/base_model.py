@@ -98,8 +98,6 @@ class BaseModel:
         """
         net = self.networks[name]
         if name == "net_g" and self.opt.train is not None and self.opt.train.compile and self.device.type == "cuda":
-            from vmambair import ops
-            ops.available_backends(self.device)  # resolve the scan backends eagerly, outside the traced code
             net.compile_blocks() if hasattr(net, "compile_blocks") else net.compile()
         if self.ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
