@@ -18,7 +18,7 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vmambair.data.image_io import DataError  # noqa: E402
-from vmambair.data.prep import list_image_files, progress_map  # noqa: E402
+from vmambair.data.prep import list_image_files, run_image_jobs  # noqa: E402
 
 
 def window_starts(length: int, crop: int, step: int, thresh: int):
@@ -69,13 +69,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(f, out, args.crop_size, args.step, args.thresh_size, args.compression, args.keep_small) for f in files]
-    total, problems = 0, []
-    for n, msg in progress_map(process, jobs, args.workers, "sub-images", chunksize=2):
-        total += n
-        if msg:
-            problems.append(msg)
-    for msg in problems:
-        print(f"warning: {msg}", file=sys.stderr)
+    total, _ = run_image_jobs(process, jobs, args.workers, "sub-images", chunksize=2)
     print(f"Wrote {total} sub-images of {len(files)} images to {out}.")
     return 0
 

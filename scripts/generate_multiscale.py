@@ -16,7 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vmambair.data.image_io import DataError  # noqa: E402
-from vmambair.data.prep import list_image_files, progress_map  # noqa: E402
+from vmambair.data.prep import list_image_files, run_image_jobs  # noqa: E402
 SCALES = (0.75, 0.5, 1 / 3)
 
 
@@ -57,13 +57,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(f, out, args.shortest_edge, args.keep_original) for f in files]
-    total, problems = 0, []
-    for n, msg in progress_map(process, jobs, args.workers, "multi-scale"):
-        total += n
-        if msg:
-            problems.append(msg)
-    for msg in problems:
-        print(f"warning: {msg}", file=sys.stderr)
+    total, _ = run_image_jobs(process, jobs, args.workers, "multi-scale")
     print(f"Wrote {total} images from {len(files)} to {out}.")
     return 0
 

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vmambair.data.image_io import DataError  # noqa: E402
-from vmambair.data.prep import list_image_files, progress_map  # noqa: E402
+from vmambair.data.prep import list_image_files, run_image_jobs  # noqa: E402
 import vmambair.compat  # noqa: F401,E402  (before basicsr)
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 
@@ -30,20 +30,21 @@ def bicubic_downscale(img: np.ndarray, scale: int) -> np.ndarray:
 
 
 def process(args):
+    """One HR image -> its LR image; (LR images written, problem or None)."""
     path, out_dir, scale, mod_dir = args
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        return f"cannot read '{path}' (corrupt or not an image); skipped"
+        return 0, f"cannot read '{path}' (corrupt or not an image); skipped"
     h, w = img.shape[:2]
     if h % scale or w % scale:
         if mod_dir is None:
-            return (f"'{path}' is {w}x{h}, not a multiple of {scale}; skipped (use --mod-crop-dir to crop HR "
-                    f"images to a multiple of the scale)")
+            return 0, (f"'{path}' is {w}x{h}, not a multiple of {scale}; skipped (use --mod-crop-dir to crop HR "
+                       f"images to a multiple of the scale)")
         img = img[: h - h % scale, : w - w % scale]
     if mod_dir is not None:
         cv2.imwrite(str(Path(mod_dir) / f"{path.stem}.png"), img)
     cv2.imwrite(str(Path(out_dir) / f"{path.stem}.png"), bicubic_downscale(img, scale))
-    return None
+    return 1, None
 
 
 def main(argv=None) -> int:
@@ -64,13 +65,8 @@ def main(argv=None) -> int:
     if args.mod_crop_dir:
         Path(args.mod_crop_dir).mkdir(parents=True, exist_ok=True)
     jobs = [(f, args.output, args.scale, args.mod_crop_dir) for f in files]
-    problems = []
-    for msg in progress_map(process, jobs, args.workers, "bicubic LR", chunksize=4):
-        if msg:
-            problems.append(msg)
-    for msg in problems:
-        print(f"warning: {msg}", file=sys.stderr)
-    print(f"Wrote {len(jobs) - len(problems)} LR images (x{args.scale}) to {args.output}.")
+    written, problems = run_image_jobs(process, jobs, args.workers, "bicubic LR", chunksize=4)
+    print(f"Wrote {written} LR images (x{args.scale}) to {args.output}.")
     return 1 if problems else 0
 
 

@@ -1,9 +1,10 @@
 """Small helpers shared by the data-preparation scripts (scripts/extract_subimages.py, ...)."""
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Sequence
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -35,3 +36,20 @@ def progress_map(fn: Callable, jobs: Sequence, workers: int, desc: str, chunksiz
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
         yield from tqdm(pool.map(fn, jobs, chunksize=chunksize), total=len(jobs), unit="img", desc=desc)
+
+
+def run_image_jobs(fn: Callable[..., Tuple[int, Optional[str]]], jobs: Sequence, workers: int, desc: str,
+                   chunksize: int = 1) -> Tuple[int, List[str]]:
+    """Run ``fn`` over ``jobs`` with :func:`progress_map`; ``fn`` returns (files written, problem or None).
+
+    Each problem is printed as a warning on stderr once the progress bar is done.
+    Returns (files written in all, the problems).
+    """
+    total, problems = 0, []
+    for n, msg in progress_map(fn, jobs, workers, desc, chunksize):
+        total += n
+        if msg:
+            problems.append(msg)
+    for msg in problems:
+        print(f"warning: {msg}", file=sys.stderr)
+    return total, problems
