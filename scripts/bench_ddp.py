@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DERAIN_NET = {"type": "VmambaIR", "in_channels": 3, "out_channels": 3, "dim": 48, "num_blocks": [4, 4, 6, 8],
               "num_refinement_blocks": 2, "scale": 1, "ffn_expansion_factor": 2.66}
 TINY_NET = dict(DERAIN_NET, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+TRAIN_EXTRA: dict = {}  # train options from --compile / --cuda-graph, for every run
 
 
 def make_data(folder: Path, count: int, size: int) -> None:
@@ -72,6 +73,7 @@ def write_options(work: Path, name: str, net: dict, patch: int, batch: int, step
                   "pixel_opt": {"type": "L1Loss", "loss_weight": 1.0}, "clip_grad_norm": 0.01, "bf16": True},
         "logger": {"print_freq": print_freq, "save_checkpoint_freq": 10 ** 9, "use_tb_logger": False},
     }
+    opt["train"].update(TRAIN_EXTRA)
     path = work / f"{name}.yml"
     path.write_text(yaml.safe_dump(opt))
     return path
@@ -119,7 +121,10 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help="Run on CPU with gloo (smoke test).")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "ddp.md"), help="Markdown report to write.")
     p.add_argument("--workdir", default=None, help="Scratch folder (default: a temporary one).")
+    p.add_argument("--compile", action="store_true", help="Every run with train.compile: true.")
+    p.add_argument("--cuda-graph", action="store_true", help="Every run with train.cuda_graph: true.")
     a = p.parse_args()
+    TRAIN_EXTRA.update({k: True for k, on in (("compile", a.compile), ("cuda_graph", a.cuda_graph)) if on})
 
     import torch
     work = Path(a.workdir or tempfile.mkdtemp(prefix="vmambair_bench_ddp_"))

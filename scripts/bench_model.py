@@ -11,6 +11,9 @@ Both paths run in this one process on the same GPU, so their ratio is meaningful
   fast:      bf16 autocast with the scan state in fp32, projections as 1x1 convolutions, the
              fused omni-scan op for small batches (see vmambair.ops.omni_scan).
   compiled:  the fast path under torch.compile.
+  graphed:   the compiled path with CUDA graphs (vmambair.engine.cuda_graph), as train.cuda_graph
+             and restore.py --cuda-graphs run it: forward + loss + backward replayed as one graph,
+             then the fused Adam step; inference as one graph per input size.
 A training step is forward + L1 loss + backward + Adam step. Peak memory is
 torch.cuda.max_memory_allocated with cudnn.benchmark off (no workspace trials).
 """
@@ -32,6 +35,7 @@ import vmambair  # noqa: E402,F401
 from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
 from vmambair.archs.vmambair_arch import original_projections  # noqa: E402
+from vmambair.engine.cuda_graph import GraphedForward, GraphedLossAndGrad  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -45,13 +49,15 @@ def execution_path(name: str, plain_backend: str):
 
 
 PATH_TITLES = {"reference": "reference (fp32, unfused)", "fast": "fast (bf16, fused)",
-               "compiled": "compiled (fast + torch.compile)"}
+               "compiled": "compiled (fast + torch.compile)", "graphed": "graphed (compiled + CUDA graphs)"}
+COMPILE_KWARGS: dict = {}  # --compile-mode
 
 
 def for_path(net, path: str):
-    """The network as the path runs it: "compiled" compiles its blocks in place, as train.compile does."""
-    if path == "compiled":
-        net.compile_blocks()
+    """The network as the path runs it: "compiled" and "graphed" compile its blocks in place, as
+    train.compile does."""
+    if path in ("compiled", "graphed"):
+        net.compile_blocks(**COMPILE_KWARGS)
     return net
 
 
@@ -82,12 +88,19 @@ def make_train_step(net_opt, scale, batch, size, path, amp):
     x = torch.rand(batch, 3, size, size, device="cuda")
     y = torch.rand(batch, 3, size * scale, size * scale, device="cuda")
 
-    def step():
+    def loss_of(x, y):
         with amp():
-            loss = F.l1_loss(net(x).float(), y)
-        loss.backward()
+            return F.l1_loss(net(x).float(), y)
+
+    graphed = GraphedLossAndGrad(loss_of, net.parameters()) if path == "graphed" else None
+
+    def step():
+        if graphed is not None:
+            graphed(x, y)  # the replay leaves the gradients in p.grad
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss_of(x, y).backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
     return step
 
 
@@ -95,6 +108,8 @@ def make_inference(net_opt, size, path, amp):
     """A closure restoring one random size x size image with a freshly seeded network."""
     torch.manual_seed(0)
     net = for_path(build_network(net_opt).cuda().eval(), path)
+    if path == "graphed":
+        net = GraphedForward(net)
     x = torch.rand(1, 3, size, size, device="cuda")
 
     def run():
@@ -107,7 +122,13 @@ def bench(make, path, plain_backend, warmup, iters):
     """Time the closure ``make(amp)`` builds on ``path``; None when it runs out of GPU memory."""
     with execution_path(path, plain_backend) as amp:
         try:
-            return timed(make(amp), warmup, iters)
+            torch.cuda.reset_peak_memory_stats()
+            fn = make(amp)
+            fn()  # the graphed path records its graph here
+            # A replay allocates nothing: the graph's memory was taken while recording it.
+            recording_peak = torch.cuda.max_memory_allocated() / 2**30
+            ms, extra, peak = timed(fn, warmup, iters)
+            return ms, extra, max(peak, recording_peak) if path == "graphed" else peak
         except torch.OutOfMemoryError:
             return None
         finally:
@@ -203,8 +224,11 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--train-size", type=int, default=128)
     p.add_argument("--infer-sizes", type=int, nargs="*", default=[256, 512, 1024])
-    p.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=["reference", "fast", "compiled"],
-                   help="reference: fp32 + unfused scan; fast: bf16 + fused; compiled: fast under torch.compile")
+    p.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=list(PATH_TITLES),
+                   help="reference: fp32 + unfused scan; fast: bf16 + fused; compiled: fast under torch.compile; "
+                        "graphed: compiled + CUDA graphs")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode of the compiled and graphed paths (default: torch's default)")
     p.add_argument("--plain-backend", default=None,
                    help="scan backend of the reference path (default: mamba_ssm if available, else cuda)")
     p.add_argument("--warmup", type=int, default=3)
@@ -219,6 +243,8 @@ def main(argv=None):
         print("error: bench_model.py needs a CUDA GPU.", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = False
+    if args.compile_mode:
+        COMPILE_KWARGS["mode"] = args.compile_mode
     with open(args.opt) as f:
         opt = yaml.safe_load(f)
     net_opt = opt["network_g"]

@@ -118,6 +118,8 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "needs a GPU" in capsys.readouterr().err
     assert run(img, tmp_path / "o", opt, weights, "--compile") == 2
     assert "--compile needs a CUDA device" in capsys.readouterr().err
+    assert run(img, tmp_path / "o", opt, weights, "--cuda-graphs") == 2
+    assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert restore_main(["-i", str(img), "-o", str(tmp_path / "o"), "-opt", str(opt), "--weights", str(weights),
                              "--device", "cuda"]) == 2

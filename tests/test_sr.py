@@ -576,3 +576,12 @@ def test_realworld_benchmark_table_with_a_set_without_ground_truth(tmp_path, cap
     ntire, photos = csv[1].split(","), csv[2].split(",")
     assert ntire[:2] == ["NTIRE2020_Track1", "1"] and all(math.isfinite(float(v)) for v in ntire[2:])
     assert photos[:5] == ["RealPhotos", "1", "-", "-", "-"] and math.isfinite(float(photos[5]))
+
+
+def test_gan_model_refuses_cuda_graph_option(tmp_path, capsys):
+    data = tmp_path / "Datasets" / "train" / "DF2K"
+    _write_sr_pairs(data / "DF2K_HR_sub", data / "DF2K_LR_bicubic_X4_sub", 2, lr_size=(10, 12))
+    opt = _tiny_recipe("sr_x4_gan.yml", tmp_path, "gan_graph", **{"path.pretrain_network_g": None})
+    assert train_main(["-opt", str(opt), "--set", "train.cuda_graph=true"]) == 2
+    err = capsys.readouterr().err
+    assert "'train.cuda_graph' is not supported by SRGANRestorationModel" in err and "train.compile" in err

@@ -40,3 +40,29 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     a, b = _losses(one), _losses(two)
     assert len(a) == len(b) == 4
     assert b == pytest.approx(a, rel=1e-4), (a, b)
+
+
+def _dist_helpers_worker(rank, port, out):
+    import torch
+    import torch.distributed as tdist
+
+    from vmambair.engine.dist import DistContext
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    ctx = DistContext(rank=rank, world_size=2)
+    grads = [torch.full((2, 3), float(rank + 1)), None, torch.arange(4.0) * (rank + 1)]
+    ctx.all_reduce_mean_(grads)
+    weights = [torch.full((3,), float(rank)), torch.tensor([rank * 10.0])]
+    ctx.broadcast_(weights)
+    out[rank] = [grads[0].tolist(), grads[2].tolist(), [w.tolist() for w in weights]]
+    tdist.destroy_process_group()
+
+
+def test_dist_context_gradient_mean_and_broadcast():
+    """The helpers train.cuda_graph uses in place of DDP: a mean over ranks, and rank 0's weights."""
+    import torch.multiprocessing as mp
+    out = mp.Manager().dict()
+    mp.spawn(_dist_helpers_worker, args=(_free_port(), out), nprocs=2)
+    for rank in range(2):
+        g0, g2, weights = out[rank]
+        assert g0 == [[1.5] * 3] * 2 and g2 == [0.0, 1.5, 3.0, 4.5]
+        assert weights == [[0.0] * 3, [0.0]]

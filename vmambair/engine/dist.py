@@ -46,6 +46,25 @@ class DistContext:
         tdist.all_reduce(t)
         return t.item() / self.world_size
 
+    def broadcast_(self, tensors) -> None:
+        """Overwrite ``tensors`` in place with rank 0's values (what DDP does to a network once)."""
+        if self.distributed:
+            for t in tensors:
+                tdist.broadcast(t.data, src=0)
+
+    def all_reduce_mean_(self, tensors) -> None:
+        """Average ``tensors`` (e.g. gradients) over ranks in place, as one flat all-reduce."""
+        tensors = [t for t in tensors if t is not None]
+        if not self.distributed or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        tdist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset: offset + t.numel()].view_as(t))
+            offset += t.numel()
+
 
 def init_dist_from_env(num_gpu: Optional[int] = None, backend: Optional[str] = None) -> DistContext:
     """Build the context from torchrun's environment variables and join the process group.

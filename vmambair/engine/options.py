@@ -115,6 +115,9 @@ class TrainOptions:
     deterministic: bool = opt(False, "Deterministic algorithms (bit-exact resume on CPU; slower on GPU).")
     compile: bool = opt(False, "torch.compile network_g for training on CUDA (the first iterations, and each new "
                                 "patch size, spend time compiling).")
+    cuda_graph: bool = opt(False, "On CUDA, record network_g's forward, loss and backward as a CUDA graph per batch "
+                                  "shape and replay it (one launch instead of thousands; pairs well with compile). "
+                                  "Single-network models only; each new patch size records anew.")
 
 
 @dataclass(kw_only=True)

@@ -36,6 +36,7 @@ import vmambair  # noqa: F401  (compat shim + registries)
 from vmambair.data.image_io import DataError, is_image_file, read_image_unchanged
 
 from .checkpoint import CheckpointError, atomic_write_bytes, load_into_network
+from .cuda_graph import GraphedForward
 from .inference import autocast_context, restore_image
 from .options import OptionsError, build_from_spec, load_options
 
@@ -239,6 +240,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the network's blocks (CUDA only): the "
                    "first image of each size compiles (about a minute), later ones run about 2x faster "
                    "(benchmarks/model_*.md).")
+    p.add_argument("--cuda-graphs", action="store_true", help="Replay each input size's forward pass as one "
+                   "CUDA graph (CUDA only): much faster for small images and tiles, which are otherwise bound by "
+                   "kernel launches; each new size is recorded first (three extra passes) and its graph keeps "
+                   "its memory reserved (the last 4 sizes are kept).")
     return p
 
 
@@ -271,6 +276,10 @@ def restore_main(argv: Optional[List[str]] = None) -> int:
             if not hasattr(net, "compile_blocks"):
                 raise UsageError(f"--compile: network {type(net).__name__} has no compile_blocks(); leave it out.")
             net.compile_blocks()
+        if args.cuda_graphs:
+            if device.type != "cuda":
+                raise UsageError("--cuda-graphs needs a CUDA device (--device cuda); on the CPU, leave it out.")
+            net = GraphedForward(net)
         out_dir = Path(args.output)
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"Output '{out_dir}' is a file; -o needs a folder.")
@@ -298,6 +307,8 @@ def restore_main(argv: Optional[List[str]] = None) -> int:
                                         precision, args.alpha, args.self_ensemble, report)
                     break
                 except torch.cuda.OutOfMemoryError:
+                    if isinstance(net, GraphedForward):
+                        net.clear()  # the recorded graphs hold memory; smaller tiles record new ones
                     torch.cuda.empty_cache()
                     current = tile or max(img.shape[:2])
                     tile = max(current // 2 // multiple * multiple, multiple)

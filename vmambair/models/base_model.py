@@ -77,6 +77,12 @@ class BaseModel:
         self.schedulers: Dict[str, Any] = {}
         self.ema: Dict[str, ModelEMA] = {}
 
+    @property
+    def uses_cuda_graph(self) -> bool:
+        """``train.cuda_graph`` is on and the model trains on a CUDA device."""
+        t = self.opt.train
+        return bool(self.is_train and t is not None and t.cuda_graph and self.device.type == "cuda")
+
     # ------------------------------------------------------------------ construction helpers
     def build_network(self, name: str, spec: Dict[str, Any], pretrained: Optional[str] = None,
                       param_key: str = "params", strict: bool = True) -> nn.Module:
@@ -99,7 +105,11 @@ class BaseModel:
         net = self.networks[name]
         if name == "net_g" and self.opt.train is not None and self.opt.train.compile and self.device.type == "cuda":
             net.compile_blocks() if hasattr(net, "compile_blocks") else net.compile()
-        if self.ctx.distributed:
+        if self.ctx.distributed and name == "net_g" and self.uses_cuda_graph:
+            # DDP's gradient hooks cannot run inside a recorded graph: start from rank 0's weights
+            # as DDP would, and average the gradients after each replay (ImageRestorationModel).
+            self.ctx.broadcast_([*net.parameters(), *net.buffers()])
+        elif self.ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped[name] = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
         return self.wrapped[name]

@@ -2,7 +2,8 @@
 
 One step: ``out = net_g(lq)`` under bf16 autocast (CUDA with bf16 only; the selective scan
 itself runs in fp32), pixel loss against ``gt`` in fp32, backward, optional gradient-norm
-clipping, optimizer step, optional EMA update.
+clipping, optimizer step, optional EMA update. With ``train.cuda_graph`` on CUDA, forward, loss
+and backward replay as one CUDA graph (vmambair.engine.cuda_graph.GraphedLossAndGrad).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from vmambair.engine.cuda_graph import GraphedLossAndGrad
 from vmambair.engine.dist import DistContext
 from vmambair.engine.inference import autocast_context
 from vmambair.engine.options import Options, OptionsError, build_from_spec
@@ -42,18 +44,30 @@ class ImageRestorationModel(BaseModel):
         self.clip_grad_norm = t.clip_grad_norm
         self.bf16 = t.bf16
         self.train_mode()
+        self.graphed_step = None
+        if self.uses_cuda_graph:
+            net = self.networks["net_g"]  # not the DDP wrapper: gradients are averaged after the replay
+            self.graphed_step = GraphedLossAndGrad(lambda lq, gt: self.pixel_loss_of(net, lq, gt), net.parameters())
 
     def feed_data(self, batch: Dict[str, Any]) -> None:
         self.lq = batch["lq"].to(self.device, non_blocking=True)
         self.gt = batch["gt"].to(self.device, non_blocking=True) if "gt" in batch else None
 
+    def pixel_loss_of(self, net, lq: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """Pixel loss of ``net(lq)`` (bf16 autocast where enabled) against ``gt``, in fp32."""
+        with autocast_context(self.device, self.bf16):
+            output = net(lq)
+        return self.pixel_loss(output.float(), gt)
+
     def optimize_parameters(self, iteration: int) -> Dict[str, torch.Tensor]:
         optimizer = self.optimizers["optim_g"]
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.bf16):
-            output = self.wrapped["net_g"](self.lq)
-        loss = self.pixel_loss(output.float(), self.gt)
-        loss.backward()
+        if self.graphed_step is not None:
+            loss = self.graphed_step(self.lq, self.gt).clone()  # the next replay rewrites it
+            self.ctx.all_reduce_mean_([p.grad for p in self.networks["net_g"].parameters()])
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.pixel_loss_of(self.wrapped["net_g"], self.lq, self.gt)
+            loss.backward()
         if self.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.networks["net_g"].parameters(), self.clip_grad_norm)
         optimizer.step()

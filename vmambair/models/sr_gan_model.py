@@ -39,6 +39,10 @@ class SRGANRestorationModel(ImageRestorationModel):
     """
 
     def __init__(self, opt: Options, ctx: DistContext):
+        if opt.is_train and opt.train is not None and opt.train.cuda_graph:
+            raise OptionsError(f"Option 'train.cuda_graph' is not supported by {type(self).__name__} (a GAN step "
+                               "alternates two networks and optimizers); remove it, and use 'train.compile: true' "
+                               "for speed.")
         super().__init__(opt, ctx)  # net_g, pixel loss, EMA, optim_g, its scheduler
         if not self.is_train:
             return

@@ -1,0 +1,79 @@
+"""CUDA graphs (vmambair.engine.cuda_graph): a replayed graph computes what the eager network does.
+
+GPU tests are marked ``cuda``; they compare against the same network run eagerly in the same
+process (fp32, so the only differences are the order of float additions of atomics).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vmambair  # noqa: F401
+from vmambair import ops
+from vmambair.archs import VmambaIR
+from vmambair.engine.cuda_graph import GraphedForward, capture
+
+
+def small_net(**kw):
+    torch.manual_seed(0)
+    net = VmambaIR(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, **kw)
+    torch.nn.init.normal_(net.tail.weight if net.scale == 1 else net.tail[-1].weight, std=0.05)
+    return net
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_graphed_forward_refuses_cpu_input():
+    with pytest.raises(ValueError, match="needs a CUDA input"):
+        GraphedForward(small_net())(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="max_graphs"):
+        GraphedForward(small_net(), max_graphs=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fused", [True, False])
+def test_graphed_forward_matches_eager_for_new_inputs_and_shapes(fused):
+    net = small_net().cuda().eval()
+    graphed = GraphedForward(net, max_graphs=1)
+    with ops.fused_omni_scan(fused):
+        for shape in [(1, 3, 32, 40), (2, 3, 24, 24), (1, 3, 32, 40)]:
+            for _ in range(2):  # a fresh input of a recorded shape: the replay must read it
+                x = torch.rand(shape, device="cuda")
+                y = graphed(x)
+                with torch.no_grad():
+                    ref = net(x)
+                assert y.shape == ref.shape and rel(y, ref) < 1e-5
+        assert graphed.shapes == [(1, 3, 32, 40)]  # max_graphs=1 keeps the last shape only
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # autocast is part of the key: a new graph
+            yb = graphed(x)
+        assert graphed.shapes == [(1, 3, 32, 40)] and 0 < rel(yb, ref) < 3e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fused", [True, False])
+def test_graphed_loss_and_grad_trains_like_eager(fused):
+    """SGD steps on replayed forward/backward give the losses and weights of eager steps, across
+    batch-shape changes (new recording, and switching back to a kept graph's gradients)."""
+    nets = [small_net(scale=2).cuda().train() for _ in range(3)]  # eager, eager again (noise floor), graphed
+    opts = [torch.optim.SGD(n.parameters(), lr=0.05) for n in nets]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    shapes = [(2, 16, 16)] * 3 + [(1, 24, 16)] * 2 + [(2, 16, 16)] * 2
+    batches = [(torch.rand(b, 3, h, w, device="cuda", generator=gen),
+                torch.rand(b, 3, 2 * h, 2 * w, device="cuda", generator=gen)) for b, h, w in shapes]
+    graphed = GraphedLossAndGrad(lambda x, y: F.l1_loss(nets[2](x), y), nets[2].parameters(), max_graphs=2)
+    losses = [[], [], []]
+    with ops.fused_omni_scan(fused):
+        for x, y in batches:
+            for k in range(2):
+                opts[k].zero_grad(set_to_none=True)
+                loss = F.l1_loss(nets[k](x), y)
+                loss.backward()
+                opts[k].step()
+                losses[k].append(loss.item())
+            losses[2].append(graphed(x, y).item())
+            opts[2].step()
+    floor = max(abs(a - b) for a, b in zip(losses[0], losses[1]))
+    assert max(abs(a - b) for a, b in zip(losses[0], losses[2])) <= 10 * floor + 1e-6
+    for a, b, c in zip(*(n.parameters() for n in nets)):
+        assert (c - a).abs().max() <= 10 * (b - a).abs().max() + 1e-6

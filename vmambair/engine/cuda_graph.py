@@ -1,0 +1,151 @@
+"""CUDA graphs: record a whole forward pass (or training step) once, then replay it with one launch.
+
+A VmambaIR forward pass is thousands of small kernels; below about 512x512 pixels the GPU waits on
+Python and the launch queue, not on arithmetic (benchmarks/profile_*.md: a 256x256 deraining pass
+keeps the GPU busy a quarter of its wall time). A CUDA graph replays the recorded kernels without
+going back to Python. The price: the input and output live in fixed buffers, one graph is recorded
+per input shape (recording runs the function a few times), and each graph keeps the memory of its
+intermediates reserved while it lives.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Hashable, Tuple
+
+import torch
+
+
+def capture(fn: Callable[[], object], warmup: int = 3) -> Tuple[torch.cuda.CUDAGraph, object]:
+    """Record ``fn()`` (which reads and writes only fixed tensors) into a CUDA graph.
+
+    ``fn`` first runs ``warmup`` times on a side stream, so that lazy work (cuDNN algorithm choice,
+    torch.compile, allocator growth, optimizer state) happens outside the recording. Returns the
+    graph and what ``fn`` returned during the recording (tensors that every ``graph.replay()``
+    rewrites in place).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = fn()
+    return graph, result
+
+
+class GraphedForward:
+    """Inference through CUDA graphs: ``GraphedForward(net)(x)`` equals ``net(x)`` under no_grad.
+
+    The first call with a new input shape (and dtype, autocast setting) records a graph of
+    ``net``; later calls copy ``x`` into the graph's input buffer and replay it. At most
+    ``max_graphs`` shapes are kept (least recently used dropped first, releasing its memory).
+    Meant for many inputs of a few sizes (a test set, a folder of photos from one camera, a
+    video); for one-off sizes, recording costs ``warmup + 1`` extra passes.
+
+    Args:
+        net: CUDA module or function, (b, c, h, w) -> tensor.
+        max_graphs: shapes kept at once.
+        warmup: un-recorded runs before recording (see :func:`capture`).
+    """
+
+    def __init__(self, net: Callable[[torch.Tensor], torch.Tensor], max_graphs: int = 4, warmup: int = 2):
+        if max_graphs < 1:
+            raise ValueError(f"GraphedForward: max_graphs must be >= 1, got {max_graphs}")
+        self.net, self.max_graphs, self.warmup = net, max_graphs, warmup
+        self._graphs: "OrderedDict[Hashable, tuple]" = OrderedDict()
+
+    def _key(self, x: torch.Tensor) -> Hashable:
+        if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+            amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+        else:
+            amp, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        return (tuple(x.shape), x.dtype, x.device, amp, dtype if amp else None)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cuda":
+            raise ValueError(f"GraphedForward needs a CUDA input; got a tensor on {x.device}.")
+        key = self._key(x)
+        entry = self._graphs.get(key)
+        if entry is None:
+            while len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)
+            static_in = x.clone()
+            graph, static_out = capture(lambda: self.net(static_in), self.warmup)
+            entry = self._graphs[key] = (graph, static_in, static_out)
+        else:
+            self._graphs.move_to_end(key)
+            entry[1].copy_(x)
+        graph, _, static_out = entry
+        graph.replay()
+        return static_out.clone()  # the next replay overwrites static_out
+
+    def clear(self) -> None:
+        """Drop every recorded graph (and the memory it holds)."""
+        self._graphs.clear()
+
+    @property
+    def shapes(self) -> list:
+        """The input shapes with a recorded graph, least recently used first."""
+        return [k[0] for k in self._graphs]
+
+
+class GraphedLossAndGrad:
+    """A training step's forward, loss and backward as one CUDA graph per batch shape.
+
+    ``GraphedLossAndGrad(loss_fn, params)(*batch)`` returns ``loss_fn(*batch)`` and leaves its
+    gradient in every ``p.grad``, as ``loss.backward()`` from zeroed gradients would. The
+    optimizer, gradient clipping, all-reduce and EMA stay outside the graph (each is one or a
+    few launches), so learning-rate schedules, logging and DDP work unchanged.
+
+    Rules for the caller: do not zero or replace ``p.grad`` between calls (each replay rewrites the
+    tensors its recording allocated), and clone the returned loss to keep it (the next call
+    rewrites it). A new batch shape (a progressive-training stage) records a new graph; at most
+    ``max_graphs`` are kept, least recently used dropped first.
+
+    Args:
+        loss_fn: ``(*batch) -> 0-dim loss``; runs its own autocast. Must read nothing but its
+            arguments and the parameters.
+        params: the parameters whose gradients are wanted.
+        warmup: eager forward/backward passes before recording (compiles, picks algorithms).
+        max_graphs: batch shapes kept at once.
+    """
+
+    def __init__(self, loss_fn: Callable[..., torch.Tensor], params, warmup: int = 3, max_graphs: int = 1):
+        self.loss_fn, self.warmup, self.max_graphs = loss_fn, warmup, max_graphs
+        self.params = [p for p in params if p.requires_grad]
+        self._graphs: "OrderedDict[Hashable, tuple]" = OrderedDict()
+        self._active = None  # the key whose gradient tensors the parameters hold
+
+    def _record(self, batch) -> tuple:
+        static = [t.clone() for t in batch]
+
+        def step():
+            for p in self.params:
+                p.grad = None  # the backward then allocates (in the graph's pool) and writes, not adds
+            loss = self.loss_fn(*static)
+            loss.backward()
+            return loss
+
+        graph, loss = capture(step, self.warmup)
+        return graph, static, loss, [p.grad for p in self.params]
+
+    def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
+        entry = self._graphs.get(key)
+        if entry is None:
+            while len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)
+            entry = self._graphs[key] = self._record(batch)
+        else:
+            self._graphs.move_to_end(key)
+            for s, t in zip(entry[1], batch):
+                s.copy_(t)
+        if self._active != key:
+            for p, g in zip(self.params, entry[3]):
+                p.grad = g
+            self._active = key
+        entry[0].replay()
+        return entry[2]
