@@ -227,6 +227,9 @@ def main(argv=None):
     p.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=list(PATH_TITLES),
                    help="reference: fp32 + unfused scan; fast: bf16 + fused; compiled: fast under torch.compile; "
                         "graphed: compiled + CUDA graphs")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="training steps of the paths other than reference recompute each OSS block in the backward "
+                        "(network option activation_checkpointing): less memory, more compute")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode of the compiled and graphed paths (default: torch's default)")
     p.add_argument("--plain-backend", default=None,
@@ -256,7 +259,8 @@ def main(argv=None):
     rows = []
     results = {}
     for path in args.paths:
-        r = bench(lambda amp: make_train_step(net_opt, scale, args.train_batch, args.train_size, path, amp),
+        train_net = dict(net_opt, activation_checkpointing=args.checkpointing and path != "reference")
+        r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
                   path, plain, args.warmup, args.iters)
         results[("train", path)] = r
         print(f"train  {path:9s} batch {args.train_batch} x {args.train_size}^2: {fmt(r)}", flush=True)
@@ -278,7 +282,8 @@ def main(argv=None):
     out = args.out or os.path.join("benchmarks", f"model_{name}.md")
     head = [f"# Model benchmark: {name}", "",
             *provenance(),
-            f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam",
+            f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam"
+            + ("; activation checkpointing on every path but reference" if args.checkpointing else ""),
             f"- inference: batch 1, input size as given; reference scan backend: {plain}; "
             f"fused op available: {'cuda' in avail}", "",
             "| what | " + " | ".join(PATH_TITLES[p] for p in args.paths)

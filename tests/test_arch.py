@@ -208,6 +208,24 @@ def test_compile_blocks_traces_each_block_whole_and_keeps_the_function():
     torch.testing.assert_close(got, want)
 
 
+def test_compiled_block_with_checkpointing_traces_whole_and_gives_the_eager_gradients():
+    """Activation checkpointing sits inside each block's forward, so a compiled block traces it
+    as one graph (fullgraph) and recomputes in the backward; the gradients are unchanged."""
+    from vmambair.archs.vmambair_arch import OSSBlock
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        block = OSSBlock(8, scan_backend="torch").double()
+        block.checkpointing = compiled
+        if compiled:
+            block.compile(backend="eager", fullgraph=True)
+        x = torch.rand(2, 8, 12, 12, dtype=torch.float64)
+        block(x).square().mean().backward()
+        results.append([p.grad for p in block.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_sr_tail_in_strips_is_the_whole_image_result(scale, monkeypatch):
     """Inference runs the SR tail in strips with a halo; the output equals the one-piece tail."""

@@ -260,30 +260,25 @@ class OSSBlock(nn.Module):
         self.norm2 = LayerNorm2d(c) if effn else None
         self.ffn = EFFN(c, ffn_expansion_factor, oss_kwargs.get("linear_proj", False)) if effn else None
 
+    # With ``checkpointing`` on, the block's activations are recomputed in the backward pass
+    # instead of stored (less memory for big patches, ~30 % more compute). The checkpoint sits
+    # inside forward so that a compiled block (compile_blocks) traces it and recomputes fused code.
+    checkpointing = False
+
     def forward(self, x):
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint.checkpoint(self._residual_body, x, use_reentrant=False)
+        return self._residual_body(x)
+
+    def _residual_body(self, x):
         x = x + self.oss(self.norm1(x))
         if self.ffn is not None:
             x = x + self.ffn(self.norm2(x))
         return x
 
 
-class Stage(nn.Sequential):
-    """A run of OSS blocks; with ``checkpointing`` on, each block's activations are recomputed
-    in the backward pass instead of stored (less memory for big patches, ~30 % more compute)."""
-
-    checkpointing = False
-
-    def forward(self, x):
-        for block in self:
-            if self.checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
-
-
-def _stage(n: int, c: int, **kw) -> Stage:
-    return Stage(*[OSSBlock(c, **kw) for _ in range(n)])
+def _stage(n: int, c: int, **kw) -> nn.Sequential:
+    return nn.Sequential(*[OSSBlock(c, **kw) for _ in range(n)])
 
 
 def _conv3(c_in: int, c_out: int, bias: bool) -> nn.Conv2d:
@@ -377,7 +372,7 @@ class VmambaIR(nn.Module):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each OSS block in the backward pass (training only) instead of storing its activations."""
         for m in self.modules():
-            if isinstance(m, Stage):
+            if isinstance(m, OSSBlock):
                 m.checkpointing = bool(enabled)
 
     # Inference only: the SR tail runs on horizontal strips of at most this many input pixels.
