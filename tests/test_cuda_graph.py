@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import vmambair  # noqa: F401
 from vmambair import ops
 from vmambair.archs import VmambaIR
-from vmambair.engine.cuda_graph import GraphedForward, capture
+from vmambair.engine.cuda_graph import GraphedForward, GraphedLossAndGrad
 
 
 def small_net(**kw):
@@ -42,8 +42,10 @@ def test_graphed_forward_matches_eager_for_new_inputs_and_shapes(fused):
                 x = torch.rand(shape, device="cuda")
                 y = graphed(x)
                 with torch.no_grad():
-                    ref = net(x)
-                assert y.shape == ref.shape and rel(y, ref) < 1e-5
+                    ref, again = net(x), net(x)
+                floor = rel(again, ref)  # eager run-to-run difference (the fused op adds with atomics)
+                assert y.shape == ref.shape
+                assert rel(y, ref) <= 10 * floor + 1e-5, (rel(y, ref), floor)
         assert graphed.shapes == [(1, 3, 32, 40)]  # max_graphs=1 keeps the last shape only
         with torch.autocast("cuda", dtype=torch.bfloat16):  # autocast is part of the key: a new graph
             yb = graphed(x)
