@@ -10,9 +10,11 @@
 #          $MAMBA_BUILD (kernels/selective_scan/tools/build_mamba_reference.py) for the comparison
 #   test   pytest -m cuda (kernel against the PyTorch reference, every dtype; network fast path)
 #   scan   scripts/bench_scan.py      -> benchmarks/gpu_scan.md
-#   model  scripts/bench_model.py (reference, fast, compiled paths) for the real-world x4 and deraining
-#          networks -> benchmarks/model_*.md
-#   ddp    scripts/bench_ddp.py with 2 (and 4, when present) GPUs -> benchmarks/ddp_*.md
+#   model  scripts/bench_model.py (reference, compiled, graphed paths) for the real-world x4 and
+#          deraining networks, and the deraining step with activation checkpointing
+#          -> benchmarks/model_*.md (about 8 minutes)
+#   ddp    scripts/bench_ddp.py with 2 (and 4, when present) GPUs, training as the recipes do
+#          (train.compile and train.cuda_graph; override with DDP_ARGS) -> benchmarks/ddp_*.md
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${LOGS:-gpu_logs}
@@ -44,17 +46,18 @@ for stage in "$@"; do
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py ${SCAN_ARGS:-} 2>&1 | tee "$LOGS/scan.log" | tail -60
       ;;
     model)
-      PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_model.py -opt options/realsr_x4_gan.yml \
-          --paths reference fast compiled --train-batch 9 --train-size 64 --infer-sizes 256 1024 \
-          --out benchmarks/model_realsr_x4.md 2>&1 | tee "$LOGS/model_realsr.log"
-      PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_model.py -opt options/derain.yml \
-          --paths reference fast compiled --train-batch 8 --train-size 128 --infer-sizes 256 512 1024 2048 \
-          --out benchmarks/model_derain.md 2>&1 | tee "$LOGS/model_derain.log"
+      bench="env PYTHONPATH=${PYTHONPATH:-}:$MAMBA_BUILD $PY scripts/bench_model.py"
+      $bench -opt options/realsr_x4_gan.yml --paths reference compiled graphed --train-batch 9 --train-size 64 \
+          --infer-sizes 256 1024 --out benchmarks/model_realsr_x4.md 2>&1 | tee "$LOGS/model_realsr.log"
+      $bench -opt options/derain.yml --paths reference compiled graphed --train-batch 8 --train-size 128 \
+          --infer-sizes 256 512 1024 2048 --out benchmarks/model_derain.md 2>&1 | tee "$LOGS/model_derain.log"
+      $bench -opt options/derain.yml --paths reference graphed --checkpointing --train-batch 8 --train-size 128 \
+          --infer-sizes --out benchmarks/model_derain_checkpointing.md 2>&1 | tee "$LOGS/model_derain_ckpt.log"
       ;;
     ddp)
       for n in 2 4; do
         if [ "$ngpu" -ge "$n" ]; then
-          $PY scripts/bench_ddp.py --gpus "$n" ${DDP_ARGS:-} --out "benchmarks/ddp_${n}gpu.md" 2>&1 | tee "$LOGS/ddp_$n.log" | tail -30
+          $PY scripts/bench_ddp.py --gpus "$n" ${DDP_ARGS:---compile --cuda-graph} --out "benchmarks/ddp_${n}gpu.md" 2>&1 | tee "$LOGS/ddp_$n.log" | tail -30
         fi
       done
       ;;
