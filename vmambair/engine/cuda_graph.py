@@ -10,7 +10,7 @@ intermediates reserved while it lives.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Hashable, Tuple
+from typing import Callable, Hashable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,7 +35,45 @@ def capture(fn: Callable[[], object], warmup: int = 3) -> Tuple[torch.cuda.CUDAG
     return graph, result
 
 
-class GraphedForward:
+class Recorded(NamedTuple):
+    """One recorded graph: replaying it reads ``inputs`` and rewrites ``output`` (and ``grads``)."""
+    graph: torch.cuda.CUDAGraph
+    inputs: List[torch.Tensor]
+    output: torch.Tensor
+    grads: Optional[list] = None
+
+
+class _GraphCache:
+    """Recorded graphs by input key; at most ``max_graphs``, least recently used dropped first
+    (dropping a graph releases the memory it holds)."""
+
+    def __init__(self, max_graphs: int):
+        if max_graphs < 1:
+            raise ValueError(f"{type(self).__name__}: max_graphs must be >= 1, got {max_graphs}")
+        self.max_graphs = max_graphs
+        self._graphs: "OrderedDict[Hashable, Recorded]" = OrderedDict()
+
+    def _lookup(self, key: Hashable, inputs: Sequence[torch.Tensor],
+                record: Callable[[List[torch.Tensor]], Recorded]) -> Recorded:
+        """The graph for ``key`` with ``inputs`` in its input buffers: ``record(copies of inputs)``
+        when the key is new, else the kept graph with ``inputs`` copied in."""
+        entry = self._graphs.get(key)
+        if entry is None:
+            while len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)
+            entry = self._graphs[key] = record([t.clone() for t in inputs])
+        else:
+            self._graphs.move_to_end(key)
+            for buffer, t in zip(entry.inputs, inputs):
+                buffer.copy_(t)
+        return entry
+
+    def clear(self) -> None:
+        """Drop every recorded graph (and the memory it holds)."""
+        self._graphs.clear()
+
+
+class GraphedForward(_GraphCache):
     """Inference through CUDA graphs: ``GraphedForward(net)(x)`` equals ``net(x)`` under no_grad.
 
     The first call with a new input shape (and dtype, autocast setting) records a graph of
@@ -51,10 +89,8 @@ class GraphedForward:
     """
 
     def __init__(self, net: Callable[[torch.Tensor], torch.Tensor], max_graphs: int = 4, warmup: int = 2):
-        if max_graphs < 1:
-            raise ValueError(f"GraphedForward: max_graphs must be >= 1, got {max_graphs}")
-        self.net, self.max_graphs, self.warmup = net, max_graphs, warmup
-        self._graphs: "OrderedDict[Hashable, tuple]" = OrderedDict()
+        super().__init__(max_graphs)
+        self.net, self.warmup = net, warmup
 
     def _key(self, x: torch.Tensor) -> Hashable:
         if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
@@ -63,28 +99,17 @@ class GraphedForward:
             amp, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
         return (tuple(x.shape), x.dtype, x.device, amp, dtype if amp else None)
 
+    def _record(self, inputs: List[torch.Tensor]) -> Recorded:
+        graph, output = capture(lambda: self.net(inputs[0]), self.warmup)
+        return Recorded(graph, inputs, output)
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cuda":
             raise ValueError(f"GraphedForward needs a CUDA input; got a tensor on {x.device}.")
-        key = self._key(x)
-        entry = self._graphs.get(key)
-        if entry is None:
-            while len(self._graphs) >= self.max_graphs:
-                self._graphs.popitem(last=False)
-            static_in = x.clone()
-            graph, static_out = capture(lambda: self.net(static_in), self.warmup)
-            entry = self._graphs[key] = (graph, static_in, static_out)
-        else:
-            self._graphs.move_to_end(key)
-            entry[1].copy_(x)
-        graph, _, static_out = entry
-        graph.replay()
-        return static_out.clone()  # the next replay overwrites static_out
-
-    def clear(self) -> None:
-        """Drop every recorded graph (and the memory it holds)."""
-        self._graphs.clear()
+        entry = self._lookup(self._key(x), [x], self._record)
+        entry.graph.replay()
+        return entry.output.clone()  # the next replay overwrites it
 
     @property
     def shapes(self) -> list:
@@ -92,7 +117,7 @@ class GraphedForward:
         return [k[0] for k in self._graphs]
 
 
-class GraphedLossAndGrad:
+class GraphedLossAndGrad(_GraphCache):
     """A training step's forward, loss and backward as one CUDA graph per batch shape.
 
     ``GraphedLossAndGrad(loss_fn, params)(*batch)`` returns ``loss_fn(*batch)`` and leaves its
@@ -114,38 +139,28 @@ class GraphedLossAndGrad:
     """
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor], params, warmup: int = 3, max_graphs: int = 1):
-        self.loss_fn, self.warmup, self.max_graphs = loss_fn, warmup, max_graphs
+        super().__init__(max_graphs)
+        self.loss_fn, self.warmup = loss_fn, warmup
         self.params = [p for p in params if p.requires_grad]
-        self._graphs: "OrderedDict[Hashable, tuple]" = OrderedDict()
         self._active = None  # the key whose gradient tensors the parameters hold
 
-    def _record(self, batch) -> tuple:
-        static = [t.clone() for t in batch]
-
+    def _record(self, inputs: List[torch.Tensor]) -> Recorded:
         def step():
             for p in self.params:
                 p.grad = None  # the backward then allocates (in the graph's pool) and writes, not adds
-            loss = self.loss_fn(*static)
+            loss = self.loss_fn(*inputs)
             loss.backward()
             return loss
 
         graph, loss = capture(step, self.warmup)
-        return graph, static, loss, [p.grad for p in self.params]
+        return Recorded(graph, inputs, loss, [p.grad for p in self.params])
 
     def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
         key = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)
-        entry = self._graphs.get(key)
-        if entry is None:
-            while len(self._graphs) >= self.max_graphs:
-                self._graphs.popitem(last=False)
-            entry = self._graphs[key] = self._record(batch)
-        else:
-            self._graphs.move_to_end(key)
-            for s, t in zip(entry[1], batch):
-                s.copy_(t)
+        entry = self._lookup(key, batch, self._record)
         if self._active != key:
-            for p, g in zip(self.params, entry[3]):
+            for p, g in zip(self.params, entry.grads):
                 p.grad = g
             self._active = key
-        entry[0].replay()
-        return entry[2]
+        entry.graph.replay()
+        return entry.output
