@@ -79,3 +79,25 @@ def test_graphed_loss_and_grad_trains_like_eager(fused):
     assert max(abs(a - b) for a, b in zip(losses[0], losses[2])) <= 10 * floor + 1e-6
     for a, b, c in zip(*(n.parameters() for n in nets)):
         assert (c - a).abs().max() <= 10 * (b - a).abs().max() + 1e-6
+
+
+def test_failed_recording_in_training_names_the_option(tmp_path):
+    """A network that a CUDA graph cannot hold stops training with an options error naming
+    train.cuda_graph and how to turn it off (simulated: recording needs a GPU)."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    from test_train_helpers import tiny_options
+    from vmambair.engine.cuda_graph import GraphRecordingError
+    from vmambair.engine.dist import DistContext
+    from vmambair.engine.options import OptionsError, load_options
+
+    opt = load_options(tiny_options(tmp_path), ["train.cuda_graph=true"])
+    model = MODEL_REGISTRY.get(opt.model_type)(opt, DistContext())
+    assert model.graphed_step is None  # on the CPU the option does nothing
+
+    def refuse(*batch):
+        raise GraphRecordingError("recording a CUDA graph failed (RuntimeError: operation not permitted).")
+    model.graphed_step = refuse
+    model.feed_data({"lq": torch.rand(1, 3, 16, 16), "gt": torch.rand(1, 3, 16, 16)})
+    with pytest.raises(OptionsError, match=r"'train.cuda_graph'.*operation not permitted.*train.cuda_graph: false"):
+        model.optimize_parameters(1)

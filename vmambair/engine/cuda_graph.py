@@ -15,13 +15,17 @@ from typing import Callable, Hashable, List, NamedTuple, Optional, Sequence, Tup
 import torch
 
 
+class GraphRecordingError(RuntimeError):
+    """``fn`` ran eagerly but could not be recorded into a CUDA graph."""
+
+
 def capture(fn: Callable[[], object], warmup: int = 3) -> Tuple[torch.cuda.CUDAGraph, object]:
     """Record ``fn()`` (which reads and writes only fixed tensors) into a CUDA graph.
 
     ``fn`` first runs ``warmup`` times on a side stream, so that lazy work (cuDNN algorithm choice,
     torch.compile, allocator growth, optimizer state) happens outside the recording. Returns the
     graph and what ``fn`` returned during the recording (tensors that every ``graph.replay()``
-    rewrites in place).
+    rewrites in place). Raises :class:`GraphRecordingError` when the recording fails.
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -30,8 +34,16 @@ def capture(fn: Callable[[], object], warmup: int = 3) -> Tuple[torch.cuda.CUDAG
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        result = fn()
+    try:
+        with torch.cuda.graph(graph):
+            result = fn()
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as err:
+        raise GraphRecordingError(
+            f"recording a CUDA graph failed ({type(err).__name__}: {' '.join(str(err).split())[:300]}). A graph "
+            "can hold only GPU work with fixed shapes: host synchronisation (.item(), .cpu(), printing a tensor), "
+            "shapes that depend on values, or CPU tensors in the recorded code prevent it.") from err
     return graph, result
 
 

@@ -36,7 +36,7 @@ import vmambair  # noqa: F401  (compat shim + registries)
 from vmambair.data.image_io import DataError, is_image_file, read_image_unchanged
 
 from .checkpoint import CheckpointError, atomic_write_bytes, load_into_network
-from .cuda_graph import GraphedForward
+from .cuda_graph import GraphedForward, GraphRecordingError
 from .inference import autocast_context, restore_image
 from .options import OptionsError, build_from_spec, load_options
 
@@ -319,6 +319,9 @@ def restore_main(argv: Optional[List[str]] = None) -> int:
             atomic_write_bytes(data, out_dir / names[f])
             if note:
                 tqdm.write(f"note: {f.name}: {note}", file=sys.stderr)
+        except GraphRecordingError as err:  # the same for every image: stop here
+            tqdm.write(f"error: --cuda-graphs: {err} Leave out --cuda-graphs.", file=sys.stderr)
+            return 2
         except (DataError, cv2.error, RuntimeError, ValueError, OSError, MemoryError) as err:
             failed += 1
             text = " ".join(str(err).split()) or type(err).__name__

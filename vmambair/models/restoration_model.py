@@ -14,7 +14,7 @@ import torch
 import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from vmambair.engine.cuda_graph import GraphedLossAndGrad
+from vmambair.engine.cuda_graph import GraphedLossAndGrad, GraphRecordingError
 from vmambair.engine.dist import DistContext
 from vmambair.engine.inference import autocast_context
 from vmambair.engine.options import Options, OptionsError, build_from_spec
@@ -62,7 +62,11 @@ class ImageRestorationModel(BaseModel):
     def optimize_parameters(self, iteration: int) -> Dict[str, torch.Tensor]:
         optimizer = self.optimizers["optim_g"]
         if self.graphed_step is not None:
-            loss = self.graphed_step(self.lq, self.gt).clone()  # the next replay rewrites it
+            try:
+                loss = self.graphed_step(self.lq, self.gt).clone()  # the next replay rewrites it
+            except GraphRecordingError as err:
+                raise OptionsError(f"Option 'train.cuda_graph': {err} Train without it: set train.cuda_graph: false "
+                                   "(or --set train.cuda_graph=false).") from err
             self.ctx.all_reduce_mean_([p.grad for p in self.networks["net_g"].parameters()])
         else:
             optimizer.zero_grad(set_to_none=True)
