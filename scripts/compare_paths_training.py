@@ -7,6 +7,8 @@ reference: fp32, per-direction einsum projections, the four scan directions as p
            -> plain scan -> merge (as scripts/bench_model.py's reference path).
 fast:      bf16 autocast (scan state in fp32), 1x1-convolution projections, the fused omni-scan
            op for small batches.
+graphed:   (--path graphed) the fast path with compiled blocks and forward + loss + backward
+           replayed as a CUDA graph, as the training recipes run it (train.compile, train.cuda_graph).
 Both runs start from the same initial weights and see the same batches in the same order:
 x4 super-resolution pairs cut from the photographs that ship with scikit-image (GT crops,
 LQ = bicubic downscale by the network's scale; scale 1 networks get Gaussian noise instead).
@@ -33,6 +35,7 @@ from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
 
 from bench_model import execution_path  # noqa: E402  (same folder)
+from vmambair.engine.cuda_graph import GraphedLossAndGrad  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right", "hubble_deep_field",
           "immunohistochemistry", "retina")
@@ -78,19 +81,28 @@ def make_batches(photos, iters, batch, gt_size, scale, seed):
 def train(net_opt, batches, path, plain_backend, lr, seed):
     torch.manual_seed(seed)
     net = build_network(net_opt).cuda().train()
+    if path == "graphed":
+        net.compile_blocks()
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
     losses = []
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     with execution_path(path, plain_backend) as amp:
-        for lq, gt in batches:
-            lq, gt = lq.cuda(non_blocking=True), gt.cuda(non_blocking=True)
+        def loss_of(lq, gt):
             with amp():
                 out = net(lq)
-            loss = F.l1_loss(out.float(), gt)
-            loss.backward()
+            return F.l1_loss(out.float(), gt)
+
+        graphed = GraphedLossAndGrad(loss_of, net.parameters()) if path == "graphed" else None
+        for lq, gt in batches:
+            lq, gt = lq.cuda(non_blocking=True), gt.cuda(non_blocking=True)
+            if graphed is not None:
+                loss = graphed(lq, gt).clone()  # leaves the gradients in p.grad
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_of(lq, gt)
+                loss.backward()
             opt.step()
-            opt.zero_grad(set_to_none=True)
             losses.append(loss.detach())
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -107,6 +119,7 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=100, help="iterations per averaged window")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plain-backend", default=None, help="scan backend of the reference path")
+    p.add_argument("--path", choices=("fast", "graphed"), default="fast", help="the path compared with the reference")
     p.add_argument("--out", default="benchmarks/training_paths.md")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -119,11 +132,11 @@ def main(argv=None):
     plain = args.plain_backend or ("mamba_ssm" if "mamba_ssm" in avail else avail[0])
     batches = make_batches(load_photos(), args.iters, args.batch, args.gt_size, scale, args.seed)
     runs = {}
-    for path in ("reference", "fast"):
+    for path in ("reference", args.path):
         runs[path] = train(net_opt, batches, path, plain, args.lr, args.seed)
         print(f"{path}: {args.iters} iterations in {runs[path][1]:.1f} s, final window loss "
               f"{statistics.mean(runs[path][0][-args.window:]):.5f}", flush=True)
-    ref, fast = runs["reference"][0], runs["fast"][0]
+    ref, fast = runs["reference"][0], runs[args.path][0]
     rows, worst_z = [], 0.0
     for s in range(0, args.iters, args.window):
         a, b = ref[s:s + args.window], fast[s:s + args.window]
@@ -135,19 +148,21 @@ def main(argv=None):
         worst_z = max(worst_z, z)
         rows.append(f"| {s + 1}-{s + len(a)} | {ma:.5f} | {mb:.5f} | {(mb - ma) / ma:+.2%} | {se:.5f} | {z:.2f} |")
     per_iter = [abs(x - y) / x for x, y in zip(ref, fast)]
-    head = [f"# Reference path vs fast path: training loss curves ({os.path.basename(args.opt)})", "",
+    head = [f"# Reference path vs {args.path} path: training loss curves ({os.path.basename(args.opt)})", "",
             f"- GPU: {torch.cuda.get_device_name()} ; torch {torch.__version__} ; {platform.node()}",
             f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}",
             f"- command: `python {' '.join(sys.argv)}`",
             f"- {args.iters} iterations, batch {args.batch}, GT {args.gt_size} px, x{scale}, Adam lr {args.lr}, "
             f"same initial weights and batches for both; reference scan backend: {plain}",
-            f"- wall time: reference {runs['reference'][1]:.1f} s, fast {runs['fast'][1]:.1f} s "
-            f"({runs['reference'][1] / runs['fast'][1]:.2f}x)",
+            f"- wall time: reference {runs['reference'][1]:.1f} s, {args.path} {runs[args.path][1]:.1f} s "
+            f"({runs['reference'][1] / runs[args.path][1]:.2f}x"
+            + ("; graphed includes compiling and recording)" if args.path == "graphed" else ")"),
             f"- per-iteration relative loss difference: median {statistics.median(per_iter):.2e}, "
             f"max {max(per_iter):.2e}",
             f"- largest |difference| of window means in units of their standard error: {worst_z:.2f} "
             "(below ~2-3 reads as 'within noise')", "",
-            "| iterations | mean L1, reference | mean L1, fast | fast vs reference | std. error | |diff|/s.e. |",
+            f"| iterations | mean L1, reference | mean L1, {args.path} | {args.path} vs reference | std. error "
+            "| |diff|/s.e. |",
             "|---|---|---|---|---|---|"]
     text = "\n".join(head + rows) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
