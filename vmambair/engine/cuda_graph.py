@@ -37,7 +37,7 @@ def capture(fn: Callable[[], object], warmup: int = 3) -> Tuple[torch.cuda.CUDAG
     try:
         with torch.cuda.graph(graph):
             result = fn()
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # not a recording problem: callers retry smaller
         raise
     except RuntimeError as err:
         raise GraphRecordingError(
