@@ -35,7 +35,7 @@ import vmambair  # noqa: E402,F401
 from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
 from vmambair.archs.vmambair_arch import original_projections  # noqa: E402
-from vmambair.engine.cuda_graph import GraphedForward, GraphedLossAndGrad  # noqa: E402
+from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -92,14 +92,10 @@ def make_train_step(net_opt, scale, batch, size, path, amp):
         with amp():
             return F.l1_loss(net(x).float(), y)
 
-    graphed = GraphedLossAndGrad(loss_of, net.parameters()) if path == "graphed" else None
+    loss_and_grad = make_loss_and_grad(loss_of, net.parameters(), graphed=path == "graphed")
 
     def step():
-        if graphed is not None:
-            graphed(x, y)  # the replay leaves the gradients in p.grad
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss_of(x, y).backward()
+        loss_and_grad(x, y)  # leaves the gradients in p.grad
         opt.step()
     return step
 

@@ -34,8 +34,8 @@ import vmambair  # noqa: E402,F401
 from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
 
-from bench_model import execution_path  # noqa: E402  (same folder)
-from vmambair.engine.cuda_graph import GraphedLossAndGrad  # noqa: E402
+from bench_model import execution_path, for_path  # noqa: E402  (same folder)
+from vmambair.engine.cuda_graph import make_loss_and_grad  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right", "hubble_deep_field",
           "immunohistochemistry", "retina")
@@ -80,9 +80,7 @@ def make_batches(photos, iters, batch, gt_size, scale, seed):
 
 def train(net_opt, batches, path, plain_backend, lr, seed):
     torch.manual_seed(seed)
-    net = build_network(net_opt).cuda().train()
-    if path == "graphed":
-        net.compile_blocks()
+    net = for_path(build_network(net_opt).cuda().train(), path)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
     losses = []
     torch.cuda.synchronize()
@@ -93,15 +91,10 @@ def train(net_opt, batches, path, plain_backend, lr, seed):
                 out = net(lq)
             return F.l1_loss(out.float(), gt)
 
-        graphed = GraphedLossAndGrad(loss_of, net.parameters()) if path == "graphed" else None
+        loss_and_grad = make_loss_and_grad(loss_of, net.parameters(), graphed=path == "graphed")
         for lq, gt in batches:
             lq, gt = lq.cuda(non_blocking=True), gt.cuda(non_blocking=True)
-            if graphed is not None:
-                loss = graphed(lq, gt).clone()  # leaves the gradients in p.grad
-            else:
-                opt.zero_grad(set_to_none=True)
-                loss = loss_of(lq, gt)
-                loss.backward()
+            loss = loss_and_grad(lq, gt).clone()  # leaves the gradients in p.grad; a replay rewrites the loss
             opt.step()
             losses.append(loss.detach())
     torch.cuda.synchronize()

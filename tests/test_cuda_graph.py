@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import vmambair  # noqa: F401
 from vmambair import ops
 from vmambair.archs import VmambaIR
-from vmambair.engine.cuda_graph import GraphedForward, GraphedLossAndGrad
+from vmambair.engine.cuda_graph import GraphedForward, GraphedLossAndGrad, eager_loss_and_grad
 
 
 def small_net(**kw):
@@ -29,6 +29,21 @@ def test_graphed_forward_refuses_cpu_input():
         GraphedForward(small_net())(torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match="max_graphs"):
         GraphedForward(small_net(), max_graphs=0)
+
+
+def test_eager_loss_and_grad_writes_fresh_gradients():
+    """The eager step (also what a graph records) leaves this batch's gradient, not a sum over calls."""
+    net = small_net(scale=2)
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 32, 32)
+    step = eager_loss_and_grad(lambda a, b: F.l1_loss(net(a), b), net.parameters())
+    step(torch.rand(1, 3, 16, 16), y)  # a different batch first: its gradient must not stay
+    loss = step(x, y)
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    F.l1_loss(net(x), y).backward()
+    assert loss.item() == F.l1_loss(net(x), y).item()
+    for g, p in zip(got, net.parameters()):
+        torch.testing.assert_close(g, p.grad)
 
 
 @pytest.mark.cuda

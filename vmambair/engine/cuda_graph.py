@@ -129,6 +129,25 @@ class GraphedForward(_GraphCache):
         return [k[0] for k in self._graphs]
 
 
+def eager_loss_and_grad(loss_fn: Callable[..., torch.Tensor], params) -> Callable[..., torch.Tensor]:
+    """The eager counterpart of :class:`GraphedLossAndGrad`, with the same call and result:
+    ``(*batch) -> loss_fn(*batch)``, leaving its gradient (fresh, not added) in every ``p.grad``."""
+    params = [p for p in params if p.requires_grad]
+
+    def step(*batch: torch.Tensor) -> torch.Tensor:
+        for p in params:
+            p.grad = None  # the backward then writes fresh gradients instead of adding to old ones
+        loss = loss_fn(*batch)
+        loss.backward()
+        return loss
+    return step
+
+
+def make_loss_and_grad(loss_fn: Callable[..., torch.Tensor], params, graphed: bool) -> Callable[..., torch.Tensor]:
+    """:class:`GraphedLossAndGrad` when ``graphed``, else :func:`eager_loss_and_grad`."""
+    return GraphedLossAndGrad(loss_fn, params) if graphed else eager_loss_and_grad(loss_fn, params)
+
+
 class GraphedLossAndGrad(_GraphCache):
     """A training step's forward, loss and backward as one CUDA graph per batch shape.
 
@@ -157,14 +176,10 @@ class GraphedLossAndGrad(_GraphCache):
         self._active = None  # the key whose gradient tensors the parameters hold
 
     def _record(self, inputs: List[torch.Tensor]) -> Recorded:
-        def step():
-            for p in self.params:
-                p.grad = None  # the backward then allocates (in the graph's pool) and writes, not adds
-            loss = self.loss_fn(*inputs)
-            loss.backward()
-            return loss
-
-        graph, loss = capture(step, self.warmup)
+        # Gradients start as None, so the recorded backward allocates them in the graph's pool and
+        # writes them (does not add): each replay rewrites the same tensors.
+        step = eager_loss_and_grad(self.loss_fn, self.params)
+        graph, loss = capture(lambda: step(*inputs), self.warmup)
         return Recorded(graph, inputs, loss, [p.grad for p in self.params])
 
     def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
