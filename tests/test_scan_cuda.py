@@ -151,10 +151,15 @@ def make_omni_inputs(b, d, H, W, N, dtype, seed):
     return low, [t.double() for t in low]
 
 
-MAPS = [(1, 1), (5, 7), (16, 16), (13, 29), (40, 9), (64, 64)]
-# every dtype x N, each on two map sizes (odd, square, taller than wide, longer than one chunk)
+MAPS = [(1, 1), (5, 7), (16, 16), (13, 29), (40, 9), (64, 64), (32, 9), (8, 37)]
+# every dtype x N, each on two map sizes (odd, square, taller than wide, longer than one chunk;
+# (32, 9) and (8, 37): H divides the 256-position chunk, so the column directions stage B/C row
+# by row, and the last chunk is partial; L % 8 == 0 maps take the row directions' vector path)
 OMNI_CASES = [(dt, N, MAPS[(i + k) % len(MAPS)])
               for i, (dt, N) in enumerate((dt, N) for dt in DTYPES for N in (1, 4, 16)) for k in (0, 3)]
+# the staging variants at the network's state size, every dtype
+OMNI_CASES += [(dt, 16, hw) for dt in DTYPES for hw in ((32, 9), (8, 37), (64, 64))
+               if (dt, 16, hw) not in OMNI_CASES]
 
 
 @pytest.mark.cuda

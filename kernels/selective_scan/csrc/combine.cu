@@ -19,6 +19,7 @@ __global__ void combine_kernel(const float* __restrict__ seg_S, const float* __r
     for (int k = 0; k < nseg; ++k) {
         const int s = reverse ? nseg - 1 - k : k;
         carry[(row * nseg + s) * N + n] = h;
+        if (k == nseg - 1) break;  // the last summary in chain order is never computed (nor needed)
         h = fmaf(exp2f(A2 * seg_S[row * nseg + s]), h, seg_H[(row * nseg + s) * N + n]);
     }
 }

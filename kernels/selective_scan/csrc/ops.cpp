@@ -174,7 +174,7 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
     set_segments(p, nseg, u, seg_S, seg_H, seg_carry);
     p.y = y.data_ptr();
     p.states = states.data_ptr<float>();
-    p.vec = !omni && g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y);
+    p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y);
     auto stream = c10::cuda::getCurrentCUDAStream();
     dispatch(u.scalar_type(), [&](auto tag) { vss::launch_fwd<decltype(tag)>(p, omni, stream); });
     if (omni && u.scalar_type() != at::kFloat) y = y.to(u.scalar_type());
@@ -217,7 +217,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
         p.dC = dC.data_ptr<float>();
         p.dD = D.has_value() ? dD.data_ptr<float>() : nullptr;
         p.dbias = bias.has_value() ? dbias.data_ptr<float>() : nullptr;
-        p.vec = !omni && g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.dy) &&
+        p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.dy) &&
                 aligned16(p.du) && aligned16(p.ddelta);
         auto stream = c10::cuda::getCurrentCUDAStream();
         dispatch(u.scalar_type(), [&](auto tag) { vss::launch_bwd<decltype(tag)>(p, omni, stream); });

@@ -33,7 +33,7 @@ constexpr int kChunk = 32 * kK;        // positions per chunk
 constexpr int kMaxN = 16;              // largest state size
 constexpr int kRedStride = 32 * (kK + 1);  // padded row of the dB/dC reduction buffer (no bank conflicts)
 
-static_assert(kChunk == kThreads, "B/C staging maps thread i to chunk position i");
+static_assert(kChunk == kThreads, "B/C staging maps the threads one-to-one onto chunk positions");
 
 struct ScanParams {
     // geometry
@@ -49,7 +49,7 @@ struct ScanParams {
     int cps = 0;      // chunks per segment
     int H = 0, W = 0; // omni only
     bool softplus = false;
-    bool vec = false; // plain mode: rows may be read/written with 16-byte accesses
+    bool vec = false; // L % kK == 0 and 16-byte aligned rows: a lane's kK positions may use vector accesses
 
     // inputs (dtype T unless float)
     const void* u = nullptr;      // plain (b, dim, L); omni x (b, d, L)

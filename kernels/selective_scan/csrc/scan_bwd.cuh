@@ -56,7 +56,8 @@ bwd_kernel(const ScanParams p) {
     float (*dAs)[NS][32] = reinterpret_cast<float (*)[NS][32]>(smem + Sm::kDA);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int seg = blockIdx.x, bi = blockIdx.z;
+    // The summary pass skips segment 0, whose reverse summary no carry needs.
+    const int seg = blockIdx.x + (kSummary ? 1 : 0), bi = blockIdx.z;
     const int g = blockIdx.y / p.bpg;
     const int cl = (blockIdx.y - g * p.bpg) * kWarps + warp;
     const bool valid = cl < p.cpg;  // idle warps compute zeros and still join every barrier
@@ -89,12 +90,13 @@ bwd_kernel(const ScanParams p) {
         const int tb = ch * kChunk;
         const int t0 = tb + lane * kK;
         const int nv = valid ? min(kK, L - t0) : 0;
-        const int tpos = tb + tid;
-        const bool tin = tpos < L;
-        const int tpix = tin ? (kOmni ? omni_pixel(g, tpos, p.H, p.W, L) : tpos) : 0;
+        const StageSlot slot = stage_slot<kOmni>(g, tb, tid, p.H, p.W, L);
+        const bool tin = slot.in;
+        const int tpix = slot.pix;
 
         // Global loads of the chunk, issued back to back (see the comment above the kernel).
         constexpr int kHalf = NS > 8 ? 8 : NS;
+        const int stid = staged_index(slot.q);
         float vb[kHalf], vc[kHalf];
         auto load_bc = [&](const int nb) {
 #pragma unroll
@@ -109,21 +111,17 @@ bwd_kernel(const ScanParams p) {
 #pragma unroll
             for (int j = 0; j < kHalf; ++j) {
                 if (nb + j < N) {
-                    if constexpr (!kSummary) Bs[nb + j][tid] = vb[j];
-                    Cs[nb + j][tid] = vc[j];
+                    if constexpr (!kSummary) Bs[nb + j][stid] = vb[j];
+                    Cs[nb + j][stid] = vc[j];
                 }
             }
         };
         load_bc(0);
         float dt[kK], uv[kK], dyv[kK];
         if constexpr (kOmni) {
-#pragma unroll
-            for (int i = 0; i < kK; ++i) {
-                const int pix = i < nv ? omni_pixel(g, t0 + i, p.H, p.W, L) : 0;
-                dt[i] = i < nv ? to_f<T>(drow[pix]) : 0.f;
-                uv[i] = i < nv ? to_f<T>(urow[pix]) : 0.f;
-                dyv[i] = i < nv ? to_f<T>(dyrow[pix]) : 0.f;
-            }
+            load_lane_omni<T>(drow, g, t0, nv, p.vec, p.H, p.W, L, dt);
+            load_lane_omni<T>(urow, g, t0, nv, p.vec, p.H, p.W, L, uv);
+            load_lane_omni<T>(dyrow, g, t0, nv, p.vec, p.H, p.W, L, dyv);
         } else {
             load_row<T>(drow + t0, nv, p.vec, dt);
             load_row<T>(urow + t0, nv, p.vec, uv);
@@ -178,7 +176,7 @@ bwd_kernel(const ScanParams p) {
             float a[kK], w[kK];
             {
                 float cv[kK];
-                load_smem_row(&Cs[n][lane * kK], cv);
+                load_smem_row(Cs[n], lane, cv);
 #pragma unroll
                 for (int i = 0; i < kK; ++i) {
                     a[i] = exp2f(dt[i] * A2);
@@ -202,7 +200,7 @@ bwd_kernel(const ScanParams p) {
             float bv[kK];
             float Pf[1] = {P0}, Xf[1] = {0.f};
             if constexpr (!kSummary) {
-                load_smem_row(&Bs[n][lane * kK], bv);
+                load_smem_row(Bs[n], lane, bv);
                 float X = 0.f;
 #pragma unroll
                 for (int i = 0; i < kK; ++i) X = fmaf(a[i], X, du[i] * bv[i]);
@@ -245,19 +243,15 @@ bwd_kernel(const ScanParams p) {
                     dAl = fmaf(qh, dt[i], dAl);
                 }
                 dAs[warp][n][lane] += dAl;
-                // This warp's dB/dC contributions, 16-byte stores (contiguous: no bank conflicts).
-                float4* wB = reinterpret_cast<float4*>(red + ((buf * 2 + 0) * kWarps + warp) * kChunk + lane * kK);
-                float4* wC = reinterpret_cast<float4*>(red + ((buf * 2 + 1) * kWarps + warp) * kChunk + lane * kK);
-                wB[0] = make_float4(rB[0], rB[1], rB[2], rB[3]);
-                wB[1] = make_float4(rB[4], rB[5], rB[6], rB[7]);
-                wC[0] = make_float4(rC[0], rC[1], rC[2], rC[3]);
-                wC[1] = make_float4(rC[4], rC[5], rC[6], rC[7]);
+                // This warp's dB/dC contributions (staged layout: 16-byte stores without bank conflicts).
+                store_smem_row(red + ((buf * 2 + 0) * kWarps + warp) * kChunk, lane, rB);
+                store_smem_row(red + ((buf * 2 + 1) * kWarps + warp) * kChunk, lane, rC);
                 __syncthreads();
                 // Sum dB/dC over the block's channels, then one atomic per position and n.
                 // (Double-buffered by n parity: one barrier per n suffices.)
                 {
-                    const float* r0 = red + (buf * 2 + 0) * kWarps * kChunk + tid;
-                    const float* r1 = red + (buf * 2 + 1) * kWarps * kChunk + tid;
+                    const float* r0 = red + (buf * 2 + 0) * kWarps * kChunk + stid;
+                    const float* r1 = red + (buf * 2 + 1) * kWarps * kChunk + stid;
                     float sB = 0.f, sC = 0.f;
 #pragma unroll
                     for (int w8 = 0; w8 < kWarps; ++w8) {
@@ -296,16 +290,8 @@ bwd_kernel(const ScanParams p) {
                     }
                 }
                 if constexpr (kOmni) {
-                    float* duacc = static_cast<float*>(p.du) + xrow * L;
-                    T* ddrow = static_cast<T*>(p.ddelta) + row * L;
-#pragma unroll
-                    for (int i = 0; i < kK; ++i) {
-                        if (i < nv) {
-                            const int pix = omni_pixel(g, t0 + i, p.H, p.W, L);
-                            atomicAdd(duacc + pix, duo[i]);
-                            ddrow[pix] = from_f<T>(ddo[i]);
-                        }
-                    }
+                    add_lane_omni(static_cast<float*>(p.du) + xrow * L, g, t0, nv, p.vec, p.H, p.W, L, duo);
+                    store_lane_omni<T>(static_cast<T*>(p.ddelta) + row * L, g, t0, nv, p.vec, p.H, p.W, L, ddo);
                 } else {
                     store_row<T>(static_cast<T*>(p.du) + row * L + t0, nv, p.vec, duo);
                     store_row<T>(static_cast<T*>(p.ddelta) + row * L + t0, nv, p.vec, ddo);
@@ -342,7 +328,8 @@ static void launch_bwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
     dispatch_omni_n(omni, p.N, [&](auto omni_c, auto n_c) {
         constexpr bool kOmni = decltype(omni_c)::value;
         constexpr int kN = decltype(n_c)::value;
-        launch_scan_kernel<BwdSmem<(kN > 0 ? kN : kMaxN)>::bytes(kSummary)>(bwd_kernel<T, kOmni, kSummary, kN>, p, stream);
+        launch_scan_kernel<BwdSmem<(kN > 0 ? kN : kMaxN)>::bytes(kSummary)>(
+            bwd_kernel<T, kOmni, kSummary, kN>, p, kSummary ? p.nseg - 1 : p.nseg, stream);
     });
 }
 

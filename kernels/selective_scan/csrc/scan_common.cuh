@@ -40,6 +40,36 @@ __device__ __forceinline__ int omni_pixel(int k, int t, int H, int W, int L) {
     return t;
 }
 
+// The chunk position that thread tid stages (B/C loads; dB/dC reduction and atomics in the
+// backward), its pixel, and whether it exists. Plain scans and the row directions use position
+// tid: consecutive threads read consecutive memory. In a column direction (odd g) consecutive
+// positions are W apart in memory, so when a chunk is whole columns (H divides kChunk) the
+// threads take its positions row by row instead, consecutive threads on consecutive pixels of
+// one row: a warp then touches 32 / (kChunk / H) rows instead of 32. Other H keep position tid.
+struct StageSlot {
+    int q;     // position in the chunk, 0 .. kChunk-1
+    bool in;   // tb + q < L
+    int pix;   // plain: tb + q; omni: the pixel of scan position tb + q in direction g
+};
+
+template <bool kOmni>
+__device__ __forceinline__ StageSlot stage_slot(int g, int tb, int tid, int H, int W, int L) {
+    int q = tid;
+    if constexpr (kOmni) {
+        if ((g & 1) && H <= kChunk && kChunk % H == 0) {
+            // The chunk's column-major indices are s0 + s' for s' in [0, kChunk) with s0 a multiple
+            // of H (tb is a multiple of kChunk, L = H * W): s' = column * H + row, column fastest.
+            const int ncol = kChunk / H;
+            const int row = tid / ncol;
+            const int sp = (tid - row * ncol) * H + row;
+            q = (g & 2) ? (kChunk - 1) - sp : sp;  // reversed direction: scan position = L-1-index
+        }
+    }
+    const int t = tb + q;
+    const bool in = t < L;
+    return {q, in, in ? (kOmni ? omni_pixel(g, t, H, W, L) : t) : 0};
+}
+
 // Load kK consecutive elements of a row starting at p (nvalid of them exist; the rest read as 0).
 // vec: p is 16-byte aligned, so full groups can be read with 16-byte loads.
 template <typename T>
@@ -82,12 +112,95 @@ __device__ __forceinline__ void store_row(T* __restrict__ p, int nvalid, bool ve
     }
 }
 
-// Read this lane's kK values of a staged chunk row (fp32 in shared memory).
-__device__ __forceinline__ void load_smem_row(const float* __restrict__ s, float (&v)[kK]) {
-    const float4 a = reinterpret_cast<const float4*>(s)[0];
-    const float4 b = reinterpret_cast<const float4*>(s)[1];
+// Omni: this lane's kK scan positions t0 .. t0+kK-1 (nv of them exist) of direction g, in a
+// row of length L = H*W laid out as the image. The row directions hold them in kK consecutive
+// elements (reversed for g = 2), read with vector loads when vec (L % kK == 0, 16-byte aligned
+// rows); the column directions gather them W apart.
+template <typename T>
+__device__ __forceinline__ void load_lane_omni(const T* __restrict__ row, int g, int t0, int nv, bool vec, int H,
+                                               int W, int L, float (&v)[kK]) {
+    if (!(g & 1) && vec && nv == kK) {
+        if (g & 2) {
+            float r[kK];
+            load_row<T>(row + (L - kK - t0), kK, true, r);
+#pragma unroll
+            for (int i = 0; i < kK; ++i) v[i] = r[kK - 1 - i];
+        } else {
+            load_row<T>(row + t0, kK, true, v);
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < kK; ++i) v[i] = i < nv ? to_f<T>(row[omni_pixel(g, t0 + i, H, W, L)]) : 0.f;
+}
+
+// Omni: add this lane's kK values into an fp32 accumulator row (the four directions meet there),
+// the layout of load_lane_omni. Row directions use 16-byte atomics where the GPU has them (sm_90+).
+__device__ __forceinline__ void add_lane_omni(float* __restrict__ row, int g, int t0, int nv, bool vec, int H,
+                                              int W, int L, const float (&v)[kK]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (!(g & 1) && vec && nv == kK) {
+        if (g & 2) {
+            float4* p4 = reinterpret_cast<float4*>(row + (L - kK - t0));
+            atomicAdd(p4, make_float4(v[7], v[6], v[5], v[4]));
+            atomicAdd(p4 + 1, make_float4(v[3], v[2], v[1], v[0]));
+        } else {
+            float4* p4 = reinterpret_cast<float4*>(row + t0);
+            atomicAdd(p4, make_float4(v[0], v[1], v[2], v[3]));
+            atomicAdd(p4 + 1, make_float4(v[4], v[5], v[6], v[7]));
+        }
+        return;
+    }
+#endif
+#pragma unroll
+    for (int i = 0; i < kK; ++i)
+        if (i < nv) atomicAdd(row + omni_pixel(g, t0 + i, H, W, L), v[i]);
+}
+
+// Omni: store this lane's kK values into a row of type T (the layout of load_lane_omni).
+template <typename T>
+__device__ __forceinline__ void store_lane_omni(T* __restrict__ row, int g, int t0, int nv, bool vec, int H, int W,
+                                                int L, const float (&v)[kK]) {
+    if (!(g & 1) && vec && nv == kK) {
+        if (g & 2) {
+            float r[kK];
+#pragma unroll
+            for (int i = 0; i < kK; ++i) r[i] = v[kK - 1 - i];
+            store_row<T>(row + (L - kK - t0), kK, true, r);
+        } else {
+            store_row<T>(row + t0, kK, true, v);
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < kK; ++i)
+        if (i < nv) row[omni_pixel(g, t0 + i, H, W, L)] = from_f<T>(v[i]);
+}
+
+// Staged chunk rows (fp32 in shared memory, kChunk positions) are swizzled so that the lanes'
+// 16-byte reads are free of bank conflicts. Lane l reads its kK = 8 positions [8l, 8l+8) as two
+// float4; an 8-lane phase of one 16-byte load would hit every bank twice if all lanes read
+// their first half (lanes 32 bytes apart), so lanes 4..7 of each phase (bit 2 of l, i.e. bit 5
+// of the position) keep their halves swapped: position p lives at index p ^ ((p >> 3) & 4).
+// The swizzle only permutes within a lane's own 8 values, so a warp's 32 scalar stores of
+// consecutive positions stay conflict-free too.
+__device__ __forceinline__ int staged_index(int p) { return p ^ ((p >> 3) & 4); }
+
+// Index (in float4 units) of half q (positions 4q..4q+3) of lane l's kK values in a staged row.
+__device__ __forceinline__ int staged_half(int lane, int q) { return 2 * lane + (q ^ ((lane >> 2) & 1)); }
+
+// Read lane l's kK values (positions [8l, 8l+8)) of a staged chunk row.
+__device__ __forceinline__ void load_smem_row(const float* __restrict__ row, int lane, float (&v)[kK]) {
+    const float4 a = reinterpret_cast<const float4*>(row)[staged_half(lane, 0)];
+    const float4 b = reinterpret_cast<const float4*>(row)[staged_half(lane, 1)];
     v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
     v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
+// Write lane l's kK values into a staged chunk row (the layout load_smem_row reads).
+__device__ __forceinline__ void store_smem_row(float* __restrict__ row, int lane, const float (&v)[kK]) {
+    reinterpret_cast<float4*>(row)[staged_half(lane, 0)] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(row)[staged_half(lane, 1)] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -207,11 +320,13 @@ __device__ __forceinline__ void prefetch_warp_rows_l2(const T* const (&rows)[NR]
 
 // ---------------------------------------------------------------- host-side launch helpers
 
-// Runs kernel<<<(nseg, G * bpg, batch), kThreads, kBytes>>>(p). Above 48 KB of dynamic shared
+// Runs kernel<<<(segs, G * bpg, batch), kThreads, kBytes>>>(p). Above 48 KB of dynamic shared
 // memory a kernel must opt in; that is cheap and per device, so it is simply done at every launch.
+// segs: p.nseg for a main pass; nseg - 1 for a summary pass, since the segment whose summary no
+// carry needs (the last one forward, the first one backward) is skipped.
 template <int kBytes>
-void launch_scan_kernel(void (*kernel)(const ScanParams), const ScanParams& p, cudaStream_t stream) {
-    const dim3 grid(p.nseg, p.G * p.bpg, p.batch);
+void launch_scan_kernel(void (*kernel)(const ScanParams), const ScanParams& p, int segs, cudaStream_t stream) {
+    const dim3 grid(segs, p.G * p.bpg, p.batch);
     if constexpr (kBytes > 48 * 1024) {
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
     }

@@ -28,7 +28,8 @@ struct FwdSmem {
 
 // One block = kWarps channels of one group, one segment of the sequence, one batch item.
 // kSummary: compute only the segment's outgoing state from a zero incoming state, plus the
-// sum of dt over the segment (its decay is exp(A * sum)); write nothing else.
+// sum of dt over the segment (its decay is exp(A * sum)); write nothing else. (Launched for
+// segments 0 .. nseg-2 only: no carry depends on the last segment's summary.)
 // kN > 0: the state size is kN (= p.N) at compile time, so every n-loop is unrolled and the
 // states are processed kFwdNP at a time; kN == 0: any p.N <= kMaxN, one state at a time.
 //
@@ -88,10 +89,11 @@ fwd_kernel(const ScanParams p) {
         // C each) to bound the registers that hold loaded values; this lane's delta/u loads are
         // issued between the first half's loads and its stores. No barrier is needed before the
         // stores (double buffering, see above) and ONE barrier publishes them.
-        const int tpos = tb + tid;
-        const bool tin = tpos < L;
-        const int tpix = tin ? (kOmni ? omni_pixel(g, tpos, p.H, p.W, L) : tpos) : 0;
+        const StageSlot slot = stage_slot<kOmni>(g, tb, tid, p.H, p.W, L);
+        const bool tin = slot.in;
+        const int tpix = slot.pix;
         constexpr int kHalf = NS > 8 ? 8 : NS;
+        const int stid = staged_index(slot.q);
         float vb[kHalf], vc[kHalf];
         auto load_bc = [&](const int nb) {
 #pragma unroll
@@ -106,20 +108,16 @@ fwd_kernel(const ScanParams p) {
 #pragma unroll
             for (int j = 0; j < kHalf; ++j) {
                 if (nb + j < N) {
-                    Bs[nb + j][tid] = vb[j];
-                    if constexpr (!kSummary) Cs[nb + j][tid] = vc[j];
+                    Bs[nb + j][stid] = vb[j];
+                    if constexpr (!kSummary) Cs[nb + j][stid] = vc[j];
                 }
             }
         };
         load_bc(0);
         float dt[kK], uv[kK];
         if constexpr (kOmni) {
-#pragma unroll
-            for (int i = 0; i < kK; ++i) {
-                const int pix = i < nv ? omni_pixel(g, t0 + i, p.H, p.W, L) : 0;
-                dt[i] = i < nv ? to_f<T>(drow[pix]) : 0.f;
-                uv[i] = i < nv ? to_f<T>(urow[pix]) : 0.f;
-            }
+            load_lane_omni<T>(drow, g, t0, nv, p.vec, p.H, p.W, L, dt);
+            load_lane_omni<T>(urow, g, t0, nv, p.vec, p.H, p.W, L, uv);
         } else {
             load_row<T>(drow + t0, nv, p.vec, dt);
             load_row<T>(urow + t0, nv, p.vec, uv);
@@ -167,7 +165,7 @@ fwd_kernel(const ScanParams p) {
                 const float A2 = A2s[warp][n0 + j];
                 hc[j] = lane == 0 ? carry[warp][n0 + j] : 0.f;  // state entering the chunk (lane 0 only)
                 float bv[kK];
-                load_smem_row(&Bs[n0 + j][lane * kK], bv);
+                load_smem_row(Bs[n0 + j], lane, bv);
                 float x = 0.f;
 #pragma unroll
                 for (int i = 0; i < kK; ++i) {
@@ -192,12 +190,12 @@ fwd_kernel(const ScanParams p) {
                 if constexpr (!kSummary) {
                     if (lane == 0 && valid) p.states[(row * p.nchunks + ch) * N + n0 + j] = hc[j];
                     // B and C re-read from shared memory 4 positions at a time (registers).
-                    const float4* b4 = reinterpret_cast<const float4*>(&Bs[n0 + j][lane * kK]);
-                    const float4* c4 = reinterpret_cast<const float4*>(&Cs[n0 + j][lane * kK]);
+                    const float4* b4 = reinterpret_cast<const float4*>(Bs[n0 + j]);
+                    const float4* c4 = reinterpret_cast<const float4*>(Cs[n0 + j]);
                     float h = lane == 0 ? hc[j] : Xe;
 #pragma unroll
                     for (int q = 0; q < kK / 4; ++q) {
-                        const float4 bq = b4[q], cq = c4[q];
+                        const float4 bq = b4[staged_half(lane, q)], cq = c4[staged_half(lane, q)];
                         const float bv[4] = {bq.x, bq.y, bq.z, bq.w}, cv[4] = {cq.x, cq.y, cq.z, cq.w};
 #pragma unroll
                         for (int k = 0; k < 4; ++k) {
@@ -223,11 +221,7 @@ fwd_kernel(const ScanParams p) {
             if (valid) {
                 if constexpr (kOmni) {
                     // Four directions add into the same pixel: fp32 atomics into a zeroed buffer.
-                    // (Pixels recomputed rather than kept in 8 registers across the n-loop.)
-                    float* yacc = static_cast<float*>(p.y) + xrow * L;
-#pragma unroll
-                    for (int i = 0; i < kK; ++i)
-                        if (i < nv) atomicAdd(yacc + omni_pixel(g, t0 + i, p.H, p.W, L), yv[i]);
+                    add_lane_omni(static_cast<float*>(p.y) + xrow * L, g, t0, nv, p.vec, p.H, p.W, L, yv);
                 } else {
                     store_row<T>(static_cast<T*>(p.y) + row * L + t0, nv, p.vec, yv);
                 }
@@ -252,7 +246,8 @@ static void launch_fwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
     dispatch_omni_n(omni, p.N, [&](auto omni_c, auto n_c) {
         constexpr bool kOmni = decltype(omni_c)::value;
         constexpr int kN = decltype(n_c)::value;
-        launch_scan_kernel<FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes>(fwd_kernel<T, kOmni, kSummary, kN>, p, stream);
+        launch_scan_kernel<FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes>(
+            fwd_kernel<T, kOmni, kSummary, kN>, p, kSummary ? p.nseg - 1 : p.nseg, stream);
     });
 }
 
