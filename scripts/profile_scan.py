@@ -28,6 +28,8 @@ def main():
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--groups", type=int, default=4, help="plain: B/C groups (bench_scan.py uses 4)")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--torch-profile", action="store_true",
+                    help="after the runs, print torch.profiler's GPU-kernel table of one more forward + backward")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_scan.py needs a CUDA GPU")
@@ -51,6 +53,13 @@ def main():
         y = op(*inputs)
         torch.autograd.grad(y, inputs, torch.ones_like(y))
     torch.cuda.synchronize()
+    if args.torch_profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            y = op(*inputs)
+            torch.autograd.grad(y, inputs, torch.ones_like(y))
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
     print(f"{args.op} {args.shape} {args.dtype}: {args.iters} forward + backward passes done")
 
 

@@ -18,8 +18,9 @@ namespace vss {
 // Dynamic shared memory layout, in floats (NS = staged rows, an upper bound of N). The summary
 // kernel uses only the first part.
 //   Cs[NS][kChunk], rcarry[kWarps][NS] (lane 31 only), As[kWarps][NS]  | summary end
-//   Bs[NS][kChunk], red[2 buffers][dB, dC][kWarps][kChunk], dAs[kWarps][NS][32]
-template <int NS>
+//   Bs[NS][kChunk], red[2 buffers][dB, dC][kWarps][kChunk], dAs[kWarps][NS][32],
+//   and for the fused op Xs[3][kWarps][kChunk] (column directions: delta/u/dy in, du/ddelta out)
+template <int NS, bool kOmni>
 struct BwdSmem {
     static constexpr int kCs = 0;
     static constexpr int kRcarry = kCs + NS * kChunk;
@@ -28,8 +29,9 @@ struct BwdSmem {
     static constexpr int kBs = kSummaryEnd;
     static constexpr int kRed = kBs + NS * kChunk;
     static constexpr int kDA = kRed + 4 * kWarps * kChunk;
-    static constexpr int kEnd = kDA + kWarps * NS * 32;
-    static_assert(kBs % 4 == 0 && kRed % 4 == 0, "16-byte alignment of staged rows");
+    static constexpr int kXs = kDA + kWarps * NS * 32;
+    static constexpr int kEnd = kXs + (kOmni ? 3 * kWarps * kChunk : 0);
+    static_assert(kBs % 4 == 0 && kRed % 4 == 0 && kXs % 4 == 0, "16-byte alignment of staged rows");
     static constexpr int bytes(bool summary) { return (summary ? kSummaryEnd : kEnd) * (int)sizeof(float); }
 };
 
@@ -41,11 +43,12 @@ struct BwdSmem {
 // state / reverse carry are folded into lane 0 / lane 31 before scanning, so the scans give
 // exact values directly, and lane 31 keeps the reverse carry (rcarry[warp][n], touched by lane
 // 31 only, except at init and in the summary's final read, both ordered by barriers).
-template <typename T, bool kOmni, bool kSummary, int kN>
-__global__ void __launch_bounds__(kThreads, 2)
-bwd_kernel(const ScanParams p) {
+// kCol: a column direction of the fused op whose chunks are staged row by row (see col_staged
+// below); bwd_kernel picks the body per block (separate code, separate registers).
+template <typename T, bool kOmni, bool kSummary, int kN, bool kCol>
+__device__ __forceinline__ void bwd_body(const ScanParams& p) {
     constexpr int NS = kN > 0 ? kN : kMaxN;
-    using Sm = BwdSmem<NS>;
+    using Sm = BwdSmem<NS, kOmni>;
     extern __shared__ float4 smem4[];
     float* smem = reinterpret_cast<float*>(smem4);
     float (*Cs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kCs);
@@ -54,6 +57,7 @@ bwd_kernel(const ScanParams p) {
     float (*Bs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kBs);
     float* red = smem + Sm::kRed;
     float (*dAs)[NS][32] = reinterpret_cast<float (*)[NS][32]>(smem + Sm::kDA);
+    float (*Xs)[kWarps][kChunk] = reinterpret_cast<float (*)[kWarps][kChunk]>(smem + Sm::kXs);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     // The summary pass skips segment 0, whose reverse summary no carry needs.
@@ -73,6 +77,13 @@ bwd_kernel(const ScanParams p) {
     const T* __restrict__ Cg = static_cast<const T*>(p.C) + gbase;
     const float bias = p.bias ? p.bias[c] : 0.f;
     const float Dc = p.D ? p.D[c] : 0.f;
+    // Fused op, column direction, main pass: delta/u/dy come in and du/ddelta go out through Xs,
+    // moved by all threads in stage_slot's row-by-row order (a lane's own positions are W apart
+    // in memory, so per-lane gathers would touch 32 rows per load).
+    constexpr bool col_staged = kCol;
+    const int cl0 = (blockIdx.y - g * p.bpg) * kWarps;  // the block's first channel in its group
+    // dB/dC leave as 8-byte reductions of 2 consecutive positions where memory has them in order.
+    const bool vec_red = p.vec && !(kOmni && (g & 1));
     const int ch0 = seg * p.cps;
     const int ch1 = min(p.nchunks, ch0 + p.cps);
 
@@ -118,7 +129,9 @@ bwd_kernel(const ScanParams p) {
         };
         load_bc(0);
         float dt[kK], uv[kK], dyv[kK];
-        if constexpr (kOmni) {
+        if (col_staged) {
+            // (read from Xs after the barriers below)
+        } else if constexpr (kOmni) {
             load_lane_omni<T>(drow, g, t0, nv, p.vec, p.H, p.W, L, dt);
             load_lane_omni<T>(urow, g, t0, nv, p.vec, p.H, p.W, L, uv);
             load_lane_omni<T>(dyrow, g, t0, nv, p.vec, p.H, p.W, L, dyv);
@@ -146,7 +159,7 @@ bwd_kernel(const ScanParams p) {
                 }
             }
         }
-        __syncthreads();  // the previous chunk is done with Bs/Cs
+        __syncthreads();  // the previous chunk is done with Bs/Cs (and Xs)
         store_bc(0);
 #pragma unroll
         for (int nb = kHalf; nb < NS; nb += kHalf) {
@@ -155,7 +168,20 @@ bwd_kernel(const ScanParams p) {
                 store_bc(nb);
             }
         }
+        if (col_staged) {
+            const int nrows = p.cpg - cl0;
+            const T* dbase = static_cast<const T*>(p.delta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L;
+            const int64_t xbase = ((int64_t)bi * p.cpg + cl0) * L;
+            stage_rows_in<T>(dbase, nrows, L, tin, tpix, stid, Xs[0]);
+            stage_rows_in<T>(static_cast<const T*>(p.u) + xbase, nrows, L, tin, tpix, stid, Xs[1]);
+            stage_rows_in<T>(static_cast<const T*>(p.dy) + xbase, nrows, L, tin, tpix, stid, Xs[2]);
+        }
         __syncthreads();
+        if (col_staged) {
+            load_smem_row(Xs[0][warp], lane, dt);
+            load_smem_row(Xs[1][warp], lane, uv);
+            load_smem_row(Xs[2][warp], lane, dyv);
+        }
 
         float S = 0.f;
         float du[kK];
@@ -247,9 +273,27 @@ bwd_kernel(const ScanParams p) {
                 store_smem_row(red + ((buf * 2 + 0) * kWarps + warp) * kChunk, lane, rB);
                 store_smem_row(red + ((buf * 2 + 1) * kWarps + warp) * kChunk, lane, rC);
                 __syncthreads();
-                // Sum dB/dC over the block's channels, then one atomic per position and n.
+                // Sum dB/dC over the block's channels, then atomics into global memory.
                 // (Double-buffered by n parity: one barrier per n suffices.)
-                {
+                if (vec_red) {
+                    // Threads 0..127 sum dB, 128..255 dC, each 2 consecutive positions (8-byte reads
+                    // of the staged layout: conflict-free), added with one 8-byte reduction.
+                    const int m = tid >> 7, k = tid & 127;
+                    const float2* r = reinterpret_cast<const float2*>(red + (buf * 2 + m) * kWarps * kChunk);
+                    const int fi = 2 * staged_half(k >> 2, (k >> 1) & 1) + (k & 1);  // positions 2k, 2k+1
+                    float2 acc = r[fi];
+#pragma unroll
+                    for (int w8 = 1; w8 < kWarps; ++w8) {
+                        const float2 x = r[w8 * (kChunk / 2) + fi];
+                        acc.x += x.x; acc.y += x.y;
+                    }
+                    const int t = tb + 2 * k;
+                    if (t < L) {  // L % kK == 0: both positions exist
+                        float* dst = (m ? p.dC : p.dB) + gbase + (int64_t)n * L;
+                        if (kOmni && (g & 2)) atomic_add2(dst + (L - 2 - t), make_float2(acc.y, acc.x));
+                        else atomic_add2(dst + t, acc);
+                    }
+                } else {
                     const float* r0 = red + (buf * 2 + 0) * kWarps * kChunk + stid;
                     const float* r1 = red + (buf * 2 + 1) * kWarps * kChunk + stid;
                     float sB = 0.f, sC = 0.f;
@@ -276,7 +320,7 @@ bwd_kernel(const ScanParams p) {
         }
 
         if constexpr (!kSummary) {
-            if (valid) {
+            if (valid || col_staged) {  // (col_staged: every thread joins the barrier below)
                 float duo[kK], ddo[kK];
 #pragma unroll
                 for (int i = 0; i < kK; ++i) {
@@ -289,7 +333,16 @@ bwd_kernel(const ScanParams p) {
                         db_acc += ddo[i];
                     }
                 }
-                if constexpr (kOmni) {
+                if (col_staged) {
+                    store_smem_row(Xs[0][warp], lane, duo);  // this warp's own rows: read only by it so far
+                    store_smem_row(Xs[1][warp], lane, ddo);
+                    __syncthreads();
+                    const int nrows = p.cpg - cl0;
+                    stage_rows_out<true>(static_cast<float*>(p.du) + ((int64_t)bi * p.cpg + cl0) * L, nrows, L, tin,
+                                         tpix, stid, Xs[0]);
+                    stage_rows_out<false>(static_cast<T*>(p.ddelta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L,
+                                          nrows, L, tin, tpix, stid, Xs[1]);
+                } else if constexpr (kOmni) {
                     add_lane_omni(static_cast<float*>(p.du) + xrow * L, g, t0, nv, p.vec, p.H, p.W, L, duo);
                     store_lane_omni<T>(static_cast<T*>(p.ddelta) + row * L, g, t0, nv, p.vec, p.H, p.W, L, ddo);
                 } else {
@@ -323,12 +376,24 @@ bwd_kernel(const ScanParams p) {
     }
 }
 
+template <typename T, bool kOmni, bool kSummary, int kN>
+__global__ void __launch_bounds__(kThreads, 2)
+bwd_kernel(const ScanParams p) {
+    if constexpr (kOmni && !kSummary) {
+        if (column_staged(blockIdx.y / p.bpg, p.H)) {
+            bwd_body<T, kOmni, kSummary, kN, true>(p);
+            return;
+        }
+    }
+    bwd_body<T, kOmni, kSummary, kN, false>(p);
+}
+
 template <typename T, bool kSummary>
 static void launch_bwd_pass(const ScanParams& p, bool omni, cudaStream_t stream) {
     dispatch_omni_n(omni, p.N, [&](auto omni_c, auto n_c) {
         constexpr bool kOmni = decltype(omni_c)::value;
         constexpr int kN = decltype(n_c)::value;
-        launch_scan_kernel<BwdSmem<(kN > 0 ? kN : kMaxN)>::bytes(kSummary)>(
+        launch_scan_kernel<BwdSmem<(kN > 0 ? kN : kMaxN), kOmni>::bytes(kSummary)>(
             bwd_kernel<T, kOmni, kSummary, kN>, p, kSummary ? p.nseg - 1 : p.nseg, stream);
     });
 }

@@ -52,11 +52,14 @@ struct StageSlot {
     int pix;   // plain: tb + q; omni: the pixel of scan position tb + q in direction g
 };
 
+// Does direction g of an H-row map stage its chunks row by row (see stage_slot)?
+__host__ __device__ inline bool column_staged(int g, int H) { return (g & 1) && H <= kChunk && kChunk % H == 0; }
+
 template <bool kOmni>
 __device__ __forceinline__ StageSlot stage_slot(int g, int tb, int tid, int H, int W, int L) {
     int q = tid;
     if constexpr (kOmni) {
-        if ((g & 1) && H <= kChunk && kChunk % H == 0) {
+        if (column_staged(g, H)) {
             // The chunk's column-major indices are s0 + s' for s' in [0, kChunk) with s0 a multiple
             // of H (tb is a multiple of kChunk, L = H * W): s' = column * H + row, column fastest.
             const int ncol = kChunk / H;
@@ -68,6 +71,33 @@ __device__ __forceinline__ StageSlot stage_slot(int g, int tb, int tid, int H, i
     const int t = tb + q;
     const bool in = t < L;
     return {q, in, in ? (kOmni ? omni_pixel(g, t, H, W, L) : t) : 0};
+}
+
+// Column-staged blocks of the fused op move their kWarps channel rows (row k at base + k*L; rows
+// from nrows on are absent) through shared memory, each thread at its stage_slot position
+// (pixel pix, staged index sidx, in = it exists). In: rows -> staged[k][sidx] (absent: 0).
+template <typename T>
+__device__ __forceinline__ void stage_rows_in(const T* __restrict__ base, int nrows, int L, bool in, int pix,
+                                              int sidx, float (*staged)[kChunk]) {
+    float v[kWarps];
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) v[k] = in && k < nrows ? to_f<T>(base[(int64_t)k * L + pix]) : 0.f;
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) staged[k][sidx] = v[k];
+}
+
+// Out: staged[k][sidx] -> rows, added atomically (kAdd, fp32 accumulators) or stored.
+template <bool kAdd, typename T>
+__device__ __forceinline__ void stage_rows_out(T* __restrict__ base, int nrows, int L, bool in, int pix, int sidx,
+                                               const float (*staged)[kChunk]) {
+    if (!in) return;
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) {
+        if (k < nrows) {
+            if constexpr (kAdd) atomicAdd(base + (int64_t)k * L + pix, staged[k][sidx]);
+            else base[(int64_t)k * L + pix] = from_f<T>(staged[k][sidx]);
+        }
+    }
 }
 
 // Load kK consecutive elements of a row starting at p (nvalid of them exist; the rest read as 0).
@@ -112,6 +142,26 @@ __device__ __forceinline__ void store_row(T* __restrict__ p, int nvalid, bool ve
     }
 }
 
+// dst[0..1] += v / dst[0..3] += v (dst 8- / 16-byte aligned): one vector reduction where the GPU
+// has them (sm_90+). Written as PTX `red`: atomicAdd(float2* / float4*) returns the old values,
+// which compiles to a returning `atom` that ties up registers until the reply.
+__device__ __forceinline__ void atomic_add2(float* dst, float2 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(v.x), "f"(v.y) : "memory");
+#else
+    atomicAdd(dst, v.x); atomicAdd(dst + 1, v.y);
+#endif
+}
+
+__device__ __forceinline__ void atomic_add4(float* dst, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+                 : "memory");
+#else
+    atomicAdd(dst, v.x); atomicAdd(dst + 1, v.y); atomicAdd(dst + 2, v.z); atomicAdd(dst + 3, v.w);
+#endif
+}
+
 // Omni: this lane's kK scan positions t0 .. t0+kK-1 (nv of them exist) of direction g, in a
 // row of length L = H*W laid out as the image. The row directions hold them in kK consecutive
 // elements (reversed for g = 2), read with vector loads when vec (L % kK == 0, 16-byte aligned
@@ -135,23 +185,19 @@ __device__ __forceinline__ void load_lane_omni(const T* __restrict__ row, int g,
 }
 
 // Omni: add this lane's kK values into an fp32 accumulator row (the four directions meet there),
-// the layout of load_lane_omni. Row directions use 16-byte atomics where the GPU has them (sm_90+).
+// the layout of load_lane_omni. Row directions use 16-byte atomics (atomic_add4).
 __device__ __forceinline__ void add_lane_omni(float* __restrict__ row, int g, int t0, int nv, bool vec, int H,
                                               int W, int L, const float (&v)[kK]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (!(g & 1) && vec && nv == kK) {
         if (g & 2) {
-            float4* p4 = reinterpret_cast<float4*>(row + (L - kK - t0));
-            atomicAdd(p4, make_float4(v[7], v[6], v[5], v[4]));
-            atomicAdd(p4 + 1, make_float4(v[3], v[2], v[1], v[0]));
+            atomic_add4(row + (L - kK - t0), make_float4(v[7], v[6], v[5], v[4]));
+            atomic_add4(row + (L - 4 - t0), make_float4(v[3], v[2], v[1], v[0]));
         } else {
-            float4* p4 = reinterpret_cast<float4*>(row + t0);
-            atomicAdd(p4, make_float4(v[0], v[1], v[2], v[3]));
-            atomicAdd(p4 + 1, make_float4(v[4], v[5], v[6], v[7]));
+            atomic_add4(row + t0, make_float4(v[0], v[1], v[2], v[3]));
+            atomic_add4(row + t0 + 4, make_float4(v[4], v[5], v[6], v[7]));
         }
         return;
     }
-#endif
 #pragma unroll
     for (int i = 0; i < kK; ++i)
         if (i < nv) atomicAdd(row + omni_pixel(g, t0 + i, H, W, L), v[i]);

@@ -41,9 +41,11 @@ struct FwdSmem {
 // every warp passed it only after finishing the chunk before); (3) per state, the lane scans its
 // kK positions, the warp scans the lanes' maps with the chunk's incoming state folded into
 // lane 0, and lane 0 keeps the outgoing state (read back from lane 31) in carry[warp][n].
-template <typename T, bool kOmni, bool kSummary, int kN>
-__global__ void __launch_bounds__(kThreads, kN > 0 ? 3 : 2)
-fwd_kernel(const ScanParams p) {
+// kCol: a column direction of the fused op whose chunks are staged row by row (see col_staged
+// below). fwd_kernel picks the body per block; the two bodies are separate code, so neither
+// carries the other's registers through its loop.
+template <typename T, bool kOmni, bool kSummary, int kN, bool kCol>
+__device__ __forceinline__ void fwd_body(const ScanParams& p) {
     constexpr int NS = kN > 0 ? kN : kMaxN;  // staged rows (upper bound of N)
     using Sm = FwdSmem<NS, kSummary>;
     extern __shared__ float4 fwd_smem4[];
@@ -66,6 +68,15 @@ fwd_kernel(const ScanParams p) {
     const T* __restrict__ Cg = static_cast<const T*>(p.C) + ((int64_t)bi * p.G + g) * N * L;
     const float bias = p.bias ? p.bias[c] : 0.f;
     const float Dc = p.D ? p.D[c] : 0.f;
+    // Fused op, column direction, main pass: delta/u come in and y goes out through shared
+    // memory, moved by all threads in stage_slot's row-by-row order (a lane's own positions are W
+    // apart in memory). Such blocks keep B/C in half 0 of the staging area and use half 1 for
+    // those rows (Xs: delta, u in B's half 1; Ys: y in C's half 1), with a second barrier per
+    // chunk before the staged y is read.
+    constexpr bool col_staged = kCol;
+    const int cl0 = (blockIdx.y - g * p.bpg) * kWarps;  // the block's first channel in its group
+    auto Xs = [&](int a) { return reinterpret_cast<float (*)[kChunk]>(smem + Sm::kBs + NS * kChunk + a * kWarps * kChunk); };
+    auto Ys = [&]() { return reinterpret_cast<float (*)[kChunk]>(smem + Sm::kCs + NS * kChunk); };
     const int ch0 = seg * p.cps;
     const int ch1 = min(p.nchunks, ch0 + p.cps);
 
@@ -78,7 +89,7 @@ fwd_kernel(const ScanParams p) {
 
     for (int ch = ch0; ch < ch1; ++ch) {
         const int tb = ch * kChunk;
-        const int buf = (ch - ch0) & 1;
+        const int buf = col_staged ? 0 : (ch - ch0) & 1;
         float (*Bs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kBs + buf * NS * kChunk);
         float (*Cs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kCs + buf * NS * kChunk);
         const int t0 = tb + lane * kK;
@@ -115,7 +126,9 @@ fwd_kernel(const ScanParams p) {
         };
         load_bc(0);
         float dt[kK], uv[kK];
-        if constexpr (kOmni) {
+        if (col_staged) {
+            // (read from Xs after the barrier below)
+        } else if constexpr (kOmni) {
             load_lane_omni<T>(drow, g, t0, nv, p.vec, p.H, p.W, L, dt);
             load_lane_omni<T>(urow, g, t0, nv, p.vec, p.H, p.W, L, uv);
         } else {
@@ -130,6 +143,13 @@ fwd_kernel(const ScanParams p) {
                 store_bc(nb);
             }
         }
+        if (col_staged) {
+            const int nrows = p.cpg - cl0;
+            stage_rows_in<T>(static_cast<const T*>(p.delta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L, nrows, L,
+                             tin, tpix, stid, Xs(0));
+            stage_rows_in<T>(static_cast<const T*>(p.u) + ((int64_t)bi * p.cpg + cl0) * L, nrows, L, tin, tpix,
+                             stid, Xs(1));
+        }
         if constexpr (!kOmni) {
             if (ch + 1 < ch1) {
                 // The next chunk's rows into L2 while this one is computed (B/C are shared by the
@@ -142,6 +162,10 @@ fwd_kernel(const ScanParams p) {
             }
         }
         __syncthreads();
+        if (col_staged) {
+            load_smem_row(Xs(0)[warp], lane, dt);
+            load_smem_row(Xs(1)[warp], lane, uv);
+        }
 
         float du[kK], yv[kK];
 #pragma unroll
@@ -218,7 +242,16 @@ fwd_kernel(const ScanParams p) {
         }
 
         if constexpr (!kSummary) {
-            if (valid) {
+            if (col_staged) {
+                // Every warp has read its Xs rows (before its states) and has finished with B/C;
+                // each writes its own Ys row, one barrier, then all threads add y row by row.
+                store_smem_row(Ys()[warp], lane, yv);
+                __syncthreads();
+                // (The slot is recomputed rather than kept in registers across the states.)
+                const StageSlot os = stage_slot<kOmni>(g, tb, tid, p.H, p.W, L);
+                stage_rows_out<true>(static_cast<float*>(p.y) + ((int64_t)bi * p.cpg + cl0) * L, p.cpg - cl0, L, os.in,
+                                     os.pix, staged_index(os.q), Ys());
+            } else if (valid) {
                 if constexpr (kOmni) {
                     // Four directions add into the same pixel: fp32 atomics into a zeroed buffer.
                     add_lane_omni(static_cast<float*>(p.y) + xrow * L, g, t0, nv, p.vec, p.H, p.W, L, yv);
@@ -239,6 +272,19 @@ fwd_kernel(const ScanParams p) {
             if (lane < N) p.seg_H[(row * p.nseg + seg) * N + lane] = carry[warp][lane];
         }
     }
+}
+
+template <typename T, bool kOmni, bool kSummary, int kN>
+__global__ void __launch_bounds__(kThreads, kN > 0 ? 3 : 2)
+fwd_kernel(const ScanParams p) {
+    constexpr int NS = kN > 0 ? kN : kMaxN;
+    if constexpr (kOmni && !kSummary && NS >= 2 * kWarps) {
+        if (column_staged(blockIdx.y / p.bpg, p.H)) {
+            fwd_body<T, kOmni, kSummary, kN, true>(p);
+            return;
+        }
+    }
+    fwd_body<T, kOmni, kSummary, kN, false>(p);
 }
 
 template <typename T, bool kSummary>
