@@ -120,7 +120,7 @@ def main():
         return lambda u, dl, A, B, C, D, bias: vops.selective_scan(u, dl, A, B, C, D, bias, True, backend=backend)
 
     backends = ["cuda"] + (["mamba_ssm"] if have_mamba else []) + ([] if args.no_torch else ["torch"])
-    lines, rows = [], []
+    lines = []
     log = lambda s: (print(s, flush=True), lines.append(s))  # noqa: E731
 
     shapes = list(PLAIN_SHAPES) + ([(1, 96, 1 << 20, 16, 4)] if args.extra_long else [])

@@ -6,7 +6,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <mutex>
+#include <set>
 #include <type_traits>
+#include <utility>
 
 #include "scan.h"
 
@@ -366,15 +369,29 @@ __device__ __forceinline__ void prefetch_warp_rows_l2(const T* const (&rows)[NR]
 
 // ---------------------------------------------------------------- host-side launch helpers
 
-// Runs kernel<<<(segs, G * bpg, batch), kThreads, kBytes>>>(p). Above 48 KB of dynamic shared
-// memory a kernel must opt in; that is cheap and per device, so it is simply done at every launch.
+// Above 48 KB of dynamic shared memory a kernel must opt in, once per device (the call costs
+// several microseconds, so it is not repeated at every launch).
+inline void allow_dynamic_smem(const void* kernel, int bytes) {
+    static std::mutex mu;
+    static std::set<std::pair<const void*, int>> done;  // (kernel, device)
+    int dev = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    std::lock_guard<std::mutex> lock(mu);
+    if (done.insert({kernel, dev}).second) {
+        const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        if (err != cudaSuccess) done.erase({kernel, dev});
+        C10_CUDA_CHECK(err);
+    }
+}
+
+// Runs kernel<<<(segs, G * bpg, batch), kThreads, kBytes>>>(p).
 // segs: p.nseg for a main pass; nseg - 1 for a summary pass, since the segment whose summary no
 // carry needs (the last one forward, the first one backward) is skipped.
 template <int kBytes>
 void launch_scan_kernel(void (*kernel)(const ScanParams), const ScanParams& p, int segs, cudaStream_t stream) {
     const dim3 grid(segs, p.G * p.bpg, p.batch);
     if constexpr (kBytes > 48 * 1024) {
-        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
+        allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kBytes);
     }
     kernel<<<grid, dim3(kThreads), kBytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
