@@ -78,12 +78,28 @@ def omni_inputs(b, d, H, W, N, dtype, seed=0):
     return [t.requires_grad_(True) for t in (x, delta, A, B, C, r(4 * d), r(4 * d) * 0.3)]
 
 
-def fwd_bwd_ms(op, inputs, warmup, reps):
-    """(forward ms, backward ms, y) of y = op(*inputs)."""
-    fwd = time_ms(lambda: op(*inputs), warmup, reps)
+def kernel_ms(fn, warmup: int, reps: int) -> float:
+    """Mean GPU time of everything fn() runs on the GPU (kernels, fills, copies), read by
+    torch.profiler (CUPTI) over `reps` calls after `warmup`: the op's device time, without the
+    host's Python, dispatch and launch time that eager CUDA-event timings include."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1000.0 / reps
+
+
+def fwd_bwd_ms(op, inputs, warmup, reps, kernel_time=False):
+    """(forward ms, backward ms, y) of y = op(*inputs); kernel_time: GPU time only (kernel_ms)."""
+    timer = kernel_ms if kernel_time else time_ms
+    fwd = timer(lambda: op(*inputs), warmup, reps)
     y = op(*inputs)
     dy = torch.randn_like(y)
-    bwd = time_ms(lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True), warmup, reps)
+    bwd = timer(lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True), warmup, reps)
     return fwd, bwd, y.detach()
 
 
@@ -99,6 +115,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="5 repetitions, 2 warm-ups")
     ap.add_argument("--no-torch", action="store_true", help="skip the (slow) pure-PyTorch backend")
+    ap.add_argument("--kernel-time", action="store_true",
+                    help="report the GPU time of each op's kernels (torch.profiler, mean over the repetitions) "
+                    "instead of eager CUDA-event timings, which also count the GPU waiting for the host")
     ap.add_argument("--sweep-nseg", default="", help="also time ours with these forced segment counts, e.g. 1,2,4")
     ap.add_argument("--extra-long", action="store_true", help="also time (1, 96, 1048576, 16): a 1024x1024 map")
     ap.add_argument("--sweep-only", action="store_true", help="run only the --omni-sweep section")
@@ -141,7 +160,7 @@ def main():
                 if bk == "torch" and L * b * d > 8 * 192 * 16384:
                     continue
                 reps, warm = (max(2, args.reps // 10), 1) if bk == "torch" else (args.reps, args.warmup)
-                runs[bk] = fwd_bwd_ms(scan(bk), inputs, warm, reps)
+                runs[bk] = fwd_bwd_ms(scan(bk), inputs, warm, reps, args.kernel_time)
             for bk, (f, bw, y) in runs.items():
                 diff = "-" if bk == "cuda" else f"{rel(y, runs['cuda'][2]):.1e}"
                 vs = "-"
@@ -154,7 +173,7 @@ def main():
                 for ns in [int(s) for s in args.sweep_nseg.split(",") if s]:
                     op = (lambda ns_: lambda u, dl, A, B, C, D, bias: ext.selective_scan(
                         u, dl, A, B, C, D, bias, True, nseg=ns_))(ns)
-                    f, bw, _ = fwd_bwd_ms(op, inputs, args.warmup, args.reps)
+                    f, bw, _ = fwd_bwd_ms(op, inputs, args.warmup, args.reps, args.kernel_time)
                     log(f"| ({b}, {d}, {L}, {N}) | {DNAME[dtype]} | cuda nseg={ns} | {f:.3f} | {bw:.3f} | "
                         f"{f + bw:.3f} | {fwd_bytes / f / 1e6:.0f} | {bwd_bytes / bw / 1e6:.0f} | - | - |")
             del inputs
@@ -175,7 +194,7 @@ def main():
         fused_total, y_f = None, None
         for name, op in paths:
             reps, warm = (max(2, args.reps // 10), 1) if "torch" in name else (args.reps, args.warmup)
-            f, bw, y = fwd_bwd_ms(op, inputs, warm, reps)
+            f, bw, y = fwd_bwd_ms(op, inputs, warm, reps, args.kernel_time)
             if fused_total is None:
                 fused_total, y_f = f + bw, y
             sp = "-" if name.startswith("fused") else f"{(f + bw) / fused_total:.2f}x"
@@ -210,8 +229,10 @@ def main():
         f"- command: `{' '.join(['python'] + sys.argv)}`",
         f"- torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
         f"extension built with CUDA runtime {ext.ops._C.cuda_version()}",
-        f"- medians of {args.reps} CUDA-event timings after {args.warmup} warm-ups (pure-PyTorch backend: "
-        f"{max(2, args.reps // 10)} after 1); forward timed with autograd recording; backward = "
+        (f"- GPU time of the kernels each op runs (torch.profiler), means over {args.reps} calls after "
+         f"{args.warmup} warm-ups; the host's time is not counted" if args.kernel_time else
+         f"- medians of {args.reps} CUDA-event timings after {args.warmup} warm-ups (pure-PyTorch backend: "
+         f"{max(2, args.reps // 10)} after 1)") + "; forward timed with autograd recording; backward = "
         "torch.autograd.grad of the recorded graph",
         "- GB/s: fewest bytes a pass must move / time (fwd: u, delta, B, C read, y written; bwd: u, delta, "
         "B, C, dy read, du, ddelta, dB, dC written)",
