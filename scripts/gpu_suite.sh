@@ -9,7 +9,8 @@
 #          $MAMBA_SRC names an unpacked mamba-ssm sdist, also build its selective_scan_cuda into
 #          $MAMBA_BUILD (kernels/selective_scan/tools/build_mamba_reference.py) for the comparison
 #   test   pytest -m cuda (kernel against the PyTorch reference, every dtype; network fast path)
-#   scan   scripts/bench_scan.py      -> benchmarks/gpu_scan.md
+#   scan   scripts/bench_scan.py      -> benchmarks/gpu_scan.md (eager op time) and
+#          benchmarks/gpu_scan_kernel_time.md (GPU time of the ops' kernels, --kernel-time)
 #   model  scripts/bench_model.py (reference, compiled, graphed paths) for the real-world x4 and
 #          deraining networks, and the deraining step with activation checkpointing
 #          -> benchmarks/model_*.md (about 8 minutes)
@@ -44,6 +45,8 @@ for stage in "$@"; do
       ;;
     scan)
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py ${SCAN_ARGS:-} 2>&1 | tee "$LOGS/scan.log" | tail -60
+      PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py --no-torch --kernel-time --reps 20 \
+          --out benchmarks/gpu_scan_kernel_time.md 2>&1 | tee "$LOGS/scan_kernel_time.log" | tail -30
       ;;
     model)
       bench="env PYTHONPATH=${PYTHONPATH:-}:$MAMBA_BUILD $PY scripts/bench_model.py"
