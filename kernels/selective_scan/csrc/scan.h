@@ -31,7 +31,6 @@ constexpr int kWarps = 8;              // channels per block, one per warp
 constexpr int kThreads = kWarps * 32;
 constexpr int kChunk = 32 * kK;        // positions per chunk
 constexpr int kMaxN = 16;              // largest state size
-constexpr int kRedStride = 32 * (kK + 1);  // padded row of the dB/dC reduction buffer (no bank conflicts)
 
 static_assert(kChunk == kThreads, "B/C staging maps the threads one-to-one onto chunk positions");
 

@@ -394,7 +394,7 @@ static void launch_bwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
         constexpr bool kOmni = decltype(omni_c)::value;
         constexpr int kN = decltype(n_c)::value;
         launch_scan_kernel<BwdSmem<(kN > 0 ? kN : kMaxN), kOmni>::bytes(kSummary)>(
-            bwd_kernel<T, kOmni, kSummary, kN>, p, kSummary ? p.nseg - 1 : p.nseg, stream);
+            bwd_kernel<T, kOmni, kSummary, kN>, p, kSummary, stream);
     });
 }
 

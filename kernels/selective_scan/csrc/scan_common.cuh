@@ -258,38 +258,11 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// Inclusive scan of affine maps h -> P*h + X over lanes in increasing order
-// (lane l ends with the composition of lanes 0..l).
-__device__ __forceinline__ void warp_scan_fwd(float& P, float& X, int lane) {
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-        const float Pu = __shfl_up_sync(kFull, P, off);
-        const float Xu = __shfl_up_sync(kFull, X, off);
-        if (lane >= off) {
-            X = fmaf(P, Xu, X);
-            P *= Pu;
-        }
-    }
-}
-
-// Inclusive scan of affine maps r -> P*r + Q over lanes in decreasing order
-// (lane l ends with the composition of lanes 31..l, applied right to left).
-__device__ __forceinline__ void warp_scan_rev(float& P, float& Q, int lane) {
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-        const float Pd = __shfl_down_sync(kFull, P, off);
-        const float Qd = __shfl_down_sync(kFull, Q, off);
-        if (lane + off < 32) {
-            Q = fmaf(P, Qd, Q);
-            P *= Pd;
-        }
-    }
-}
-
-// Several independent scans at once, for instruction-level parallelism: NF forward scans
-// (as warp_scan_fwd) of (Pf[j], Xf[j]) and NR reverse scans (as warp_scan_rev) of (Pr[j], Qr[j]).
-// The shuffles of one Kogge-Stone step of all of them are issued together, so their latencies
-// overlap instead of adding up. Only the X / Q results are meaningful afterwards: the callers
+// Warp-wide inclusive (Kogge-Stone) scans of affine maps, several at once for instruction-level
+// parallelism: NF forward scans of h -> Pf[j]*h + Xf[j] over lanes in increasing order (lane l
+// ends with the composition of lanes 0..l) and NR reverse scans of r -> Pr[j]*r + Qr[j] over lanes
+// in decreasing order (lane l ends with lanes 31..l, applied right to left). The shuffles of one
+// step of all of them are issued together, so their latencies overlap instead of adding up. Only the X / Q results are meaningful afterwards: the callers
 // fold the incoming carry into the first lane before scanning, so they never need the scanned
 // products, and the last step skips updating them (one shuffle fewer per scan).
 template <int NF, int NR>
@@ -384,12 +357,12 @@ inline void allow_dynamic_smem(const void* kernel, int bytes) {
     }
 }
 
-// Runs kernel<<<(segs, G * bpg, batch), kThreads, kBytes>>>(p).
-// segs: p.nseg for a main pass; nseg - 1 for a summary pass, since the segment whose summary no
-// carry needs (the last one forward, the first one backward) is skipped.
+// Runs kernel<<<(segments, G * bpg, batch), kThreads, kBytes>>>(p): p.nseg segments for a main
+// pass, nseg - 1 for a summary pass, which skips the segment whose summary no carry needs (the
+// last one forward, the first one backward).
 template <int kBytes>
-void launch_scan_kernel(void (*kernel)(const ScanParams), const ScanParams& p, int segs, cudaStream_t stream) {
-    const dim3 grid(segs, p.G * p.bpg, p.batch);
+void launch_scan_kernel(void (*kernel)(const ScanParams), const ScanParams& p, bool summary, cudaStream_t stream) {
+    const dim3 grid(summary ? p.nseg - 1 : p.nseg, p.G * p.bpg, p.batch);
     if constexpr (kBytes > 48 * 1024) {
         allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kBytes);
     }

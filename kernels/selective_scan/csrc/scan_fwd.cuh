@@ -293,7 +293,7 @@ static void launch_fwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
         constexpr bool kOmni = decltype(omni_c)::value;
         constexpr int kN = decltype(n_c)::value;
         launch_scan_kernel<FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes>(
-            fwd_kernel<T, kOmni, kSummary, kN>, p, kSummary ? p.nseg - 1 : p.nseg, stream);
+            fwd_kernel<T, kOmni, kSummary, kN>, p, kSummary, stream);
     });
 }
 
