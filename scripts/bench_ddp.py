@@ -1,20 +1,23 @@
 """Multi-GPU check and throughput of train.py: 1 GPU vs N GPUs (torchrun), synthetic data.
 
 Runs the real ``train.py`` (deraining network and recipe, progressive stage 1: 128 px patches)
-on generated paired images, three times:
+on generated paired images:
 
 1. ``throughput-1``: 1 GPU, batch B per GPU;
-2. ``throughput-N``: ``torchrun --nproc_per_node=N``, batch B per GPU (global N*B);
-3. ``agreement-1`` / ``agreement-N``: 1 GPU with batch N*b against N GPUs with batch b each (the
-   same global batch, the same samples and crops), compared iteration by iteration.
+2. ``throughput-N`` for each N of ``--gpus``: ``torchrun --nproc_per_node=N``, batch B per GPU
+   (global N*B);
+3. ``agreement-1`` / ``agreement-N`` (largest N; ``--agree-steps 0`` skips them): 1 GPU with batch
+   N*b against N GPUs with batch b each (the same global batch, the same samples and crops),
+   compared iteration by iteration.
 
-and writes ``benchmarks/ddp.md``: it/s and images/s of 1 and N GPUs (scaling efficiency), and the
+and writes ``benchmarks/ddp.md``: it/s and images/s of 1 and N GPUs (speed-up, scaling efficiency), and the
 per-iteration losses of the same-global-batch pair with their relative difference (on GPU, bf16
 and non-deterministic kernels make them agree to ~1e-3, not bit-exactly).
 
 Usage (GPU machine)::
 
     python scripts/bench_ddp.py --gpus 2 --steps 100
+    python scripts/bench_ddp.py --gpus 2 4 --agree-steps 0 --compile --cuda-graph   # as the recipes train
     python scripts/bench_ddp.py --tiny --cpu --steps 6      # smoke test on CPU (gloo)
 """
 from __future__ import annotations
@@ -109,11 +112,13 @@ def run(work: Path, name: str, procs: int, opt: Path, cpu: bool) -> list:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--gpus", type=int, default=2, help="GPUs (processes) of the multi-GPU runs.")
+    p.add_argument("--gpus", type=int, nargs="+", default=[2],
+                   help="GPU counts (processes) of the multi-GPU runs, e.g. 2 4 (one 1-GPU baseline for all).")
     p.add_argument("--steps", type=int, default=100, help="Iterations per throughput run.")
     p.add_argument("--batch", type=int, default=8, help="Per-GPU batch of the throughput runs (recipe stage 1: 8).")
     p.add_argument("--agree-batch", type=int, default=4, help="Per-GPU batch of the N-GPU agreement run.")
-    p.add_argument("--agree-steps", type=int, default=20, help="Iterations of the agreement runs.")
+    p.add_argument("--agree-steps", type=int, default=20,
+                   help="Iterations of the agreement runs (largest GPU count only); 0 skips them.")
     p.add_argument("--patch", type=int, default=128, help="GT patch size (recipe stage 1: 128).")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers per GPU.")
     p.add_argument("--agree-only", action="store_true", help="Skip the throughput runs.")
@@ -125,69 +130,87 @@ def main() -> None:
     p.add_argument("--cuda-graph", action="store_true", help="Every run with train.cuda_graph: true.")
     a = p.parse_args()
     TRAIN_EXTRA.update({k: True for k, on in (("compile", a.compile), ("cuda_graph", a.cuda_graph)) if on})
+    counts = sorted(set(a.gpus))
+    if counts[0] < 2:
+        raise SystemExit(f"bench_ddp.py: --gpus {a.gpus}: every count must be at least 2 (1 GPU is always run as "
+                         "the baseline)")
+    if a.agree_only and a.agree_steps <= 0:
+        raise SystemExit("bench_ddp.py: --agree-only with --agree-steps 0 would run nothing")
 
     import torch
+    if not a.cpu and torch.cuda.device_count() < counts[-1]:
+        raise SystemExit(f"bench_ddp.py: --gpus {counts[-1]} but this machine has {torch.cuda.device_count()} "
+                         "GPU(s); pass smaller counts")
     work = Path(a.workdir or tempfile.mkdtemp(prefix="vmambair_bench_ddp_"))
     make_data(work / "data", 64, max(256, a.patch))
     net = TINY_NET if a.tiny else DERAIN_NET
     num_gpu = 0 if a.cpu else "auto"
     pf = max(1, min(10, a.steps // 5))
-    N = a.gpus
 
-    if not a.agree_only:
-        tp1 = run(work, "throughput-1", 1, write_options(work, "throughput-1", net, a.patch, a.batch, a.steps, pf,
-                                                          a.workers, num_gpu), a.cpu)
-        tpN = run(work, f"throughput-{N}", N, write_options(work, f"throughput-{N}", net, a.patch, a.batch,
-                                                             a.steps, pf, a.workers, num_gpu), a.cpu)
-    ag1 = run(work, "agreement-1", 1, write_options(work, "agreement-1", net, a.patch, a.agree_batch * N,
-                                                     a.agree_steps, 1, a.workers, num_gpu), a.cpu)
-    # Control: the same 1-GPU run again. On a GPU, bf16 and atomics make runs differ in the last
-    # bits, and Adam's first steps (update ~ lr * sign(g)) magnify that; the N-GPU run can only be
-    # expected to agree with 1 GPU as closely as 1 GPU agrees with itself.
-    ag1b = run(work, "agreement-1-repeat", 1, write_options(work, "agreement-1-repeat", net, a.patch,
-                                                            a.agree_batch * N, a.agree_steps, 1, a.workers,
-                                                            num_gpu), a.cpu)
-    agN = run(work, f"agreement-{N}", N, write_options(work, f"agreement-{N}", net, a.patch, a.agree_batch,
-                                                        a.agree_steps, 1, a.workers, num_gpu), a.cpu)
+    def throughput_run(n):
+        name = f"throughput-{n}"
+        return run(work, name, n, write_options(work, name, net, a.patch, a.batch, a.steps, pf, a.workers,
+                                                num_gpu), a.cpu)
 
     def rate(records):
-        # Skip the first window (CUDA init, cudnn autotune, first workers).
+        # Skip the first window (CUDA init, compilation, graph recording, first workers).
         rates = [r["it_per_s"] for r in records if "it_per_s" in r][1:] or [r["it_per_s"] for r in records]
         return statistics.median(rates)
 
     tp_rows = []
     if not a.agree_only:
-        r1, rN = rate(tp1), rate(tpN)
-        img1, imgN = r1 * a.batch, rN * a.batch * N
-        tp_rows = [f"| 1 | {a.batch} | {a.batch} | {r1:.2f} | {img1:.1f} | 1.00 |",
-                   f"| {N} | {a.batch} | {a.batch * N} | {rN:.2f} | {imgN:.1f} | {imgN / (N * img1):.2f} |"]
+        r1 = rate(throughput_run(1))
+        img1 = r1 * a.batch
+        tp_rows = [f"| 1 | {a.batch} | {a.batch} | {r1:.2f} | {img1:.1f} | 1.00x | 1.00 |"]
+        for n in counts:
+            rN = rate(throughput_run(n))
+            imgN = rN * a.batch * n
+            tp_rows.append(f"| {n} | {a.batch} | {a.batch * n} | {rN:.2f} | {imgN:.1f} | {imgN / img1:.2f}x | "
+                           f"{imgN / (n * img1):.2f} |")
+
+    N = counts[-1]
     device = "CPU (gloo)" if a.cpu else (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?")
-    loss1 = [r["l_pix"] for r in ag1 if "l_pix" in r]
-    lossN = [r["l_pix"] for r in agN if "l_pix" in r]
+    title = " / ".join(str(n) for n in counts)
     lines = [
-        "# Multi-GPU training: 1 vs %d GPUs" % N, "",
+        f"# Multi-GPU training: 1 vs {title} GPUs", "",
         f"Generated by `python scripts/bench_ddp.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}, "
         f"device: {N} x {device}, torch {torch.__version__}.", "",
         f"Network: {'tiny test net' if a.tiny else 'deraining VmambaIR (dim 48, blocks 4/4/6/8, refinement 2)'}; "
-        f"recipe stage 1: {a.patch} px GT patches, AdamW, L1, grad clip 0.01, bf16 autocast where supported; "
+        f"recipe stage 1: {a.patch} px GT patches, AdamW, L1, grad clip 0.01, bf16 autocast where supported"
+        f"{''.join(', train.' + k for k in TRAIN_EXTRA)}; "
         f"synthetic paired PNGs, {a.workers} loader workers per GPU; median over print windows after the first.", "",
         "## Throughput", "",
-        "| GPUs | batch / GPU | global batch | it/s | images/s | scaling efficiency |",
-        "|---|---|---|---|---|---|",
-    ] + (tp_rows or ["| (skipped: --agree-only) | | | | | |"]) + ["",
-        "## Loss agreement at the same global batch", "",
-        f"1 GPU with batch {a.agree_batch * N} vs {N} GPUs with batch {a.agree_batch} each (same samples, same "
-        f"crops: the sampler gives rank r positions r, r+{N}, ... of one epoch order).", "",
-        "| iter | loss, 1 GPU | loss, %d GPUs | rel. diff, %d vs 1 GPU | loss, 1 GPU again | rel. diff, 1 vs 1 GPU |"
-        % (N, N), "|---|---|---|---|---|---|",
-    ]
-    loss1b = [r["l_pix"] for r in ag1b if "l_pix" in r]
-    worst = worst_ctrl = 0.0
-    for i, (x, y, z) in enumerate(zip(loss1, lossN, loss1b), 1):
-        rel, ctrl = abs(x - y) / max(abs(x), 1e-12), abs(x - z) / max(abs(x), 1e-12)
-        worst, worst_ctrl = max(worst, rel), max(worst_ctrl, ctrl)
-        lines.append(f"| {i} | {x:.6f} | {y:.6f} | {rel:.2e} | {z:.6f} | {ctrl:.2e} |")
-    lines += ["", f"Largest relative difference: {N} vs 1 GPU {worst:.2e}; 1 GPU vs itself {worst_ctrl:.2e}.", ""]
+        "| GPUs | batch / GPU | global batch | it/s | images/s | speed-up | scaling efficiency |",
+        "|---|---|---|---|---|---|---|",
+    ] + (tp_rows or ["| (skipped: --agree-only) | | | | | | |"]) + [""]
+
+    if a.agree_steps > 0:
+        ag1 = run(work, "agreement-1", 1, write_options(work, "agreement-1", net, a.patch, a.agree_batch * N,
+                                                         a.agree_steps, 1, a.workers, num_gpu), a.cpu)
+        # Control: the same 1-GPU run again. On a GPU, bf16 and atomics make runs differ in the last
+        # bits, and Adam's first steps (update ~ lr * sign(g)) magnify that; the N-GPU run can only be
+        # expected to agree with 1 GPU as closely as 1 GPU agrees with itself.
+        ag1b = run(work, "agreement-1-repeat", 1, write_options(work, "agreement-1-repeat", net, a.patch,
+                                                                a.agree_batch * N, a.agree_steps, 1, a.workers,
+                                                                num_gpu), a.cpu)
+        agN = run(work, f"agreement-{N}", N, write_options(work, f"agreement-{N}", net, a.patch, a.agree_batch,
+                                                            a.agree_steps, 1, a.workers, num_gpu), a.cpu)
+        loss1 = [r["l_pix"] for r in ag1 if "l_pix" in r]
+        lossN = [r["l_pix"] for r in agN if "l_pix" in r]
+        loss1b = [r["l_pix"] for r in ag1b if "l_pix" in r]
+        lines += [
+            "## Loss agreement at the same global batch", "",
+            f"1 GPU with batch {a.agree_batch * N} vs {N} GPUs with batch {a.agree_batch} each (same samples, same "
+            f"crops: the sampler gives rank r positions r, r+{N}, ... of one epoch order).", "",
+            "| iter | loss, 1 GPU | loss, %d GPUs | rel. diff, %d vs 1 GPU | loss, 1 GPU again | rel. diff, 1 vs 1 GPU |"
+            % (N, N), "|---|---|---|---|---|---|",
+        ]
+        worst = worst_ctrl = 0.0
+        for i, (x, y, z) in enumerate(zip(loss1, lossN, loss1b), 1):
+            rel, ctrl = abs(x - y) / max(abs(x), 1e-12), abs(x - z) / max(abs(x), 1e-12)
+            worst, worst_ctrl = max(worst, rel), max(worst_ctrl, ctrl)
+            lines.append(f"| {i} | {x:.6f} | {y:.6f} | {rel:.2e} | {z:.6f} | {ctrl:.2e} |")
+        lines += ["", f"Largest relative difference: {N} vs 1 GPU {worst:.2e}; 1 GPU vs itself {worst_ctrl:.2e}.", ""]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(lines))
     print("\n".join(lines))

@@ -14,8 +14,8 @@
 #   model  scripts/bench_model.py (reference, compiled, graphed paths) for the real-world x4 and
 #          deraining networks, and the deraining step with activation checkpointing
 #          -> benchmarks/model_*.md (about 8 minutes)
-#   ddp    scripts/bench_ddp.py with 2 (and 4, when present) GPUs, training as the recipes do
-#          (train.compile and train.cuda_graph; override with DDP_ARGS) -> benchmarks/ddp_*.md
+#   ddp    scripts/bench_ddp.py: 1 GPU against 2 (and 4, 8 when present) GPUs, training as the recipes
+#          do (train.compile and train.cuda_graph; override with DDP_ARGS) -> benchmarks/ddp_scaling.md
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${LOGS:-gpu_logs}
@@ -58,11 +58,11 @@ for stage in "$@"; do
           --infer-sizes --out benchmarks/model_derain_checkpointing.md 2>&1 | tee "$LOGS/model_derain_ckpt.log"
       ;;
     ddp)
-      for n in 2 4; do
-        if [ "$ngpu" -ge "$n" ]; then
-          $PY scripts/bench_ddp.py --gpus "$n" ${DDP_ARGS:---compile --cuda-graph} --out "benchmarks/ddp_${n}gpu.md" 2>&1 | tee "$LOGS/ddp_$n.log" | tail -30
-        fi
-      done
+      counts=""
+      for n in 2 4 8; do [ "$ngpu" -ge "$n" ] && counts="$counts $n"; done
+      [ -n "$counts" ] || { echo "ddp: needs at least 2 GPUs, this machine has $ngpu"; exit 1; }
+      $PY scripts/bench_ddp.py --gpus $counts ${DDP_ARGS:---compile --cuda-graph --agree-steps 0} \
+          --out benchmarks/ddp_scaling.md 2>&1 | tee "$LOGS/ddp.log" | tail -30
       ;;
     *) echo "unknown stage $stage (build test scan model ddp)"; exit 2 ;;
   esac
