@@ -3,4 +3,5 @@
 
 namespace vss {
 template void launch_bwd<__half>(const ScanParams& p, bool omni, cudaStream_t stream);
+template PassOccupancy bwd_occupancy<__half>(bool omni, int N);
 }  // namespace vss

@@ -3,4 +3,5 @@
 
 namespace vss {
 template void launch_bwd<float>(const ScanParams& p, bool omni, cudaStream_t stream);
+template PassOccupancy bwd_occupancy<float>(bool omni, int N);
 }  // namespace vss

@@ -3,4 +3,5 @@
 
 namespace vss {
 template void launch_fwd<__half>(const ScanParams& p, bool omni, cudaStream_t stream);
+template PassOccupancy fwd_occupancy<__half>(bool omni, int N);
 }  // namespace vss

@@ -41,19 +41,51 @@ void check_param(const OptTensor& t, const char* name, const Tensor& like, int64
     TORCH_CHECK(t->dim() == 1 && t->size(0) == dim, "vmambair_scan: ", name, " must have shape (", dim, ",), got ", t->sizes());
 }
 
-// Segments per channel: 1 when (batch x channel blocks) give every SM at least one block, else
-// enough segments for ~4 blocks per SM. (Measured on an H200, benchmarks/gpu_scan.md: with 192
-// blocks on 132 SMs one segment beats 2-4, whose summary pass costs more than the better balance
-// gains; with 48 blocks, ~11 segments are 2.3x faster than one.)
-int pick_nseg(int64_t blocks, int nchunks, int64_t requested) {
+// Segments per channel for one pass (forward or backward), chosen by a cost model.
+// A pass runs `rows` (= batch x channel blocks) x nseg blocks, each walking cps = ceil(nchunks /
+// nseg) chunks; an SM holds occ.main of them at once (occ.summary for the summary pass). More
+// segments give the GPU more blocks to run side by side, at the price of a summary pass over all
+// segments but one and a small combine kernel. Time, in units of one chunk on an SM that runs a
+// single block, counted on the busiest SM:
+//   pass(blocks, occ) = cps * (full waves * t(occ) + t(blocks in the last, partial wave)),
+//   t(k) = 1 + kShare * (k - 1): one chunk's time when k blocks share the SM;
+//   total = pass(rows * nseg, occ.main) + kSummary * pass(rows * (nseg - 1), occ.summary) + kCombine.
+// The constants are fitted to GPU times of forced segment counts (benchmarks/scan_segments.md,
+// scripts/sweep_segments.py, H200). Ties go to fewer segments.
+constexpr double kShare = 0.35;
+constexpr double kSummary = 0.5;
+constexpr double kCombine = 1.0;
+
+double pass_cost(int64_t blocks, int64_t sms, int occ, int64_t cps) {
+    if (blocks <= 0) return 0.0;
+    const int64_t per_sm = (blocks + sms - 1) / sms;
+    const int64_t full = per_sm / occ, rest = per_sm % occ;
+    auto t = [](int64_t k) { return k == 0 ? 0.0 : 1.0 + kShare * (double)(k - 1); };
+    return (double)cps * ((double)full * t(occ) + t(rest));
+}
+
+int pick_nseg(int64_t rows, int nchunks, int64_t requested, const vss::PassOccupancy& occ) {
     if (requested > 0) return (int)std::min<int64_t>(requested, nchunks);
+    if (nchunks <= 1) return 1;
     int dev = 0, sms = 0;
     C10_CUDA_CHECK(cudaGetDevice(&dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    if (blocks >= sms) return 1;
-    const int64_t target = 4 * (int64_t)sms;
-    const int64_t want = (target + blocks - 1) / blocks;
-    return (int)std::max<int64_t>(1, std::min<int64_t>(want, nchunks));
+    // Beyond ~16 waves of blocks more segments cannot help; this also bounds the search.
+    const int64_t most = std::min<int64_t>(nchunks, std::max<int64_t>(1, 16LL * sms * occ.main / rows));
+    int best = 1;
+    double best_cost = pass_cost(rows, sms, occ.main, nchunks);
+    for (int64_t n = 2; n <= most; ++n) {
+        const int64_t cps = (nchunks + n - 1) / n;
+        const int64_t nseg = (nchunks + cps - 1) / cps;  // no empty segments
+        if (nseg != n) continue;                         // the same split as a smaller n
+        const double cost = pass_cost(rows * nseg, sms, occ.main, cps) +
+                            kSummary * pass_cost(rows * (nseg - 1), sms, occ.summary, cps) + kCombine;
+        if (cost < best_cost * 0.98) {
+            best_cost = cost;
+            best = (int)nseg;
+        }
+    }
+    return best;
 }
 
 struct Geometry {
@@ -139,10 +171,14 @@ void dispatch(at::ScalarType t, F&& f) {
     }
 }
 
-void set_segments(vss::ScanParams& p, int64_t nseg_req, const Tensor& like, Tensor& seg_S, Tensor& seg_H,
-                  Tensor& seg_carry) {
-    const int64_t blocks = (int64_t)p.batch * p.G * p.bpg;
-    p.nseg = pick_nseg(blocks, p.nchunks, nseg_req);
+// occupancy(dtype tag) -> vss::PassOccupancy of the pass being set up (queried only when needed).
+template <typename Occupancy>
+void set_segments(vss::ScanParams& p, int64_t nseg_req, const Tensor& like, Occupancy&& occupancy, Tensor& seg_S,
+                  Tensor& seg_H, Tensor& seg_carry) {
+    const int64_t rows = (int64_t)p.batch * p.G * p.bpg;
+    vss::PassOccupancy occ;
+    if (nseg_req <= 0 && p.nchunks > 1) dispatch(like.scalar_type(), [&](auto tag) { occ = occupancy(tag); });
+    p.nseg = pick_nseg(rows, p.nchunks, nseg_req, occ);
     p.cps = (p.nchunks + p.nseg - 1) / p.nseg;
     p.nseg = (p.nchunks + p.cps - 1) / p.cps;  // no empty segments
     TORCH_CHECK(p.nseg <= 2147483647, "vmambair_scan: too many segments");
@@ -171,7 +207,8 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
 
     vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
     Tensor seg_S, seg_H, seg_carry;
-    set_segments(p, nseg, u, seg_S, seg_H, seg_carry);
+    set_segments(p, nseg, u, [&](auto tag) { return vss::fwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S, seg_H,
+                 seg_carry);
     p.y = y.data_ptr();
     p.states = states.data_ptr<float>();
     p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y);
@@ -207,7 +244,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     if (g.batch > 0 && g.dim > 0 && g.L > 0) {
         vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
         Tensor seg_S, seg_H, seg_carry;
-        set_segments(p, nseg, u, seg_S, seg_H, seg_carry);
+        set_segments(p, nseg, u, [&](auto tag) { return vss::bwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S,
+                     seg_H, seg_carry);
         p.states = states.data_ptr<float>();
         p.dy = dy.data_ptr();
         p.du = du.data_ptr();

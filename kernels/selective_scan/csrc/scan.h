@@ -81,6 +81,15 @@ struct ScanParams {
 template <typename T> void launch_fwd(const ScanParams& p, bool omni, cudaStream_t stream);
 template <typename T> void launch_bwd(const ScanParams& p, bool omni, cudaStream_t stream);
 
+// How many blocks of a pass's main and summary kernels one SM holds at once (CUDA occupancy API,
+// on the current device; cached): the segment count is chosen from these (ops.cpp, pick_nseg).
+struct PassOccupancy {
+    int main = 1;
+    int summary = 1;
+};
+template <typename T> PassOccupancy fwd_occupancy(bool omni, int N);
+template <typename T> PassOccupancy bwd_occupancy(bool omni, int N);
+
 // Chains segment summaries into exact incoming carries (combine.cu).
 //   forward:  carry[0] = 0,        carry[s] = exp(A*S[s-1]) * carry[s-1] + H[s-1]
 //   backward: carry[nseg-1] = 0,   carry[s] = exp(A*S[s+1]) * carry[s+1] + H[s+1]

@@ -399,6 +399,19 @@ static void launch_bwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
 }
 
 template <typename T>
+PassOccupancy bwd_occupancy(bool omni, int N) {
+    PassOccupancy o;
+    dispatch_omni_n(omni, N, [&](auto omni_c, auto n_c) {
+        constexpr bool kOmni = decltype(omni_c)::value;
+        constexpr int kN = decltype(n_c)::value;
+        using Sm = BwdSmem<(kN > 0 ? kN : kMaxN), kOmni>;
+        o.main = blocks_per_sm<Sm::bytes(false)>(bwd_kernel<T, kOmni, false, kN>);
+        o.summary = blocks_per_sm<Sm::bytes(true)>(bwd_kernel<T, kOmni, true, kN>);
+    });
+    return o;
+}
+
+template <typename T>
 void launch_bwd(const ScanParams& p, bool omni, cudaStream_t stream) {
     if (p.nseg > 1) {
         launch_bwd_pass<T, true>(p, omni, stream);

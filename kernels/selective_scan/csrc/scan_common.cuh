@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <map>
 #include <mutex>
 #include <set>
 #include <type_traits>
@@ -355,6 +356,31 @@ inline void allow_dynamic_smem(const void* kernel, int bytes) {
         if (err != cudaSuccess) done.erase({kernel, dev});
         C10_CUDA_CHECK(err);
     }
+}
+
+// Resident blocks per SM of kernel with kBytes of dynamic shared memory on the current device
+// (cached per kernel and device: the occupancy query is not free, and the answer never changes).
+template <int kBytes>
+int blocks_per_sm(void (*kernel)(const ScanParams)) {
+    static std::mutex mu;
+    static std::map<std::pair<const void*, int>, int> cache;  // (kernel, device) -> blocks
+    const void* key = reinterpret_cast<const void*>(kernel);
+    int dev = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        auto it = cache.find({key, dev});
+        if (it != cache.end()) return it->second;
+    }
+    if constexpr (kBytes > 48 * 1024) {
+        allow_dynamic_smem(key, kBytes);  // the occupancy API counts only opted-in shared memory
+    }
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, kBytes));
+    blocks = blocks > 0 ? blocks : 1;
+    std::lock_guard<std::mutex> lock(mu);
+    cache[{key, dev}] = blocks;
+    return blocks;
 }
 
 // Runs kernel<<<(segments, G * bpg, batch), kThreads, kBytes>>>(p): p.nseg segments for a main

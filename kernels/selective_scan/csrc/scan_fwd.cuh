@@ -298,6 +298,19 @@ static void launch_fwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
 }
 
 template <typename T>
+PassOccupancy fwd_occupancy(bool omni, int N) {
+    PassOccupancy o;
+    dispatch_omni_n(omni, N, [&](auto omni_c, auto n_c) {
+        constexpr bool kOmni = decltype(omni_c)::value;
+        constexpr int kN = decltype(n_c)::value;
+        constexpr int NS = kN > 0 ? kN : kMaxN;
+        o.main = blocks_per_sm<FwdSmem<NS, false>::kBytes>(fwd_kernel<T, kOmni, false, kN>);
+        o.summary = blocks_per_sm<FwdSmem<NS, true>::kBytes>(fwd_kernel<T, kOmni, true, kN>);
+    });
+    return o;
+}
+
+template <typename T>
 void launch_fwd(const ScanParams& p, bool omni, cudaStream_t stream) {
     if (p.nseg > 1) {
         launch_fwd_pass<T, true>(p, omni, stream);
