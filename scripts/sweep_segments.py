@@ -86,7 +86,6 @@ def main() -> None:
             inputs = omni_inputs(b, d, H, W, 16, dtype)
             op = lambda ns, *t: ext.planar_omni_scan(*t, nseg=ns)  # noqa: E731
             label = f"omni ({b}, {d}, {H}x{W})"
-        best = None
         for ns in counts:
             with torch.no_grad():
                 f = profile_ms(lambda: op(ns, *inputs), args.warmup, args.reps)
@@ -101,7 +100,7 @@ def main() -> None:
             log(f"| {label} | {ns or 'auto'} | {f.get('fwd', 0):.3f} | {f.get('fwd summary', 0):.3f} | "
                 f"{f.get('combine', 0):.3f} | {ft:.3f} | {bw.get('bwd', 0):.3f} | {bw.get('bwd summary', 0):.3f} | "
                 f"{bt:.3f} | {ft + bt:.3f} |")
-        del inputs
+        inputs = None  # free before the next shape
         torch.cuda.empty_cache()
     header = [
         "# Segment counts of the CUDA scan: GPU time by pass\n",
