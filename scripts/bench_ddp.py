@@ -58,8 +58,11 @@ def make_data(folder: Path, count: int, size: int) -> None:
         cv2.imwrite(str(folder / "input" / f"{i}.png"), lq)
 
 
+PROFILE: dict = {}  # logger.profile_iters from --profile, for the throughput runs
+
+
 def write_options(work: Path, name: str, net: dict, patch: int, batch: int, steps: int, print_freq: int,
-                  workers: int, num_gpu) -> Path:
+                  workers: int, num_gpu, profile: bool = False) -> Path:
     import yaml
     opt = {
         "name": name, "model_type": "ImageRestorationModel", "scale": 1, "num_gpu": num_gpu, "manual_seed": 100,
@@ -77,6 +80,8 @@ def write_options(work: Path, name: str, net: dict, patch: int, batch: int, step
         "logger": {"print_freq": print_freq, "save_checkpoint_freq": 10 ** 9, "use_tb_logger": False},
     }
     opt["train"].update(TRAIN_EXTRA)
+    if profile:
+        opt["logger"].update(PROFILE)
     path = work / f"{name}.yml"
     path.write_text(yaml.safe_dump(opt))
     return path
@@ -128,6 +133,9 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="Scratch folder (default: a temporary one).")
     p.add_argument("--compile", action="store_true", help="Every run with train.compile: true.")
     p.add_argument("--cuda-graph", action="store_true", help="Every run with train.cuda_graph: true.")
+    p.add_argument("--profile", action="store_true",
+                   help="Profile 4 iterations of each throughput run's first (untimed) print window on rank 0 and "
+                        "append the GPU-time summaries (logger.profile_iters).")
     a = p.parse_args()
     TRAIN_EXTRA.update({k: True for k, on in (("compile", a.compile), ("cuda_graph", a.cuda_graph)) if on})
     counts = sorted(set(a.gpus))
@@ -146,11 +154,25 @@ def main() -> None:
     net = TINY_NET if a.tiny else DERAIN_NET
     num_gpu = 0 if a.cpu else "auto"
     pf = max(1, min(10, a.steps // 5))
+    if a.profile:
+        if pf < 6:
+            raise SystemExit("bench_ddp.py: --profile needs --steps 30 or more (it profiles iterations inside the "
+                             "first, untimed print window)")
+        PROFILE["profile_iters"] = [pf - 4, pf - 1]
+    profiles = []
 
     def throughput_run(n):
         name = f"throughput-{n}"
-        return run(work, name, n, write_options(work, name, net, a.patch, a.batch, a.steps, pf, a.workers,
-                                                num_gpu), a.cpu)
+        records = run(work, name, n, write_options(work, name, net, a.patch, a.batch, a.steps, pf, a.workers,
+                                                   num_gpu, profile=a.profile), a.cpu)
+        prof = work / "experiments" / name / "profile_iters.md"
+        if a.profile and prof.is_file():
+            profiles.append(prof.read_text())
+        return records
+
+    def data_wait(records):
+        waits = [r["data_ms"] for r in records if "data_ms" in r][1:] or [0.0]
+        return statistics.median(waits)
 
     def rate(records):
         # Skip the first window (CUDA init, compilation, graph recording, first workers).
@@ -159,14 +181,17 @@ def main() -> None:
 
     tp_rows = []
     if not a.agree_only:
-        r1 = rate(throughput_run(1))
+        rec1 = throughput_run(1)
+        r1 = rate(rec1)
         img1 = r1 * a.batch
-        tp_rows = [f"| 1 | {a.batch} | {a.batch} | {r1:.2f} | {img1:.1f} | 1.00x | 1.00 |"]
+        tp_rows = [f"| 1 | {a.batch} | {a.batch} | {r1:.2f} | {1000 / r1:.1f} | {data_wait(rec1):.1f} | {img1:.1f} "
+                   f"| 1.00x | 1.00 |"]
         for n in counts:
-            rN = rate(throughput_run(n))
+            recN = throughput_run(n)
+            rN = rate(recN)
             imgN = rN * a.batch * n
-            tp_rows.append(f"| {n} | {a.batch} | {a.batch * n} | {rN:.2f} | {imgN:.1f} | {imgN / img1:.2f}x | "
-                           f"{imgN / (n * img1):.2f} |")
+            tp_rows.append(f"| {n} | {a.batch} | {a.batch * n} | {rN:.2f} | {1000 / rN:.1f} | {data_wait(recN):.1f} "
+                           f"| {imgN:.1f} | {imgN / img1:.2f}x | {imgN / (n * img1):.2f} |")
 
     N = counts[-1]
     device = "CPU (gloo)" if a.cpu else (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?")
@@ -180,9 +205,13 @@ def main() -> None:
         f"{''.join(', train.' + k for k in TRAIN_EXTRA)}; "
         f"synthetic paired PNGs, {a.workers} loader workers per GPU; median over print windows after the first.", "",
         "## Throughput", "",
-        "| GPUs | batch / GPU | global batch | it/s | images/s | speed-up | scaling efficiency |",
-        "|---|---|---|---|---|---|---|",
-    ] + (tp_rows or ["| (skipped: --agree-only) | | | | | | |"]) + [""]
+        "| GPUs | batch / GPU | global batch | it/s | ms / it | data wait ms / it (rank 0) | images/s | speed-up "
+        "| scaling efficiency |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ] + (tp_rows or ["| (skipped: --agree-only) | | | | | | | | |"]) + [""]
+    if profiles:
+        lines += ["## Where the time goes (rank 0, iterations %d-%d of each throughput run, torch.profiler)" %
+                  tuple(PROFILE["profile_iters"]), ""] + profiles
 
     if a.agree_steps > 0:
         ag1 = run(work, "agreement-1", 1, write_options(work, "agreement-1", net, a.patch, a.agree_batch * N,

@@ -36,6 +36,7 @@ from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
 from vmambair.archs.vmambair_arch import original_projections  # noqa: E402
 from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
+from vmambair.engine.profiling import summarize  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -148,26 +149,7 @@ def profile_table(fn, label: str, top: int) -> str:
             fn()
         torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - t) * 1000 / iters
-    kernels = {}
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            kernels.setdefault(ev.name, [0.0, 0])
-            kernels[ev.name][0] += ev.time_range.elapsed_us() / 1000 / iters
-            kernels[ev.name][1] += 1
-    groups = {}
-    for name, (ms, n) in kernels.items():
-        g = kernel_category(name)
-        groups[g] = groups.get(g, 0.0) + ms
-    busy = sum(groups.values())
-    lines = [f"### {label}", "",
-             f"wall {wall_ms:.1f} ms per call (profiled), GPU kernel time {busy:.1f} ms "
-             f"(busy {busy / wall_ms:.2f}), kernel launches per call {sum(n for _, n in kernels.values()) // iters}", "",
-             "| category | ms | share |", "|---|---|---|"]
-    lines += [f"| {g} | {ms:.2f} | {ms / busy:.0%} |" for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])]
-    lines += ["", "| kernel | ms | launches |", "|---|---|---|"]
-    for name, (ms, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
-        lines.append(f"| `{name[:110]}` | {ms:.2f} | {n // iters} |")
-    return "\n".join(lines) + "\n"
+    return summarize(prof, iters, wall_ms, label, top)
 
 
 def provenance() -> list:
@@ -196,18 +178,6 @@ def write_profile(args, net_opt, scale, plain) -> int:
         f.write("\n".join(parts))
     print(f"wrote {args.profile}")
     return 0
-
-
-def kernel_category(name: str) -> str:
-    """Coarse bucket of a CUDA kernel name, for the profile summary."""
-    n = name.lower()
-    for cat, keys in (("scan", ("scan", "selective", "omni")), ("norm", ("layer_norm", "layernorm")),
-                      ("conv/gemm", ("conv", "gemm", "cutlass", "cudnn", "xmma", "sm90", "implicit", "nchw", "nhwc")),
-                      ("copy/layout", ("copy", "cat", "transpose", "permute", "flip")),
-                      ("reduce", ("reduce",)), ("elementwise", ("elementwise", "vectorized", "unrolled"))):
-        if any(k in n for k in keys):
-            return cat
-    return "other"
 
 
 def fmt(r):

@@ -61,7 +61,7 @@ for stage in "$@"; do
       counts=""
       for n in 2 4 8; do [ "$ngpu" -ge "$n" ] && counts="$counts $n"; done
       [ -n "$counts" ] || { echo "ddp: needs at least 2 GPUs, this machine has $ngpu"; exit 1; }
-      $PY scripts/bench_ddp.py --gpus $counts ${DDP_ARGS:---compile --cuda-graph --agree-steps 0} \
+      $PY scripts/bench_ddp.py --gpus $counts ${DDP_ARGS:---compile --cuda-graph --agree-steps 0 --profile} \
           --out benchmarks/ddp_scaling.md 2>&1 | tee "$LOGS/ddp.log" | tail -30
       ;;
     *) echo "unknown stage $stage (build test scan model ddp)"; exit 2 ;;

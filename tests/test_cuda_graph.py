@@ -68,17 +68,19 @@ def test_graphed_forward_matches_eager_for_new_inputs_and_shapes(fused):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("fused", [True, False])
-def test_graphed_loss_and_grad_trains_like_eager(fused):
+@pytest.mark.parametrize("fused,flat", [(True, False), (False, False), (True, True)])
+def test_graphed_loss_and_grad_trains_like_eager(fused, flat):
     """SGD steps on replayed forward/backward give the losses and weights of eager steps, across
-    batch-shape changes (new recording, and switching back to a kept graph's gradients)."""
+    batch-shape changes (new recording, and switching back to a kept graph's gradients); with
+    flat_grads, every gradient is a view of the one flat buffer."""
     nets = [small_net(scale=2).cuda().train() for _ in range(3)]  # eager, eager again (noise floor), graphed
     opts = [torch.optim.SGD(n.parameters(), lr=0.05) for n in nets]
     gen = torch.Generator(device="cuda").manual_seed(1)
     shapes = [(2, 16, 16)] * 3 + [(1, 24, 16)] * 2 + [(2, 16, 16)] * 2
     batches = [(torch.rand(b, 3, h, w, device="cuda", generator=gen),
                 torch.rand(b, 3, 2 * h, 2 * w, device="cuda", generator=gen)) for b, h, w in shapes]
-    graphed = GraphedLossAndGrad(lambda x, y: F.l1_loss(nets[2](x), y), nets[2].parameters(), max_graphs=2)
+    graphed = GraphedLossAndGrad(lambda x, y: F.l1_loss(nets[2](x), y), nets[2].parameters(), max_graphs=2,
+                                 flat_grads=flat)
     losses = [[], [], []]
     with ops.fused_omni_scan(fused):
         for x, y in batches:
@@ -89,6 +91,10 @@ def test_graphed_loss_and_grad_trains_like_eager(fused):
                 opts[k].step()
                 losses[k].append(loss.item())
             losses[2].append(graphed(x, y).item())
+            if flat:
+                base = graphed.flat_grad.data_ptr()
+                end = base + graphed.flat_grad.numel() * 4
+                assert all(base <= p.grad.data_ptr() < end for p in nets[2].parameters() if p.grad is not None)
             opts[2].step()
     floor = max(abs(a - b) for a, b in zip(losses[0], losses[1]))
     assert max(abs(a - b) for a, b in zip(losses[0], losses[2])) <= 10 * floor + 1e-6

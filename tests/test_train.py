@@ -56,6 +56,22 @@ def test_no_resume_archives_and_restarts(tmp_path, capsys):
     assert len(list((tmp_path / "experiments").glob("tiny_archived_*"))) == 1
 
 
+def test_profile_iters_and_data_wait(tmp_path, capsys):
+    """logger.profile_iters writes a kernel/op-time summary of those iterations; every progress
+    record says how long the loop waited for data; a bad span is an options error."""
+    opt = tiny_options(tmp_path, total_iter=3)
+    assert train_main(["-opt", str(opt), "--set", "val=null", "--set", "logger.profile_iters=[2,3]"]) == 0
+    exp = tmp_path / "experiments" / "tiny"
+    text = (exp / "profile_iters.md").read_text()
+    assert "iterations 2-3" in text and "ms per iteration" in text
+    records = [r for r in _records(exp) if "l_pix" in r]
+    assert records and all(r["data_ms"] >= 0 for r in records)
+    assert "data wait" in capsys.readouterr().out
+    assert train_main(["-opt", str(opt), "--set", "val=null", "--no-resume",
+                       "--set", "logger.profile_iters=[3,2]"]) == 2
+    assert "logger.profile_iters" in capsys.readouterr().err
+
+
 def test_corrupt_training_image_stops_with_its_name(tmp_path, capsys):
     opt = tiny_options(tmp_path, total_iter=2)
     bad = tmp_path / "Datasets" / "train" / "Rain13K" / "input" / "3.png"

@@ -51,9 +51,12 @@ def _dist_helpers_worker(rank, port, out):
     ctx = DistContext(rank=rank, world_size=2)
     grads = [torch.full((2, 3), float(rank + 1)), None, torch.arange(4.0) * (rank + 1)]
     ctx.all_reduce_mean_(grads)
+    flat = torch.arange(5.0) * (rank + 1)  # one flat fp32 buffer: reduced in place
+    ctx.all_reduce_mean_([flat])
+    grads.append(flat)
     weights = [torch.full((3,), float(rank)), torch.tensor([rank * 10.0])]
     ctx.broadcast_(weights)
-    out[rank] = [grads[0].tolist(), grads[2].tolist(), [w.tolist() for w in weights]]
+    out[rank] = [grads[0].tolist(), grads[2].tolist(), [w.tolist() for w in weights], grads[3].tolist()]
     tdist.destroy_process_group()
 
 
@@ -63,6 +66,7 @@ def test_dist_context_gradient_mean_and_broadcast():
     out = mp.Manager().dict()
     mp.spawn(_dist_helpers_worker, args=(_free_port(), out), nprocs=2)
     for rank in range(2):
-        g0, g2, weights = out[rank]
+        g0, g2, weights, flat = out[rank]
         assert g0 == [[1.5] * 3] * 2 and g2 == [0.0, 1.5, 3.0, 4.5]
+        assert flat == [0.0, 1.5, 3.0, 4.5, 6.0]
         assert weights == [[0.0] * 3, [0.0]]

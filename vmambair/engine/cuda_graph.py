@@ -161,26 +161,51 @@ class GraphedLossAndGrad(_GraphCache):
     rewrites it). A new batch shape (a progressive-training stage) records a new graph; at most
     ``max_graphs`` are kept, least recently used dropped first.
 
+    With ``flat_grads``, the graph also copies every gradient into one flat fp32 buffer,
+    ``flat_grad``, and each ``p.grad`` is a view of it: a data-parallel all-reduce is then one
+    collective on one tensor, not a concatenation, a collective and a copy per parameter.
+
     Args:
         loss_fn: ``(*batch) -> 0-dim loss``; runs its own autocast. Must read nothing but its
             arguments and the parameters.
         params: the parameters whose gradients are wanted.
         warmup: eager forward/backward passes before recording (compiles, picks algorithms).
         max_graphs: batch shapes kept at once.
+        flat_grads: gradients as views of ``flat_grad`` (for DDP).
     """
 
-    def __init__(self, loss_fn: Callable[..., torch.Tensor], params, warmup: int = 3, max_graphs: int = 1):
+    def __init__(self, loss_fn: Callable[..., torch.Tensor], params, warmup: int = 3, max_graphs: int = 1,
+                 flat_grads: bool = False):
         super().__init__(max_graphs)
         self.loss_fn, self.warmup = loss_fn, warmup
         self.params = [p for p in params if p.requires_grad]
         self._active = None  # the key whose gradient tensors the parameters hold
+        self.flat_grad: Optional[torch.Tensor] = None
+        if flat_grads and self.params:
+            # Zeroed once: slots of parameters that get no gradient stay zero on every rank.
+            self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), dtype=torch.float32,
+                                         device=self.params[0].device)
+            self._flat_views = [v.view_as(p) for v, p in
+                                zip(self.flat_grad.split([p.numel() for p in self.params]), self.params)]
 
     def _record(self, inputs: List[torch.Tensor]) -> Recorded:
         # Gradients start as None, so the recorded backward allocates them in the graph's pool and
         # writes them (does not add): each replay rewrites the same tensors.
         step = eager_loss_and_grad(self.loss_fn, self.params)
-        graph, loss = capture(lambda: step(*inputs), self.warmup)
-        return Recorded(graph, inputs, loss, [p.grad for p in self.params])
+        if self.flat_grad is None:
+            graph, loss = capture(lambda: step(*inputs), self.warmup)
+            return Recorded(graph, inputs, loss, [p.grad for p in self.params])
+
+        def step_to_flat():
+            loss = step(*inputs)
+            pairs = [(v, p.grad) for v, p in zip(self._flat_views, self.params) if p.grad is not None]
+            if pairs:
+                torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
+            return loss
+        graph, loss = capture(step_to_flat, self.warmup)
+        # A parameter without a gradient keeps None, as after an eager backward.
+        return Recorded(graph, inputs, loss,
+                        [v if p.grad is not None else None for v, p in zip(self._flat_views, self.params)])
 
     def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
         key = tuple((tuple(t.shape), t.dtype, t.device) for t in batch)

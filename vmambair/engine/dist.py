@@ -57,6 +57,10 @@ class DistContext:
         tensors = [t for t in tensors if t is not None]
         if not self.distributed or not tensors:
             return
+        if len(tensors) == 1 and tensors[0].is_contiguous() and tensors[0].dtype == torch.float32:
+            tdist.all_reduce(tensors[0])  # already one flat buffer (GraphedLossAndGrad's flat_grad)
+            tensors[0].div_(self.world_size)
+            return
         flat = torch.cat([t.reshape(-1).float() for t in tensors])
         tdist.all_reduce(flat)
         flat /= self.world_size

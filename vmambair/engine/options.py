@@ -143,6 +143,8 @@ class LoggerOptions:
     use_tb_logger: bool = opt(True, "Write TensorBoard scalars and images to tb_logger/<name>.")
     keep_training_states: Optional[int] = opt(3, "Keep only the newest this many training states (null: all).")
     save_safetensors: bool = opt(False, "Also write .safetensors weights beside the .pth ones.")
+    profile_iters: Optional[List[int]] = opt(None, "[first, last]: profile these training iterations with "
+                                             "torch.profiler (rank 0) into experiments/<name>/profile_iters.md.")
     wandb: Optional[Dict[str, Any]] = opt(None, "basicsr compatibility; not used.")
 
 
@@ -548,6 +550,10 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
             raise OptionsError("Option 'train.total_iter' must be positive.")
         if opts.val and any(dataset_phase(k) == "val" for k in opts.datasets) and opts.val.val_freq <= 0:
             raise OptionsError("Option 'val.val_freq' must be positive.")
+    pi = opts.logger.profile_iters
+    if pi is not None and (len(pi) != 2 or not 1 <= pi[0] <= pi[1]):
+        raise OptionsError(f"Option 'logger.profile_iters' is {pi}; give [first, last] iteration numbers with "
+                           f"1 <= first <= last (e.g. [200, 210]), or null.")
     if isinstance(opts.num_gpu, str) and opts.num_gpu != "auto":
         raise OptionsError(f"Option 'num_gpu' must be an integer or 'auto', got {opts.num_gpu!r}.")
 

@@ -40,6 +40,7 @@ from .checkpoint import (CheckpointError, load_latest_training_state, remove_sta
 from .dist import DistContext, init_dist_from_env, shutdown_dist
 from .evaluate import build_eval_loader, evaluate_dataset
 from .options import Options, OptionsError, dataset_phase, describe_options, load_options
+from .profiling import IterationProfiler
 
 STATE_FORMAT = "vmambair-training-state-1"
 logger = logging.getLogger("vmambair")
@@ -285,8 +286,10 @@ class Trainer:
                     f"{self.ctx.world_size} process(es) on {self.ctx.device.type}, "
                     f"iterations {self.iteration} -> {total}.")
         loader, stage, batch = None, None, None
-        window_start, window_iters = time.time(), 0
+        window_start, window_iters, window_data_s = time.time(), 0, 0.0
         pending: Dict[str, List[torch.Tensor]] = {}
+        profiler = IterationProfiler(lg.profile_iters if self.ctx.is_main else None, self.exp_dir / "profile_iters.md",
+                                     f"{opt.name}: {self.ctx.world_size} process(es)")
         while self.iteration < total:
             new_stage = self.schedule.stage_at(self.iteration)
             if loader is None or new_stage != stage:
@@ -296,28 +299,33 @@ class Trainer:
                                 f"per process, from iteration {self.iteration + 1}.")
                 stage = new_stage
                 loader, batch = self._make_loader(stage)
+            waited = time.perf_counter()
             try:
                 data = next(loader)
             except StopIteration:
                 self.epoch, self.epoch_offset, loader = self.epoch + 1, 0, None
                 continue
+            window_data_s += time.perf_counter() - waited
             self.epoch_offset += batch
             self.iteration += 1
+            profiler.step_begins(self.iteration)
             self.model.feed_data(data)
             losses = self.model.optimize_parameters(self.iteration)
             self.model.update_learning_rate(self.iteration)
             for k, v in losses.items():
                 pending.setdefault(k, []).append(v)
             window_iters += 1
+            profiler.step_ends(self.iteration)
 
             if self.iteration % lg.print_freq == 0 or self.iteration == total:
                 means = {k: self.ctx.mean(torch.stack(v).float().mean().item()) for k, v in pending.items()}
                 pending.clear()
                 elapsed = time.time() - window_start
                 rate = window_iters / max(elapsed, 1e-9)
+                data_ms = 1000 * window_data_s / max(window_iters, 1)
                 lr = self.model.current_learning_rate()
                 loss_text = " ".join(f"{k} {v:.4e}" for k, v in means.items())
-                logger.info(f"iter {self.iteration:,}/{total:,} | {rate:.2f} it/s | eta "
+                logger.info(f"iter {self.iteration:,}/{total:,} | {rate:.2f} it/s (data wait {data_ms:.1f} ms/it) | eta "
                             f"{_format_eta((total - self.iteration) / max(rate, 1e-9))} | epoch {self.epoch} | "
                             f"stage {stage + 1}/{len(self.schedule)} patch {self.schedule.gt_sizes[stage]} "
                             f"batch {batch}x{self.ctx.world_size} | lr {lr:.3e} | {loss_text}")
@@ -326,8 +334,8 @@ class Trainer:
                         self.tb.add_scalar(f"losses/{k}", v, self.iteration)
                     self.tb.add_scalar("train/lr", lr, self.iteration)
                     self.tb.add_scalar("train/it_per_s", rate, self.iteration)
-                self._jsonl({"iter": self.iteration, "lr": lr, "it_per_s": rate, **means})
-                window_start, window_iters = time.time(), 0
+                self._jsonl({"iter": self.iteration, "lr": lr, "it_per_s": rate, "data_ms": data_ms, **means})
+                window_start, window_iters, window_data_s = time.time(), 0, 0.0
 
             paused = time.time()
             if self.iteration % lg.save_checkpoint_freq == 0 or self.iteration == total:

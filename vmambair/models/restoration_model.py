@@ -47,7 +47,8 @@ class ImageRestorationModel(BaseModel):
         self.graphed_step = None
         if self.uses_cuda_graph:
             net = self.networks["net_g"]  # not the DDP wrapper: gradients are averaged after the replay
-            self.graphed_step = GraphedLossAndGrad(lambda lq, gt: self.pixel_loss_of(net, lq, gt), net.parameters())
+            self.graphed_step = GraphedLossAndGrad(lambda lq, gt: self.pixel_loss_of(net, lq, gt), net.parameters(),
+                                                   flat_grads=self.ctx.distributed)
 
     def feed_data(self, batch: Dict[str, Any]) -> None:
         self.lq = batch["lq"].to(self.device, non_blocking=True)
@@ -67,7 +68,9 @@ class ImageRestorationModel(BaseModel):
             except GraphRecordingError as err:
                 raise OptionsError(f"Option 'train.cuda_graph': {err} Train without it: set train.cuda_graph: false "
                                    "(or --set train.cuda_graph=false).") from err
-            self.ctx.all_reduce_mean_([p.grad for p in self.networks["net_g"].parameters()])
+            flat = self.graphed_step.flat_grad
+            self.ctx.all_reduce_mean_([flat] if flat is not None else
+                                      [p.grad for p in self.networks["net_g"].parameters()])
         else:
             optimizer.zero_grad(set_to_none=True)
             loss = self.pixel_loss_of(self.wrapped["net_g"], self.lq, self.gt)

@@ -1,0 +1,106 @@
+"""GPU kernel-time summaries from torch.profiler: where a step's GPU time goes.
+
+Used by ``scripts/bench_model.py --profile`` and by the trainer's ``logger.profile_iters``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+logger = logging.getLogger("vmambair")
+
+_CATEGORIES = (("scan", ("scan", "selective", "omni")), ("all-reduce", ("nccl",)),
+               ("norm", ("layer_norm", "layernorm")),
+               ("conv/gemm", ("conv", "gemm", "cutlass", "cudnn", "xmma", "sm90", "implicit", "nchw", "nhwc")),
+               ("copy/layout", ("copy", "cat", "transpose", "permute", "flip")),
+               ("reduce", ("reduce",)), ("elementwise", ("elementwise", "vectorized", "unrolled")))
+
+
+def kernel_category(name: str) -> str:
+    """Coarse bucket of a CUDA kernel name (scan, all-reduce, norm, conv/gemm, copy/layout, ...)."""
+    n = name.lower()
+    for cat, keys in _CATEGORIES:
+        if any(k in n for k in keys):
+            return cat
+    return "other"
+
+
+def kernel_times(prof, iters: int) -> Dict[str, Tuple[float, int]]:
+    """{kernel name: (GPU ms per iteration, launches)} of a finished ``torch.profiler.profile``."""
+    kernels: Dict[str, List[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            entry = kernels.setdefault(ev.name, [0.0, 0])
+            entry[0] += ev.time_range.elapsed_us() / 1000 / iters
+            entry[1] += 1
+    return {k: (ms, int(n)) for k, (ms, n) in kernels.items()}
+
+
+def summarize(prof, iters: int, wall_ms: float, label: str, top: int = 25, unit: str = "call") -> str:
+    """Markdown summary of a profile that covered ``iters`` repetitions of ``wall_ms`` each.
+
+    "GPU busy" is the summed kernel time over the wall time: well under 1 means the GPU waits for
+    the host (launches, Python, data) or for other processes (all-reduce partners).
+    """
+    kernels = kernel_times(prof, iters)
+    groups: Dict[str, float] = {}
+    for name, (ms, _) in kernels.items():
+        g = kernel_category(name)
+        groups[g] = groups.get(g, 0.0) + ms
+    busy = sum(groups.values())
+    launches = sum(n for _, n in kernels.values()) // max(iters, 1)
+    lines = [f"### {label}", "",
+             f"wall {wall_ms:.1f} ms per {unit} (profiled), GPU kernel time {busy:.1f} ms "
+             f"(busy {busy / max(wall_ms, 1e-9):.2f}), kernel launches per {unit} {launches}", "",
+             "| category | ms | share |", "|---|---|---|"]
+    lines += [f"| {g} | {ms:.2f} | {ms / max(busy, 1e-9):.0%} |" for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])]
+    lines += ["", "| kernel | ms | launches |", "|---|---|---|"]
+    for name, (ms, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| `{name[:110]}` | {ms:.2f} | {n // max(iters, 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+class IterationProfiler:
+    """Profiles training iterations ``first..last`` with torch.profiler and writes :func:`summarize`'s
+    Markdown to ``path`` (written whole, atomically). ``span=None``: does nothing.
+
+    The trainer calls ``step_begins(i)`` once iteration i's batch has arrived and ``step_ends(i)``
+    after its optimizer step; the wall time runs from the first's begin to the last's end, so it
+    includes the data waits of the iterations after the first.
+    """
+
+    def __init__(self, span: Optional[Sequence[int]], path: Path, label: str):
+        self.first, self.last = (span[0], span[1]) if span else (None, None)
+        self.path, self.label = Path(path), label
+        self._prof = None
+        self._t0 = 0.0
+
+    def step_begins(self, iteration: int) -> None:
+        if iteration != self.first:
+            return
+        from torch.profiler import ProfilerActivity, profile
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self._prof = profile(activities=activities)
+        self._prof.__enter__()
+        self._t0 = time.perf_counter()
+
+    def step_ends(self, iteration: int) -> None:
+        if self._prof is None or iteration != self.last:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        iters = self.last - self.first + 1
+        wall_ms = (time.perf_counter() - self._t0) * 1000 / iters
+        self._prof.__exit__(None, None, None)
+        text = summarize(self._prof, iters, wall_ms, f"{self.label}: iterations {self.first}-{self.last}",
+                         unit="iteration")
+        self._prof = None
+        from .checkpoint import atomic_write_bytes
+        atomic_write_bytes(text.encode(), self.path)
+        logger.info(f"Profile of iterations {self.first}-{self.last} written to {self.path}.")
