@@ -168,6 +168,8 @@ def main() -> None:
         prof = work / "experiments" / name / "profile_iters.md"
         if a.profile and prof.is_file():
             profiles.append(prof.read_text())
+            print(profiles[-1], flush=True)
+        print(f"[{name}] {rate(records):.2f} it/s, data wait {data_wait(records):.1f} ms/it", flush=True)
         return records
 
     def data_wait(records):

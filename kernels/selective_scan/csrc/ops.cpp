@@ -51,10 +51,17 @@ void check_param(const OptTensor& t, const char* name, const Tensor& like, int64
 //   t(k) = 1 + kShare * (k - 1): one chunk's time when k blocks share the SM;
 //   total = pass(rows * nseg, occ.main) + kSummary * pass(rows * (nseg - 1), occ.summary) + kCombine.
 // The constants are fitted to GPU times of forced segment counts (benchmarks/scan_segments.md,
-// scripts/sweep_segments.py, H200). Ties go to fewer segments.
+// scripts/sweep_segments.py, H200); the model's pick is within 1-4 % of the best forced count for
+// every plain shape there. Ties go to fewer segments.
+//
+// The fused op does not fit this model: its column-direction blocks read every position from a
+// different image row and take ~3x as long per chunk as its row-direction blocks, so what counts
+// is enough small blocks for the scheduler to even out SMs. With fewer blocks than the GPU holds,
+// it gets ~kOmniWaves resident-block waves of them (best or within 8 % of best, same file).
 constexpr double kShare = 0.35;
 constexpr double kSummary = 0.5;
 constexpr double kCombine = 1.0;
+constexpr int64_t kOmniWaves = 6;
 
 double pass_cost(int64_t blocks, int64_t sms, int occ, int64_t cps) {
     if (blocks <= 0) return 0.0;
@@ -64,12 +71,17 @@ double pass_cost(int64_t blocks, int64_t sms, int occ, int64_t cps) {
     return (double)cps * ((double)full * t(occ) + t(rest));
 }
 
-int pick_nseg(int64_t rows, int nchunks, int64_t requested, const vss::PassOccupancy& occ) {
+int pick_nseg(int64_t rows, int nchunks, int64_t requested, const vss::PassOccupancy& occ, bool omni) {
     if (requested > 0) return (int)std::min<int64_t>(requested, nchunks);
     if (nchunks <= 1) return 1;
     int dev = 0, sms = 0;
     C10_CUDA_CHECK(cudaGetDevice(&dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    if (omni) {
+        const int64_t slots = (int64_t)sms * occ.main;
+        if (rows >= slots) return 1;
+        return (int)std::min<int64_t>(nchunks, (kOmniWaves * slots + rows - 1) / rows);
+    }
     // Beyond ~16 waves of blocks more segments cannot help; this also bounds the search.
     const int64_t most = std::min<int64_t>(nchunks, std::max<int64_t>(1, 16LL * sms * occ.main / rows));
     int best = 1;
@@ -173,12 +185,12 @@ void dispatch(at::ScalarType t, F&& f) {
 
 // occupancy(dtype tag) -> vss::PassOccupancy of the pass being set up (queried only when needed).
 template <typename Occupancy>
-void set_segments(vss::ScanParams& p, int64_t nseg_req, const Tensor& like, Occupancy&& occupancy, Tensor& seg_S,
-                  Tensor& seg_H, Tensor& seg_carry) {
+void set_segments(vss::ScanParams& p, bool omni, int64_t nseg_req, const Tensor& like, Occupancy&& occupancy,
+                  Tensor& seg_S, Tensor& seg_H, Tensor& seg_carry) {
     const int64_t rows = (int64_t)p.batch * p.G * p.bpg;
     vss::PassOccupancy occ;
     if (nseg_req <= 0 && p.nchunks > 1) dispatch(like.scalar_type(), [&](auto tag) { occ = occupancy(tag); });
-    p.nseg = pick_nseg(rows, p.nchunks, nseg_req, occ);
+    p.nseg = pick_nseg(rows, p.nchunks, nseg_req, occ, omni);
     p.cps = (p.nchunks + p.nseg - 1) / p.nseg;
     p.nseg = (p.nchunks + p.cps - 1) / p.cps;  // no empty segments
     TORCH_CHECK(p.nseg <= 2147483647, "vmambair_scan: too many segments");
@@ -207,7 +219,7 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
 
     vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
     Tensor seg_S, seg_H, seg_carry;
-    set_segments(p, nseg, u, [&](auto tag) { return vss::fwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S, seg_H,
+    set_segments(p, omni, nseg, u, [&](auto tag) { return vss::fwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S, seg_H,
                  seg_carry);
     p.y = y.data_ptr();
     p.states = states.data_ptr<float>();
@@ -244,7 +256,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     if (g.batch > 0 && g.dim > 0 && g.L > 0) {
         vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
         Tensor seg_S, seg_H, seg_carry;
-        set_segments(p, nseg, u, [&](auto tag) { return vss::bwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S,
+        set_segments(p, omni, nseg, u, [&](auto tag) { return vss::bwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S,
                      seg_H, seg_carry);
         p.states = states.data_ptr<float>();
         p.dy = dy.data_ptr();
