@@ -121,6 +121,8 @@ def main():
     ap.add_argument("--sweep-nseg", default="", help="also time ours with these forced segment counts, e.g. 1,2,4")
     ap.add_argument("--extra-long", action="store_true", help="also time (1, 96, 1048576, 16): a 1024x1024 map")
     ap.add_argument("--sweep-only", action="store_true", help="run only the --omni-sweep section")
+    ap.add_argument("--fused-only", action="store_true",
+                    help="skip the plain shapes: the fused four-direction section (and --omni-sweep) only")
     ap.add_argument("--omni-sweep", default="", help="also time fused vs unfused inference (no grad) at these "
                     "square sizes, batch 1, dim 48, e.g. 64,256,1024 (where the fused op stops paying off)")
     args = ap.parse_args()
@@ -143,7 +145,7 @@ def main():
     log = lambda s: (print(s, flush=True), lines.append(s))  # noqa: E731
 
     shapes = list(PLAIN_SHAPES) + ([(1, 96, 1 << 20, 16, 4)] if args.extra_long else [])
-    if args.sweep_only:
+    if args.sweep_only or args.fused_only:
         shapes = []
     log("## Plain selective scan (softplus, D, delta_bias; B/C in 4 groups)\n")
     log("| shape (b, d, L, N) | dtype | backend | fwd ms | bwd ms | fwd+bwd ms | fwd GB/s | bwd GB/s "
@@ -228,7 +230,8 @@ def main():
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `{' '.join(['python'] + sys.argv)}`",
         f"- torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
-        f"extension built with CUDA runtime {ext.ops._C.cuda_version()}",
+        f"extension built with CUDA runtime {ext.ops._C.cuda_version()}; fused op's column directions: "
+        f"{os.environ.get('VMAMBAIR_SCAN_COLUMNS') or 'default'} (VMAMBAIR_SCAN_COLUMNS)",
         (f"- GPU time of the kernels each op runs (torch.profiler), means over {args.reps} calls after "
          f"{args.warmup} warm-ups; the host's time is not counted" if args.kernel_time else
          f"- medians of {args.reps} CUDA-event timings after {args.warmup} warm-ups (pure-PyTorch backend: "

@@ -164,9 +164,13 @@ OMNI_CASES += [(dt, 16, hw) for dt in DTYPES for hw in ((32, 9), (8, 37), (64, 6
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("columns", ["transposed", "staged"])
 @pytest.mark.parametrize("dtype,N,hw", OMNI_CASES,
                          ids=[f"{str(d)[6:]}-N{N}-{h}x{w}" for d, N, (h, w) in OMNI_CASES])
-def test_omni_fused_matches_unfused(dtype, N, hw):
+def test_omni_fused_matches_unfused(dtype, N, hw, columns, monkeypatch):
+    """Both ways of reading the column directions (VMAMBAIR_SCAN_COLUMNS): transposed copies, or
+    gathers (staged row by row through shared memory where H divides the chunk)."""
+    monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", columns)
     H, W = hw
     i = OMNI_CASES.index((dtype, N, hw))
     d = 6 if i % 2 else 9
@@ -179,7 +183,16 @@ def test_omni_fused_matches_unfused(dtype, N, hw):
     y_ref, grads_ref = run_with_grads(lambda *t: planar_omni_scan_unfused(*t, backend=backend), ref,
                                       w.to(dtype).double())
     assert y.dtype == dtype and y.shape == (2, d, H, W)
-    check_close(y, grads, y_ref, grads_ref, dtype, f"{H}x{W} d={d} N={N} nseg={nseg}")
+    check_close(y, grads, y_ref, grads_ref, dtype, f"{H}x{W} d={d} N={N} nseg={nseg} columns={columns}")
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_unknown_column_mode_is_refused(monkeypatch):
+    low, _ = make_omni_inputs(1, 4, 8, 8, 4, torch.float32, seed=3)
+    monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", "diagonal")
+    with pytest.raises(RuntimeError, match="VMAMBAIR_SCAN_COLUMNS=diagonal is not a column mode"):
+        ext.planar_omni_scan(*low)
 
 
 @pytest.mark.cuda

@@ -18,7 +18,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "scan.h"
@@ -205,6 +207,45 @@ void set_segments(vss::ScanParams& p, bool omni, int64_t nseg_req, const Tensor&
     }
 }
 
+// ---------------------------------------------------------------- transposed columns (fused op)
+// The fused op's column directions read positions W apart in memory. With "transposed columns"
+// (ScanParams::colT) they read copies in which their scan order is row-major instead: the map
+// transposed (x, dy), and delta / B / C with directions 1 and 3 transposed in place. The copies
+// cost a few extra passes over memory; the column blocks then run like row blocks.
+// VMAMBAIR_SCAN_COLUMNS picks: "transposed" or "staged" (gathers, staged row by row through shared
+// memory where H divides the chunk); unset: kTransposedColumnsByDefault.
+constexpr bool kTransposedColumnsByDefault = false;
+
+bool transposed_columns() {
+    const char* v = std::getenv("VMAMBAIR_SCAN_COLUMNS");
+    if (v == nullptr || *v == 0) return kTransposedColumnsByDefault;
+    const std::string s(v);
+    TORCH_CHECK(s == "transposed" || s == "staged", "vmambair_scan: VMAMBAIR_SCAN_COLUMNS=", s,
+                " is not a column mode; set it to 'transposed' or 'staged', or unset it");
+    return s == "transposed";
+}
+
+// (b, 4, c, H, W), directions k = 0..3 -> the same with the column directions (k = 1, 3) stored
+// transposed, as (W, H) planes (from = false); from = true undoes it. Row directions are copied.
+Tensor columns_transposed(const Tensor& t, bool from) {
+    const int64_t b = t.size(0), c = t.size(2), H = t.size(3), W = t.size(4);
+    Tensor out = at::empty_like(t, at::MemoryFormat::Contiguous);
+    const Tensor src = t.contiguous();
+    // Direction k = 2 * pair + parity; parity 1 = column direction.
+    out.view({b, 2, 2, c, H, W}).select(2, 0).copy_(src.view({b, 2, 2, c, H, W}).select(2, 0));
+    const int64_t sh = from ? W : H, sw = from ? H : W;  // the source planes' shape
+    out.view({b, 2, 2, c, sw, sh}).select(2, 1).copy_(src.view({b, 2, 2, c, sh, sw}).select(2, 1).transpose(-1, -2));
+    return out;
+}
+
+// x (b, d, H, W) -> its transpose as a contiguous (b, d, W, H) tensor.
+Tensor map_transposed(const Tensor& x) { return x.transpose(2, 3).contiguous(); }
+
+// acc (b, d, H, W) += accT read as (b, d, W, H), transposed back.
+void add_transposed(Tensor& acc, const Tensor& accT) {
+    acc.add_(accT.view({acc.size(0), acc.size(1), acc.size(3), acc.size(2)}).transpose(2, 3));
+}
+
 std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& delta, const Tensor& A,
                                       const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& bias,
                                       bool softplus, int64_t nseg) {
@@ -217,15 +258,32 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
     Tensor y = omni ? at::zeros({g.batch, g.d, g.H, g.W}, u.options().dtype(at::kFloat)) : at::empty_like(u);
     if (g.batch == 0 || g.dim == 0 || g.L == 0) return {omni ? y.to(u.scalar_type()) : y, states};
 
-    vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
+    const bool colT = omni && transposed_columns();
+    Tensor xT, deltaX, BX, CX, yT;
+    if (colT) {
+        xT = map_transposed(u);
+        deltaX = columns_transposed(delta, false);
+        BX = columns_transposed(B, false);
+        CX = columns_transposed(C, false);
+        yT = at::zeros_like(y);
+    }
+    vss::ScanParams p = make_params(omni, g, u, colT ? deltaX : delta, A, colT ? BX : B, colT ? CX : C, D, bias,
+                                    softplus);
     Tensor seg_S, seg_H, seg_carry;
     set_segments(p, omni, nseg, u, [&](auto tag) { return vss::fwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S, seg_H,
                  seg_carry);
     p.y = y.data_ptr();
     p.states = states.data_ptr<float>();
-    p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y);
+    if (colT) {
+        p.colT = true;
+        p.uT = xT.data_ptr();
+        p.yT = yT.data_ptr();
+    }
+    p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y) &&
+            (!colT || (aligned16(p.uT) && aligned16(p.yT)));
     auto stream = c10::cuda::getCurrentCUDAStream();
     dispatch(u.scalar_type(), [&](auto tag) { vss::launch_fwd<decltype(tag)>(p, omni, stream); });
+    if (colT) add_transposed(y, yT);
     if (omni && u.scalar_type() != at::kFloat) y = y.to(u.scalar_type());
     return {y, states};
 }
@@ -253,8 +311,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     Tensor dC = at::zeros(C.sizes(), f32);
     Tensor dD = D.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
     Tensor dbias = bias.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
+    const bool colT = omni && transposed_columns() && g.batch > 0 && g.dim > 0 && g.L > 0;
+    Tensor xT, deltaX, BX, CX, dyT, duT;
+    if (colT) {
+        // The kernel reads and writes delta / B / C and their gradients in the transposed-columns
+        // layout; ddelta / dB / dC are converted back below.
+        xT = map_transposed(u);
+        dyT = map_transposed(dy);
+        deltaX = columns_transposed(delta, false);
+        BX = columns_transposed(B, false);
+        CX = columns_transposed(C, false);
+        duT = at::zeros_like(du);
+    }
     if (g.batch > 0 && g.dim > 0 && g.L > 0) {
-        vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
+        vss::ScanParams p = make_params(omni, g, u, colT ? deltaX : delta, A, colT ? BX : B, colT ? CX : C, D, bias,
+                                        softplus);
         Tensor seg_S, seg_H, seg_carry;
         set_segments(p, omni, nseg, u, [&](auto tag) { return vss::bwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S,
                      seg_H, seg_carry);
@@ -267,10 +338,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
         p.dC = dC.data_ptr<float>();
         p.dD = D.has_value() ? dD.data_ptr<float>() : nullptr;
         p.dbias = bias.has_value() ? dbias.data_ptr<float>() : nullptr;
+        if (colT) {
+            p.colT = true;
+            p.uT = xT.data_ptr();
+            p.dyT = dyT.data_ptr();
+            p.duT = duT.data_ptr();
+        }
         p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.dy) &&
-                aligned16(p.du) && aligned16(p.ddelta);
+                aligned16(p.du) && aligned16(p.ddelta) &&
+                (!colT || (aligned16(p.uT) && aligned16(p.dyT) && aligned16(p.duT)));
         auto stream = c10::cuda::getCurrentCUDAStream();
         dispatch(u.scalar_type(), [&](auto tag) { vss::launch_bwd<decltype(tag)>(p, omni, stream); });
+        if (colT) {
+            add_transposed(du, duT);
+            ddelta = columns_transposed(ddelta, true);
+            dB = columns_transposed(dB, true);
+            dC = columns_transposed(dC, true);
+        }
     } else {
         ddelta.zero_();
         if (!omni) du.zero_();

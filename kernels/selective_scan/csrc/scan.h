@@ -49,6 +49,12 @@ struct ScanParams {
     int H = 0, W = 0; // omni only
     bool softplus = false;
     bool vec = false; // L % kK == 0 and 16-byte aligned rows: a lane's kK positions may use vector accesses
+    // Omni only, "transposed columns": the column directions (g = 1, 3) read the transposed map
+    // (W x H, row-major) and so scan it like the row directions (g & 2: reversed), with vector
+    // accesses instead of gathers W apart. delta, B, C (and ddelta, dB, dC) then hold those two
+    // directions transposed (ops.cpp, to_columns_transposed), and x / y / dy / du of those blocks
+    // are the separate transposed tensors uT / yT / dyT / duT below.
+    bool colT = false;
 
     // inputs (dtype T unless float)
     const void* u = nullptr;      // plain (b, dim, L); omni x (b, d, L)
@@ -59,8 +65,11 @@ struct ScanParams {
     const float* D = nullptr;     // (dim,) or null
     const float* bias = nullptr;  // (dim,) or null
 
+    const void* uT = nullptr;     // omni, colT: x transposed, (b, d, W, H)
+
     // forward outputs / workspaces
     void* y = nullptr;            // plain: T (b, dim, L); omni: float accumulator (b, d, L), zeroed
+    void* yT = nullptr;           // omni, colT: float accumulator (b, d, W, H) of the column directions, zeroed
     float* states = nullptr;      // (b, dim, nchunks, N): state before each chunk's first position
     float* seg_S = nullptr;       // (b, dim, nseg): sum of dt over each segment
     float* seg_H = nullptr;       // (b, dim, nseg, N): segment summary (zero incoming state)
@@ -69,6 +78,8 @@ struct ScanParams {
     // backward
     const void* dy = nullptr;     // plain T (b, dim, L); omni T (b, d, L)
     void* du = nullptr;           // plain T (b, dim, L); omni float accumulator (b, d, L), zeroed
+    const void* dyT = nullptr;    // omni, colT: dy transposed, (b, d, W, H)
+    void* duT = nullptr;          // omni, colT: float accumulator (b, d, W, H), zeroed
     void* ddelta = nullptr;       // T, delta's layout
     float* dA = nullptr;          // (dim, N), zeroed
     float* dB = nullptr;          // (b, G, N, L) float, zeroed

@@ -69,9 +69,12 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
     const int N = kN > 0 ? kN : p.N, L = p.L;
     const int64_t row = (int64_t)bi * p.dim + c;
     const int64_t xrow = kOmni ? (int64_t)bi * p.cpg + (valid ? cl : 0) : row;
-    const T* __restrict__ urow = static_cast<const T*>(p.u) + xrow * L;
+    // Transposed columns (ScanParams::colT): see fwd_body.
+    const bool tcol = kOmni && p.colT && (g & 1);
+    const int gm = kOmni ? memory_direction(g, p.colT) : g;
+    const T* __restrict__ urow = static_cast<const T*>(tcol ? p.uT : p.u) + xrow * L;
     const T* __restrict__ drow = static_cast<const T*>(p.delta) + row * L;
-    const T* __restrict__ dyrow = static_cast<const T*>(p.dy) + xrow * L;
+    const T* __restrict__ dyrow = static_cast<const T*>(tcol ? p.dyT : p.dy) + xrow * L;
     const int64_t gbase = ((int64_t)bi * p.G + g) * N * L;
     const T* __restrict__ Bg = static_cast<const T*>(p.B) + gbase;
     const T* __restrict__ Cg = static_cast<const T*>(p.C) + gbase;
@@ -83,7 +86,7 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
     constexpr bool col_staged = kCol;
     const int cl0 = (blockIdx.y - g * p.bpg) * kWarps;  // the block's first channel in its group
     // dB/dC leave as 8-byte reductions of 2 consecutive positions where memory has them in order.
-    const bool vec_red = p.vec && !(kOmni && (g & 1));
+    const bool vec_red = p.vec && !(kOmni && (gm & 1));
     const int ch0 = seg * p.cps;
     const int ch1 = min(p.nchunks, ch0 + p.cps);
 
@@ -101,7 +104,7 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
         const int tb = ch * kChunk;
         const int t0 = tb + lane * kK;
         const int nv = valid ? min(kK, L - t0) : 0;
-        const StageSlot slot = stage_slot<kOmni>(g, tb, tid, p.H, p.W, L);
+        const StageSlot slot = stage_slot<kOmni>(gm, tb, tid, p.H, p.W, L);
         const bool tin = slot.in;
         const int tpix = slot.pix;
 
@@ -132,9 +135,9 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
         if (col_staged) {
             // (read from Xs after the barriers below)
         } else if constexpr (kOmni) {
-            load_lane_omni<T>(drow, g, t0, nv, p.vec, p.H, p.W, L, dt);
-            load_lane_omni<T>(urow, g, t0, nv, p.vec, p.H, p.W, L, uv);
-            load_lane_omni<T>(dyrow, g, t0, nv, p.vec, p.H, p.W, L, dyv);
+            load_lane_omni<T>(drow, gm, t0, nv, p.vec, p.H, p.W, L, dt);
+            load_lane_omni<T>(urow, gm, t0, nv, p.vec, p.H, p.W, L, uv);
+            load_lane_omni<T>(dyrow, gm, t0, nv, p.vec, p.H, p.W, L, dyv);
         } else {
             load_row<T>(drow + t0, nv, p.vec, dt);
             load_row<T>(urow + t0, nv, p.vec, uv);
@@ -290,7 +293,7 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
                     const int t = tb + 2 * k;
                     if (t < L) {  // L % kK == 0: both positions exist
                         float* dst = (m ? p.dC : p.dB) + gbase + (int64_t)n * L;
-                        if (kOmni && (g & 2)) atomic_add2(dst + (L - 2 - t), make_float2(acc.y, acc.x));
+                        if (kOmni && (gm & 2)) atomic_add2(dst + (L - 2 - t), make_float2(acc.y, acc.x));
                         else atomic_add2(dst + t, acc);
                     }
                 } else {
@@ -343,8 +346,9 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
                     stage_rows_out<false>(static_cast<T*>(p.ddelta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L,
                                           nrows, L, tin, tpix, stid, Xs[1]);
                 } else if constexpr (kOmni) {
-                    add_lane_omni(static_cast<float*>(p.du) + xrow * L, g, t0, nv, p.vec, p.H, p.W, L, duo);
-                    store_lane_omni<T>(static_cast<T*>(p.ddelta) + row * L, g, t0, nv, p.vec, p.H, p.W, L, ddo);
+                    add_lane_omni(static_cast<float*>(tcol ? p.duT : p.du) + xrow * L, gm, t0, nv, p.vec, p.H, p.W, L,
+                                  duo);
+                    store_lane_omni<T>(static_cast<T*>(p.ddelta) + row * L, gm, t0, nv, p.vec, p.H, p.W, L, ddo);
                 } else {
                     store_row<T>(static_cast<T*>(p.du) + row * L + t0, nv, p.vec, duo);
                     store_row<T>(static_cast<T*>(p.ddelta) + row * L + t0, nv, p.vec, ddo);
@@ -380,7 +384,7 @@ template <typename T, bool kOmni, bool kSummary, int kN>
 __global__ void __launch_bounds__(kThreads, 2)
 bwd_kernel(const ScanParams p) {
     if constexpr (kOmni && !kSummary) {
-        if (column_staged(blockIdx.y / p.bpg, p.H)) {
+        if (!p.colT && column_staged(blockIdx.y / p.bpg, p.H)) {
             bwd_body<T, kOmni, kSummary, kN, true>(p);
             return;
         }

@@ -59,6 +59,11 @@ struct StageSlot {
 // Does direction g of an H-row map stage its chunks row by row (see stage_slot)?
 __host__ __device__ inline bool column_staged(int g, int H) { return (g & 1) && H <= kChunk && kChunk % H == 0; }
 
+// The direction whose memory order a block of direction g walks: g itself, or with transposed
+// columns (ScanParams::colT) the row direction of the same sense, since the column directions
+// then read the transposed map (tensors in which their scan order is row-major).
+__host__ __device__ inline int memory_direction(int g, bool colT) { return colT && (g & 1) ? (g & 2) : g; }
+
 template <bool kOmni>
 __device__ __forceinline__ StageSlot stage_slot(int g, int tb, int tid, int H, int W, int L) {
     int q = tid;

@@ -62,7 +62,11 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
     const int N = kN > 0 ? kN : p.N, L = p.L;
     const int64_t row = (int64_t)bi * p.dim + c;                               // delta / states row
     const int64_t xrow = kOmni ? (int64_t)bi * p.cpg + (valid ? cl : 0) : row; // u / y row
-    const T* __restrict__ urow = static_cast<const T*>(p.u) + xrow * L;
+    // Transposed columns (ScanParams::colT): this column-direction block reads the transposed
+    // map, walking memory like the row direction gm; delta/B/C already hold that order.
+    const bool tcol = kOmni && p.colT && (g & 1);
+    const int gm = kOmni ? memory_direction(g, p.colT) : g;
+    const T* __restrict__ urow = static_cast<const T*>(tcol ? p.uT : p.u) + xrow * L;
     const T* __restrict__ drow = static_cast<const T*>(p.delta) + row * L;
     const T* __restrict__ Bg = static_cast<const T*>(p.B) + ((int64_t)bi * p.G + g) * N * L;
     const T* __restrict__ Cg = static_cast<const T*>(p.C) + ((int64_t)bi * p.G + g) * N * L;
@@ -100,7 +104,7 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
         // C each) to bound the registers that hold loaded values; this lane's delta/u loads are
         // issued between the first half's loads and its stores. No barrier is needed before the
         // stores (double buffering, see above) and ONE barrier publishes them.
-        const StageSlot slot = stage_slot<kOmni>(g, tb, tid, p.H, p.W, L);
+        const StageSlot slot = stage_slot<kOmni>(gm, tb, tid, p.H, p.W, L);
         const bool tin = slot.in;
         const int tpix = slot.pix;
         constexpr int kHalf = NS > 8 ? 8 : NS;
@@ -129,8 +133,8 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
         if (col_staged) {
             // (read from Xs after the barrier below)
         } else if constexpr (kOmni) {
-            load_lane_omni<T>(drow, g, t0, nv, p.vec, p.H, p.W, L, dt);
-            load_lane_omni<T>(urow, g, t0, nv, p.vec, p.H, p.W, L, uv);
+            load_lane_omni<T>(drow, gm, t0, nv, p.vec, p.H, p.W, L, dt);
+            load_lane_omni<T>(urow, gm, t0, nv, p.vec, p.H, p.W, L, uv);
         } else {
             load_row<T>(drow + t0, nv, p.vec, dt);
             load_row<T>(urow + t0, nv, p.vec, uv);
@@ -248,13 +252,14 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
                 store_smem_row(Ys()[warp], lane, yv);
                 __syncthreads();
                 // (The slot is recomputed rather than kept in registers across the states.)
-                const StageSlot os = stage_slot<kOmni>(g, tb, tid, p.H, p.W, L);
+                const StageSlot os = stage_slot<kOmni>(gm, tb, tid, p.H, p.W, L);
                 stage_rows_out<true>(static_cast<float*>(p.y) + ((int64_t)bi * p.cpg + cl0) * L, p.cpg - cl0, L, os.in,
                                      os.pix, staged_index(os.q), Ys());
             } else if (valid) {
                 if constexpr (kOmni) {
                     // Four directions add into the same pixel: fp32 atomics into a zeroed buffer.
-                    add_lane_omni(static_cast<float*>(p.y) + xrow * L, g, t0, nv, p.vec, p.H, p.W, L, yv);
+                    add_lane_omni(static_cast<float*>(tcol ? p.yT : p.y) + xrow * L, gm, t0, nv, p.vec, p.H, p.W, L,
+                                  yv);
                 } else {
                     store_row<T>(static_cast<T*>(p.y) + row * L + t0, nv, p.vec, yv);
                 }
@@ -279,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, kN > 0 ? 3 : 2)
 fwd_kernel(const ScanParams p) {
     constexpr int NS = kN > 0 ? kN : kMaxN;
     if constexpr (kOmni && !kSummary && NS >= 2 * kWarps) {
-        if (column_staged(blockIdx.y / p.bpg, p.H)) {
+        if (!p.colT && column_staged(blockIdx.y / p.bpg, p.H)) {
             fwd_body<T, kOmni, kSummary, kN, true>(p);
             return;
         }
