@@ -57,10 +57,12 @@ def test_graphed_forward_matches_eager_for_new_inputs_and_shapes(fused):
                 x = torch.rand(shape, device="cuda")
                 y = graphed(x)
                 with torch.no_grad():
-                    ref, again = net(x), net(x)
-                floor = rel(again, ref)  # eager run-to-run difference (the fused op adds with atomics)
+                    ref = net(x)
+                    # eager run-to-run difference (the fused op adds with atomics, in a different
+                    # order each run); a replay of stale input would be off by O(1)
+                    floor = max(rel(net(x), ref) for _ in range(3))
                 assert y.shape == ref.shape
-                assert rel(y, ref) <= 10 * floor + 1e-5, (rel(y, ref), floor)
+                assert rel(y, ref) <= 10 * floor + 1e-4, (rel(y, ref), floor)
         assert graphed.shapes == [(1, 3, 32, 40)]  # max_graphs=1 keeps the last shape only
         with torch.autocast("cuda", dtype=torch.bfloat16):  # autocast is part of the key: a new graph
             yb = graphed(x)
