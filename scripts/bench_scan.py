@@ -78,10 +78,8 @@ def omni_inputs(b, d, H, W, N, dtype, seed=0):
     return [t.requires_grad_(True) for t in (x, delta, A, B, C, r(4 * d), r(4 * d) * 0.3)]
 
 
-def kernel_ms(fn, warmup: int, reps: int) -> float:
-    """Mean GPU time of everything fn() runs on the GPU (kernels, fills, copies), read by
-    torch.profiler (CUPTI) over `reps` calls after `warmup`: the op's device time, without the
-    host's Python, dispatch and launch time that eager CUDA-event timings include."""
+def profiled(fn, warmup: int, reps: int):
+    """The finished torch.profiler (CUDA activity only) of `reps` calls of fn() after `warmup`."""
     from torch.profiler import ProfilerActivity, profile
     for _ in range(warmup):
         fn()
@@ -90,6 +88,14 @@ def kernel_ms(fn, warmup: int, reps: int) -> float:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
+    return prof
+
+
+def kernel_ms(fn, warmup: int, reps: int) -> float:
+    """Mean GPU time of everything fn() runs on the GPU (kernels, fills, copies), read by
+    torch.profiler (CUPTI) over `reps` calls after `warmup`: the op's device time, without the
+    host's Python, dispatch and launch time that eager CUDA-event timings include."""
+    prof = profiled(fn, warmup, reps)
     return sum(e.self_device_time_total for e in prof.key_averages()) / 1000.0 / reps
 
 

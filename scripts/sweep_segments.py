@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.bench_scan import omni_inputs, plain_inputs  # noqa: E402
+from scripts.bench_scan import omni_inputs, plain_inputs, profiled  # noqa: E402
 
 PLAIN = [(1, 192, 65536), (1, 384, 65536), (1, 384, 262144), (1, 192, 1 << 20), (8, 384, 4096)]
 OMNI = [(1, 48, 256, 256), (1, 96, 256, 256), (1, 96, 128, 128), (1, 192, 64, 64),
@@ -48,15 +48,8 @@ def kinds(prof) -> dict:
 
 
 def profile_ms(fn, warmup: int, reps: int) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    return {k: v / reps for k, v in kinds(prof).items()}
+    """GPU ms per call of fn(), by pass (kinds)."""
+    return {k: v / reps for k, v in kinds(profiled(fn, warmup, reps)).items()}
 
 
 def main() -> None:

@@ -403,16 +403,17 @@ static void launch_bwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
 }
 
 template <typename T>
+struct BwdPass {
+    template <bool kOmni, int kN, bool kSummary>
+    struct Of {
+        static constexpr int kBytes = BwdSmem<(kN > 0 ? kN : kMaxN), kOmni>::bytes(kSummary);
+        static auto kernel() { return bwd_kernel<T, kOmni, kSummary, kN>; }
+    };
+};
+
+template <typename T>
 PassOccupancy bwd_occupancy(bool omni, int N) {
-    PassOccupancy o;
-    dispatch_omni_n(omni, N, [&](auto omni_c, auto n_c) {
-        constexpr bool kOmni = decltype(omni_c)::value;
-        constexpr int kN = decltype(n_c)::value;
-        using Sm = BwdSmem<(kN > 0 ? kN : kMaxN), kOmni>;
-        o.main = blocks_per_sm<Sm::bytes(false)>(bwd_kernel<T, kOmni, false, kN>);
-        o.summary = blocks_per_sm<Sm::bytes(true)>(bwd_kernel<T, kOmni, true, kN>);
-    });
-    return o;
+    return pass_occupancy<BwdPass<T>::template Of>(omni, N);
 }
 
 template <typename T>

@@ -419,4 +419,20 @@ void dispatch_omni_n(bool omni, int N, Launch&& launch) {
     }
 }
 
+// PassOccupancy of a pass (forward or backward) for one dtype: Pass<kOmni, kN, kSummary> names its
+// kernel (::kernel()) and dynamic shared memory (::kBytes).
+template <template <bool, int, bool> class Pass>
+PassOccupancy pass_occupancy(bool omni, int N) {
+    PassOccupancy o;
+    dispatch_omni_n(omni, N, [&](auto omni_c, auto n_c) {
+        constexpr bool kOmni = decltype(omni_c)::value;
+        constexpr int kN = decltype(n_c)::value;
+        using Main = Pass<kOmni, kN, false>;
+        using Summary = Pass<kOmni, kN, true>;
+        o.main = blocks_per_sm<Main::kBytes>(Main::kernel());
+        o.summary = blocks_per_sm<Summary::kBytes>(Summary::kernel());
+    });
+    return o;
+}
+
 }  // namespace vss

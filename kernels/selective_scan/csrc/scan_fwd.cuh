@@ -303,16 +303,17 @@ static void launch_fwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
 }
 
 template <typename T>
+struct FwdPass {
+    template <bool kOmni, int kN, bool kSummary>
+    struct Of {
+        static constexpr int kBytes = FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes;
+        static auto kernel() { return fwd_kernel<T, kOmni, kSummary, kN>; }
+    };
+};
+
+template <typename T>
 PassOccupancy fwd_occupancy(bool omni, int N) {
-    PassOccupancy o;
-    dispatch_omni_n(omni, N, [&](auto omni_c, auto n_c) {
-        constexpr bool kOmni = decltype(omni_c)::value;
-        constexpr int kN = decltype(n_c)::value;
-        constexpr int NS = kN > 0 ? kN : kMaxN;
-        o.main = blocks_per_sm<FwdSmem<NS, false>::kBytes>(fwd_kernel<T, kOmni, false, kN>);
-        o.summary = blocks_per_sm<FwdSmem<NS, true>::kBytes>(fwd_kernel<T, kOmni, true, kN>);
-    });
-    return o;
+    return pass_occupancy<FwdPass<T>::template Of>(omni, N);
 }
 
 template <typename T>
