@@ -219,8 +219,9 @@ def main():
             for dtype in (torch.float32, torch.bfloat16):
                 with torch.no_grad():
                     inputs = [t.detach() for t in omni_inputs(1, 48, hw, hw, 16, dtype)]
-                    f = time_ms(lambda: ext.planar_omni_scan(*inputs), args.warmup, args.reps)
-                    u = time_ms(lambda: planar_omni_scan_unfused(*inputs, backend="cuda"), args.warmup, args.reps)
+                    timer = kernel_ms if args.kernel_time else time_ms
+                    f = timer(lambda: ext.planar_omni_scan(*inputs), args.warmup, args.reps)
+                    u = timer(lambda: planar_omni_scan_unfused(*inputs, backend="cuda"), args.warmup, args.reps)
                 log(f"| {hw}x{hw} | {DNAME[dtype]} | {f:.3f} | {u:.3f} | {u / f:.2f}x |")
                 del inputs
                 torch.cuda.empty_cache()

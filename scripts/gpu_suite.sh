@@ -10,7 +10,10 @@
 #          $MAMBA_BUILD (kernels/selective_scan/tools/build_mamba_reference.py) for the comparison
 #   test   pytest -m cuda (kernel against the PyTorch reference, every dtype; network fast path)
 #   scan   scripts/bench_scan.py      -> benchmarks/gpu_scan.md (eager op time) and
-#          benchmarks/gpu_scan_kernel_time.md (GPU time of the ops' kernels, --kernel-time)
+#          benchmarks/gpu_scan_kernel_time.md (GPU time of the ops' kernels, --kernel-time), and
+#          benchmarks/gpu_scan_fused_{staged,transposed}.md (the fused op with each column mode,
+#          plus fused vs unfused inference from 64x64 to 1024x1024)
+#   segments  scripts/sweep_segments.py -> benchmarks/scan_segments.md (forced segment counts)
 #   model  scripts/bench_model.py (reference, compiled, graphed paths) for the real-world x4 and
 #          deraining networks, and the deraining step with activation checkpointing
 #          -> benchmarks/model_*.md (about 8 minutes)
@@ -47,6 +50,14 @@ for stage in "$@"; do
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py ${SCAN_ARGS:-} 2>&1 | tee "$LOGS/scan.log" | tail -60
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py --no-torch --kernel-time --reps 20 \
           --out benchmarks/gpu_scan_kernel_time.md 2>&1 | tee "$LOGS/scan_kernel_time.log" | tail -30
+      for cols in staged transposed; do
+        VMAMBAIR_SCAN_COLUMNS=$cols PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py --no-torch \
+            --kernel-time --reps 20 --fused-only --omni-sweep 64,128,256,512,1024 \
+            --out "benchmarks/gpu_scan_fused_$cols.md" 2>&1 | tee "$LOGS/scan_fused_$cols.log" | tail -20
+      done
+      ;;
+    segments)
+      $PY scripts/sweep_segments.py --out benchmarks/scan_segments.md 2>&1 | tee "$LOGS/segments.log" | tail -20
       ;;
     model)
       bench="env PYTHONPATH=${PYTHONPATH:-}:$MAMBA_BUILD $PY scripts/bench_model.py"
@@ -64,6 +75,6 @@ for stage in "$@"; do
       $PY scripts/bench_ddp.py --gpus $counts ${DDP_ARGS:---compile --cuda-graph --agree-steps 0 --profile} \
           --out benchmarks/ddp_scaling.md 2>&1 | tee "$LOGS/ddp.log" | tail -30
       ;;
-    *) echo "unknown stage $stage (build test scan model ddp)"; exit 2 ;;
+    *) echo "unknown stage $stage (build test scan segments model ddp)"; exit 2 ;;
   esac
 done
