@@ -56,10 +56,12 @@ void check_param(const OptTensor& t, const char* name, const Tensor& like, int64
 // scripts/sweep_segments.py, H200); the model's pick is within 1-4 % of the best forced count for
 // every plain shape there. Ties go to fewer segments.
 //
-// The fused op does not fit this model: its column-direction blocks read every position from a
-// different image row and take ~3x as long per chunk as its row-direction blocks, so what counts
-// is enough small blocks for the scheduler to even out SMs. With fewer blocks than the GPU holds,
-// it gets ~kOmniWaves resident-block waves of them (best or within 8 % of best, same file).
+// The fused op did not fit this model when measured (benchmarks/scan_segments_omni.md, column
+// directions staged): its column-direction blocks read every position from a different image row
+// and took ~3x as long per chunk as its row-direction blocks, so what counted was enough small
+// blocks for the scheduler to even out SMs. With fewer blocks than the GPU holds, it gets
+// ~kOmniWaves resident-block waves of them (best or within 8 % of best there). Not re-tuned for
+// transposed columns, which make the blocks more even.
 constexpr double kShare = 0.35;
 constexpr double kSummary = 0.5;
 constexpr double kCombine = 1.0;
