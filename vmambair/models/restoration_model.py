@@ -68,9 +68,9 @@ class ImageRestorationModel(BaseModel):
             except GraphRecordingError as err:
                 raise OptionsError(f"Option 'train.cuda_graph': {err} Train without it: set train.cuda_graph: false "
                                    "(or --set train.cuda_graph=false).") from err
-            flat = self.graphed_step.flat_grad
-            self.ctx.all_reduce_mean_([flat] if flat is not None else
-                                      [p.grad for p in self.networks["net_g"].parameters()])
+            # Under torchrun the graph keeps every gradient in one flat buffer (flat_grads); on one
+            # process flat_grad is None and there is nothing to average.
+            self.ctx.all_reduce_mean_([self.graphed_step.flat_grad])
         else:
             optimizer.zero_grad(set_to_none=True)
             loss = self.pixel_loss_of(self.wrapped["net_g"], self.lq, self.gt)

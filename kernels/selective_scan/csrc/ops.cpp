@@ -245,6 +245,19 @@ Tensor columns_transposed(const Tensor& t, bool from) {
 // x (b, d, H, W) -> its transpose as a contiguous (b, d, W, H) tensor.
 Tensor map_transposed(const Tensor& x) { return x.transpose(2, 3).contiguous(); }
 
+// delta / B / C as the kernel reads them: as given, or (fused op with transposed columns) with
+// their column directions transposed, plus x transposed in xT (then defined).
+struct KernelInputs {
+    Tensor delta, B, C, xT;
+    bool colT() const { return xT.defined(); }
+};
+
+KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, const Tensor& B, const Tensor& C) {
+    if (!omni || !transposed_columns()) return {delta, B, C, Tensor()};
+    return {columns_transposed(delta, false), columns_transposed(B, false), columns_transposed(C, false),
+            map_transposed(x)};
+}
+
 // acc (b, d, H, W) += accT read as (b, d, W, H), transposed back.
 void add_transposed(Tensor& acc, const Tensor& accT) {
     acc.add_(accT.view({acc.size(0), acc.size(1), acc.size(3), acc.size(2)}).transpose(2, 3));
@@ -262,17 +275,10 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
     Tensor y = omni ? at::zeros({g.batch, g.d, g.H, g.W}, u.options().dtype(at::kFloat)) : at::empty_like(u);
     if (g.batch == 0 || g.dim == 0 || g.L == 0) return {omni ? y.to(u.scalar_type()) : y, states};
 
-    const bool colT = omni && transposed_columns();
-    Tensor xT, deltaX, BX, CX, yT;
-    if (colT) {
-        xT = map_transposed(u);
-        deltaX = columns_transposed(delta, false);
-        BX = columns_transposed(B, false);
-        CX = columns_transposed(C, false);
-        yT = at::zeros_like(y);
-    }
-    vss::ScanParams p = make_params(omni, g, u, colT ? deltaX : delta, A, colT ? BX : B, colT ? CX : C, D, bias,
-                                    softplus);
+    const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
+    const bool colT = in.colT();
+    Tensor yT = colT ? at::zeros_like(y) : Tensor();
+    vss::ScanParams p = make_params(omni, g, u, in.delta, A, in.B, in.C, D, bias, softplus);
     Tensor seg_S, seg_H, seg_carry;
     set_segments(p, omni, nseg, u, [&](auto tag) { return vss::fwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S, seg_H,
                  seg_carry);
@@ -280,7 +286,7 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
     p.states = states.data_ptr<float>();
     if (colT) {
         p.colT = true;
-        p.uT = xT.data_ptr();
+        p.uT = in.xT.data_ptr();
         p.yT = yT.data_ptr();
     }
     p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y) &&
@@ -315,21 +321,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     Tensor dC = at::zeros(C.sizes(), f32);
     Tensor dD = D.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
     Tensor dbias = bias.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
-    const bool colT = omni && transposed_columns() && g.batch > 0 && g.dim > 0 && g.L > 0;
-    Tensor xT, deltaX, BX, CX, dyT, duT;
-    if (colT) {
-        // The kernel reads and writes delta / B / C and their gradients in the transposed-columns
-        // layout; ddelta / dB / dC are converted back below.
-        xT = map_transposed(u);
-        dyT = map_transposed(dy);
-        deltaX = columns_transposed(delta, false);
-        BX = columns_transposed(B, false);
-        CX = columns_transposed(C, false);
-        duT = at::zeros_like(du);
-    }
     if (g.batch > 0 && g.dim > 0 && g.L > 0) {
-        vss::ScanParams p = make_params(omni, g, u, colT ? deltaX : delta, A, colT ? BX : B, colT ? CX : C, D, bias,
-                                        softplus);
+        // With transposed columns the kernel also writes ddelta / dB / dC in that layout; they
+        // are converted back below.
+        const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
+        const bool colT = in.colT();
+        Tensor dyT = colT ? map_transposed(dy) : Tensor();
+        Tensor duT = colT ? at::zeros_like(du) : Tensor();
+        vss::ScanParams p = make_params(omni, g, u, in.delta, A, in.B, in.C, D, bias, softplus);
         Tensor seg_S, seg_H, seg_carry;
         set_segments(p, omni, nseg, u, [&](auto tag) { return vss::bwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S,
                      seg_H, seg_carry);
@@ -344,7 +343,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
         p.dbias = bias.has_value() ? dbias.data_ptr<float>() : nullptr;
         if (colT) {
             p.colT = true;
-            p.uT = xT.data_ptr();
+            p.uT = in.xT.data_ptr();
             p.dyT = dyT.data_ptr();
             p.duT = duT.data_ptr();
         }
