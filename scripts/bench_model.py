@@ -163,7 +163,7 @@ def write_profile(args, net_opt, scale, plain) -> int:
     """The --profile mode: one Markdown file of kernel-time tables, per path, train and inference."""
     parts = [f"# Profile: {args.opt}", ""] + provenance() + [""]
     for path in args.paths:
-        for what in ["train"] + [f"infer {s}" for s in args.infer_sizes[:1]]:
+        for what in (["train"] if args.train_batch else []) + [f"infer {s}" for s in args.infer_sizes[:1]]:
             with execution_path(path, plain) as amp:
                 if what == "train":
                     fn = make_train_step(net_opt, scale, args.train_batch, args.train_size, path, amp)
@@ -187,7 +187,7 @@ def fmt(r):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-opt", required=True)
-    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--train-batch", type=int, default=8, help="training-step batch (0: no training step)")
     p.add_argument("--train-size", type=int, default=128)
     p.add_argument("--infer-sizes", type=int, nargs="*", default=[256, 512, 1024])
     p.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=list(PATH_TITLES),
@@ -224,7 +224,7 @@ def main(argv=None):
         return write_profile(args, net_opt, scale, plain)
     rows = []
     results = {}
-    for path in args.paths:
+    for path in args.paths if args.train_batch else []:
         train_net = dict(net_opt, activation_checkpointing=args.checkpointing and path != "reference")
         r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
                   path, plain, args.warmup, args.iters)
@@ -237,7 +237,7 @@ def main(argv=None):
             results[(f"infer {s}", path)] = r
             print(f"infer  {path:9s} {s}x{s}: {fmt(r)}", flush=True)
     others = [p for p in args.paths if p != "reference"]
-    for key in ["train"] + [f"infer {s}" for s in args.infer_sizes]:
+    for key in (["train"] if args.train_batch else []) + [f"infer {s}" for s in args.infer_sizes]:
         ref = results.get((key, "reference"))
         cells = [fmt(results.get((key, p))) for p in args.paths]
         for p in others:

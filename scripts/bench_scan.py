@@ -131,6 +131,8 @@ def main():
                     help="skip the plain shapes: the fused four-direction section (and --omni-sweep) only")
     ap.add_argument("--omni-sweep", default="", help="also time fused vs unfused inference (no grad) at these "
                     "square sizes, batch 1, dim 48, e.g. 64,256,1024 (where the fused op stops paying off)")
+    ap.add_argument("--omni-train", default="", help="also time fused vs unfused forward + backward (bf16) at these "
+                    "BxDxS shapes (batch, dim, square size), e.g. 8x48x128,8x96x64: where training should fuse")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_scan.py needs a CUDA GPU")
@@ -225,6 +227,21 @@ def main():
                 log(f"| {hw}x{hw} | {DNAME[dtype]} | {f:.3f} | {u:.3f} | {u / f:.2f}x |")
                 del inputs
                 torch.cuda.empty_cache()
+
+    if args.omni_train:
+        log("\n## Fused vs unfused planar scan, training (forward + backward), bf16, N=16\n")
+        log("| (batch, dim, H, W) | pixels in the batch | fused ms | permute + cuda + merge ms | fused speed-up |")
+        log("|---|---|---|---|---|")
+        for spec in [v for v in args.omni_train.split(",") if v]:
+            b, d, hw = (int(v) for v in spec.lower().split("x"))
+            inputs = omni_inputs(b, d, hw, hw, 16, torch.bfloat16)
+            f = sum(fwd_bwd_ms(lambda *t: ext.planar_omni_scan(*t), inputs, args.warmup, args.reps,
+                               args.kernel_time)[:2])
+            u = sum(fwd_bwd_ms(lambda *t: planar_omni_scan_unfused(*t, backend="cuda"), inputs, args.warmup,
+                               args.reps, args.kernel_time)[:2])
+            log(f"| ({b}, {d}, {hw}, {hw}) | {b * hw * hw} | {f:.3f} | {u:.3f} | {u / f:.2f}x |")
+            del inputs
+            torch.cuda.empty_cache()
 
     notes = []
     if not have_mamba:

@@ -6,13 +6,12 @@ Each direction has its own delta/B/C (given per pixel, in the natural layout) an
 A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
 
 ``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
-run, and the batch holds at most ``fused_max_pixels()`` pixels (batch * H * W); otherwise the
-unfused path: permute copies -> selective_scan -> merge. (The fused CUDA kernel reads the
-column-major directions with strided gathers and adds the directions with atomics. Measured on
-an H200, benchmarks/omni_sweep.md, one image: 2-6x faster than the unfused path up to 128x128,
-1.2x at 256x256, 2x slower from 512x512 on; a deraining training batch of 8 x 128x128 ran its
-level-1 scans 2x slower fused than unfused, benchmarks/profile_derain.md. So the limit counts
-the whole batch: the fused op wins where launches, not bytes, dominate.)
+run: always for inference (no gradient needed), and in training for batches of at most
+``fused_max_pixels()`` pixels (batch * H * W); otherwise the unfused path: permute copies ->
+selective_scan -> merge. Measured on an H200 (benchmarks/gpu_scan_fused_transposed.md and
+benchmarks/fused_vs_unfused.md): for one image the fused forward is 1.1-1.3x faster than the
+unfused path from 256x256 to 2048x2048 (and 2-6x below); the training limit stays where the
+training shapes were measured.
 """
 import contextlib
 import os
@@ -31,7 +30,8 @@ _DEFAULT_FUSED_MAX_PIXELS = 256 * 256
 
 
 def fused_max_pixels() -> int:
-    """Largest batch*H*W for which the fused kernel is used (env ``VMAMBAIR_FUSED_MAX_PIXELS``; default 65536)."""
+    """Largest batch*H*W for which the fused kernel is used when gradients are needed
+    (env ``VMAMBAIR_FUSED_MAX_PIXELS``; default 65536). Inference uses it at any size."""
     raw = os.environ.get(FUSED_MAX_PIXELS_ENV)
     if raw is None:
         return _DEFAULT_FUSED_MAX_PIXELS
@@ -84,6 +84,11 @@ def merge_sequences(y: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return out
 
 
+def _needs_grad(*tensors) -> bool:
+    """Will autograd record this call (grad mode on and some input requires a gradient)?"""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def planar_omni_scan_unfused(x, delta, A, B, C, D=None, delta_bias=None, backend: Optional[str] = None):
     """Reference execution: permuted copies, one grouped selective_scan, merge. Shapes as planar_omni_scan."""
     b, d, H, W = x.shape
@@ -112,8 +117,8 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     bk = resolve_backend(x.device, backend)
     fused = _FUSED.get(bk.name)
     b, d, H, W = x.shape
-    if (fused is not None and _fused_enabled and delta.shape[1] == 4 and b * H * W <= fused_max_pixels()
-            and not flops.shapes_only()):
+    if (fused is not None and _fused_enabled and delta.shape[1] == 4 and not flops.shapes_only()
+            and (not _needs_grad(x, delta, A, B, C, D, delta_bias) or b * H * W <= fused_max_pixels())):
         flops.add_scan(b, 4 * d, H * W, A.shape[1])
         return fused(x, delta, A, B, C, D, delta_bias)
     return planar_omni_scan_unfused(x, delta, A, B, C, D, delta_bias, backend=bk.name)

@@ -90,6 +90,10 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
     }
     // (Read by lane 0 only after the first chunk's barrier.)
     float S_tot = 0.f;
+    // Summary pass: this lane's share of the segment's outgoing state, per state (see below).
+    float acc[NS];
+#pragma unroll
+    for (int n = 0; n < NS; ++n) acc[n] = 0.f;
 
     for (int ch = ch0; ch < ch1; ++ch) {
         const int tb = ch * kChunk;
@@ -235,7 +239,42 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
                 }
             }
         };
-        if constexpr (kN > 0) {
+        if constexpr (kSummary) {
+            // The summary needs only the state leaving the segment from a zero start, which is a
+            // sum, not a scan: h_end = sum_t exp(A * (dt summed after t)) * dt_t * B_t * u_t. Each
+            // lane adds its positions' terms into acc[n]; as chunks pass, acc is scaled by the
+            // chunk's decay (the same for every lane), and the lanes are summed once at the end.
+            // Same exps as the scan, but no shuffle chain per state and chunk.
+            float after = S;  // (inclusive suffix sum over lanes, then shifted: lanes > lane only)
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const float v = __shfl_down_sync(kFull, after, o);
+                if (lane + o < 32) after += v;
+            }
+            const float chunk_dt = __shfl_sync(kFull, after, 0);
+            after = __shfl_down_sync(kFull, after, 1);
+            if (lane == 31) after = 0.f;
+            float off[kK];  // dt summed after each of this lane's positions, to the chunk's end
+#pragma unroll
+            for (int i = kK - 1; i >= 0; --i) {
+                off[i] = after;
+                after += dt[i];
+            }
+            // The chunk's decay per state: lane n computes it, the n-loop broadcasts it.
+            const float decay_mine = lane < N ? exp2f(A2s[warp][lane] * chunk_dt) : 0.f;
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                if (n < N) {
+                    const float A2 = A2s[warp][n];
+                    float bv[kK];
+                    load_smem_row(Bs[n], lane, bv);
+                    float w = 0.f;
+#pragma unroll
+                    for (int i = 0; i < kK; ++i) w = fmaf(exp2f(A2 * off[i]), du[i] * bv[i], w);
+                    acc[n] = fmaf(acc[n], __shfl_sync(kFull, decay_mine, n), w);
+                }
+            }
+        } else if constexpr (kN > 0) {
             static_assert(kN % kFwdNP == 0, "kN must be a multiple of kFwdNP");
             // Not unrolled further: a fully unrolled n-loop lets the scheduler hoist work of later
             // states and balloons the registers (255 and spills); one pair at a time fits in 80.
@@ -271,10 +310,17 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
 
     if constexpr (kSummary) {
         S_tot = warp_sum(S_tot);
-        __syncwarp();  // lane 0's last carry writes are visible to the other lanes
+        float h_mine = 0.f;  // lane n: the segment's outgoing state n
+#pragma unroll
+        for (int n = 0; n < NS; ++n) {
+            if (n < N) {
+                const float h = warp_sum(acc[n]);
+                if (lane == n) h_mine = h;
+            }
+        }
         if (valid) {
             if (lane == 0) p.seg_S[row * p.nseg + seg] = S_tot;
-            if (lane < N) p.seg_H[(row * p.nseg + seg) * N + lane] = carry[warp][lane];
+            if (lane < N) p.seg_H[(row * p.nseg + seg) * N + lane] = h_mine;
         }
     }
 }
