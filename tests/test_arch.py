@@ -193,6 +193,34 @@ def test_effn_aligned_execution_is_the_same_function():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("align", [8, 0])
+def test_effn_depthwise_slices_are_the_same_function(monkeypatch, align):
+    """Maps over DEPTHWISE_MAX_ELEMENTS run the depthwise convolution per gate half and in channel
+    slices (cuDNN's 64-bit-index kernel is ~100x slower): same output and gradients as one call."""
+    from vmambair.archs import vmambair_arch as arch
+
+    torch.manual_seed(0)
+    ffn = arch.EFFN(12).double()  # hidden 31 (padded to 32 with align 8)
+    monkeypatch.setattr(arch.EFFN, "align", align)
+    x = torch.randn(2, 12, 5, 6, dtype=torch.float64, requires_grad=True)
+    results = []
+    calls = []
+    real_conv = arch.F.conv2d
+    monkeypatch.setattr(arch.F, "conv2d", lambda *a, **k: calls.append(a[0].shape[1]) or real_conv(*a, **k))
+    for limit in (arch.DEPTHWISE_MAX_ELEMENTS, 2 * 5 * 6 * 7):  # the second: slices of 7 channels
+        monkeypatch.setattr(arch, "DEPTHWISE_MAX_ELEMENTS", limit)
+        calls.clear()
+        out = ffn(x)
+        results.append((out, torch.autograd.grad((out ** 2).sum(), [x] + list(ffn.parameters()))))
+    half = 32 if align else 31
+    slices = [7] * (half // 7) + [half % 7]  # 7, 7, 7, 7 and the rest
+    assert calls[1:-1] == slices * 2  # (project_in,) each gate half in slices (, project_out)
+    (o1, g1), (o2, g2) = results
+    torch.testing.assert_close(o1, o2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
 def test_compile_blocks_traces_each_block_whole_and_keeps_the_function():
     """compile_blocks: every OSS block traces as one graph (fullgraph, no breaks in the scan's
     dispatch glue), parameter names are unchanged, and the output is the eager output."""

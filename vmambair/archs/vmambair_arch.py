@@ -59,6 +59,24 @@ class Pointwise(nn.Module):
         return self.proj(x)
 
 
+# cuDNN runs a depthwise convolution of 2^31 or more elements with a 64-bit-index kernel that is
+# ~100x slower (an H200 spent 170 ms per call in it on the 512-channel EFFN maps of a 2048x2048
+# deraining input, half of the whole forward: benchmarks/profile_derain_2048.md). Depthwise
+# convolutions act per channel, so they run exactly the same on channel slices below the limit.
+DEPTHWISE_MAX_ELEMENTS = 2 ** 31 - 1
+
+
+def depthwise_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise 3x3 convolution, padding 1, no bias: x (b, c, h, w), weight (c, 1, 3, 3) -> (b, c, h, w),
+    on channel slices of at most DEPTHWISE_MAX_ELEMENTS elements each."""
+    b, c, h, w = x.shape
+    step = max(1, DEPTHWISE_MAX_ELEMENTS // max(1, b * h * w))
+    if c <= step:
+        return F.conv2d(x, weight, padding=1, groups=c)
+    return torch.cat([F.conv2d(x[:, i:i + step], weight[i:i + step], padding=1, groups=weight[i:i + step].shape[0])
+                      for i in range(0, c, step)], dim=1)
+
+
 class EFFN(nn.Module):
     """Gated depthwise feed-forward network (Restormer's GDFN): (b, c, h, w) -> same.
 
@@ -83,14 +101,24 @@ class EFFN(nn.Module):
         h = self.hidden
         hp = -(-h // self.align) * self.align if self.align else h
         if hp == h or self.project_in.linear:
-            a, b = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+            a, b = self._gate_inputs(self.project_in(x), self.dwconv.weight)
             return self.project_out(F.gelu(a) * b)
         # (2h, ...) weights -> (2, h, ...) -> zero rows appended to each half -> (2hp, ...)
         w_in = F.pad(self.project_in.proj.weight.view(2, h, -1), (0, 0, 0, hp - h)).view(2 * hp, -1, 1, 1)
         w_dw = F.pad(self.dwconv.weight.view(2, h, -1), (0, 0, 0, hp - h)).view(2 * hp, 1, 3, 3)
         w_out = F.pad(self.project_out.proj.weight, (0, 0, 0, 0, 0, hp - h))
-        a, b = F.conv2d(F.conv2d(x, w_in), w_dw, padding=1, groups=2 * hp).chunk(2, dim=1)
+        a, b = self._gate_inputs(F.conv2d(x, w_in), w_dw)
         return F.conv2d(F.gelu(a) * b, w_out)
+
+    @staticmethod
+    def _gate_inputs(t: torch.Tensor, w_dw: torch.Tensor):
+        """The depthwise convolution of t (b, 2h, H, W), split into its two gate halves (b, h, H, W).
+        Big maps convolve each half on its own (no concatenation; see DEPTHWISE_MAX_ELEMENTS)."""
+        if t.numel() <= DEPTHWISE_MAX_ELEMENTS:
+            return F.conv2d(t, w_dw, padding=1, groups=t.shape[1]).chunk(2, dim=1)
+        a, b = t.chunk(2, dim=1)
+        wa, wb = w_dw.chunk(2, dim=0)
+        return depthwise_conv3x3(a, wa), depthwise_conv3x3(b, wb)
 
 
 def init_dt_bias(n: int, dt_min=1e-3, dt_max=1e-1, floor=1e-4) -> torch.Tensor:

@@ -6,12 +6,15 @@ Each direction has its own delta/B/C (given per pixel, in the natural layout) an
 A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
 
 ``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
-run: always for inference (no gradient needed), and in training for batches of at most
-``fused_max_pixels()`` pixels (batch * H * W); otherwise the unfused path: permute copies ->
-selective_scan -> merge. Measured on an H200 (benchmarks/gpu_scan_fused_transposed.md and
-benchmarks/fused_vs_unfused.md): for one image the fused forward is 1.1-1.3x faster than the
-unfused path from 256x256 to 2048x2048 (and 2-6x below); the training limit stays where the
-training shapes were measured.
+run, and the batch holds at most ``fused_max_pixels()`` pixels (batch * H * W); otherwise the
+unfused path: permute copies -> selective_scan -> merge. Measured on an H200: the op alone is
+faster fused at every size (benchmarks/fused_vs_unfused.md: 1.15-1.35x from 256x256 to 2048x2048
+and on the training batches), but inside the compiled network the unfused path's permute copies
+fuse into the neighbouring kernels while the fused op's transposed column copies
+(VMAMBAIR_SCAN_COLUMNS) do not: deraining a 1024x1024 image (compiled, CUDA graphs) took 237 ms
+with the fused op at every level (benchmarks/model_derain_fused_inference.md) and 215 ms with
+this limit in an earlier run that still had the older, slower summary pass
+(benchmarks/model_derain_infer_limit.md). So the limit counts the whole batch: the fused op wins where launches, not bytes, dominate.
 """
 import contextlib
 import os
@@ -30,8 +33,7 @@ _DEFAULT_FUSED_MAX_PIXELS = 256 * 256
 
 
 def fused_max_pixels() -> int:
-    """Largest batch*H*W for which the fused kernel is used when gradients are needed
-    (env ``VMAMBAIR_FUSED_MAX_PIXELS``; default 65536). Inference uses it at any size."""
+    """Largest batch*H*W for which the fused kernel is used (env ``VMAMBAIR_FUSED_MAX_PIXELS``; default 65536)."""
     raw = os.environ.get(FUSED_MAX_PIXELS_ENV)
     if raw is None:
         return _DEFAULT_FUSED_MAX_PIXELS
@@ -84,11 +86,6 @@ def merge_sequences(y: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return out
 
 
-def _needs_grad(*tensors) -> bool:
-    """Will autograd record this call (grad mode on and some input requires a gradient)?"""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def planar_omni_scan_unfused(x, delta, A, B, C, D=None, delta_bias=None, backend: Optional[str] = None):
     """Reference execution: permuted copies, one grouped selective_scan, merge. Shapes as planar_omni_scan."""
     b, d, H, W = x.shape
@@ -117,8 +114,8 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     bk = resolve_backend(x.device, backend)
     fused = _FUSED.get(bk.name)
     b, d, H, W = x.shape
-    if (fused is not None and _fused_enabled and delta.shape[1] == 4 and not flops.shapes_only()
-            and (not _needs_grad(x, delta, A, B, C, D, delta_bias) or b * H * W <= fused_max_pixels())):
+    if (fused is not None and _fused_enabled and delta.shape[1] == 4 and b * H * W <= fused_max_pixels()
+            and not flops.shapes_only()):
         flops.add_scan(b, 4 * d, H * W, A.shape[1])
         return fused(x, delta, A, B, C, D, delta_bias)
     return planar_omni_scan_unfused(x, delta, A, B, C, D, delta_bias, backend=bk.name)
