@@ -12,7 +12,8 @@
 #   scan   scripts/bench_scan.py      -> benchmarks/gpu_scan.md (eager op time) and
 #          benchmarks/gpu_scan_kernel_time.md (GPU time of the ops' kernels, --kernel-time), and
 #          benchmarks/gpu_scan_fused_{staged,transposed}.md (the fused op with each column mode,
-#          plus fused vs unfused inference from 64x64 to 1024x1024)
+#          plus fused vs unfused inference from 64x64 to 2048x2048), and
+#          benchmarks/fused_vs_unfused.md (fused vs unfused at training batches, fwd + bwd)
 #   segments  scripts/sweep_segments.py -> benchmarks/scan_segments.md (forced segment counts)
 #   model  scripts/bench_model.py (reference, compiled, graphed paths) for the real-world x4 and
 #          deraining networks, and the deraining step with activation checkpointing
@@ -52,9 +53,12 @@ for stage in "$@"; do
           --out benchmarks/gpu_scan_kernel_time.md 2>&1 | tee "$LOGS/scan_kernel_time.log" | tail -30
       for cols in staged transposed; do
         VMAMBAIR_SCAN_COLUMNS=$cols PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py --no-torch \
-            --kernel-time --reps 20 --fused-only --omni-sweep 64,128,256,512,1024 \
+            --kernel-time --reps 20 --fused-only --omni-sweep 64,128,256,512,1024,2048 \
             --out "benchmarks/gpu_scan_fused_$cols.md" 2>&1 | tee "$LOGS/scan_fused_$cols.log" | tail -20
       done
+      PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py --no-torch --kernel-time --reps 10 \
+          --fused-only --omni-sweep 256,1024,2048 --omni-train 8x48x128,8x96x128,8x96x64,9x96x64,8x192x32 \
+          --out benchmarks/fused_vs_unfused.md 2>&1 | tee "$LOGS/fused_vs_unfused.log" | tail -20
       ;;
     segments)
       $PY scripts/sweep_segments.py --out benchmarks/scan_segments.md 2>&1 | tee "$LOGS/segments.log" | tail -20
