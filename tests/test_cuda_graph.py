@@ -100,8 +100,14 @@ def test_graphed_loss_and_grad_trains_like_eager(fused, flat):
             opts[2].step()
     floor = max(abs(a - b) for a, b in zip(losses[0], losses[1]))
     assert max(abs(a - b) for a, b in zip(losses[0], losses[2])) <= 10 * floor + 1e-6
-    for a, b, c in zip(*(n.parameters() for n in nets)):
-        assert (c - a).abs().max() <= 10 * (b - a).abs().max() + 1e-6
+    # Weights: each within 10x the largest eager run-to-run weight difference. (A per-weight floor
+    # was flaky: one eager pair can leave a weight almost untouched by the atomics' order; a run
+    # failed at 5.1e-5 against that weight's 4.6e-6.) A replay with a stale input or a gradient
+    # missing from the flat buffer is off by about lr * grad, orders of magnitude more.
+    pairs = list(zip(*(n.parameters() for n in nets)))
+    floor = max((b - a).abs().max() for a, b, _ in pairs)
+    for a, b, c in pairs:
+        assert (c - a).abs().max() <= 10 * floor + 1e-6
 
 
 def test_failed_recording_in_training_names_the_option(tmp_path):
