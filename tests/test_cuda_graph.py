@@ -105,9 +105,9 @@ def test_graphed_loss_and_grad_trains_like_eager(fused, flat):
     # failed at 5.1e-5 against that weight's 4.6e-6.) A replay with a stale input or a gradient
     # missing from the flat buffer is off by about lr * grad, orders of magnitude more.
     pairs = list(zip(*(n.parameters() for n in nets)))
-    floor = max((b - a).abs().max() for a, b, _ in pairs)
+    weight_floor = max((b - a).abs().max() for a, b, _ in pairs)
     for a, b, c in pairs:
-        assert (c - a).abs().max() <= 10 * floor + 1e-6
+        assert (c - a).abs().max() <= 10 * weight_floor + 1e-6
 
 
 def test_failed_recording_in_training_names_the_option(tmp_path):
