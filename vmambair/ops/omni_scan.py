@@ -8,13 +8,14 @@ A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
 ``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
 run, and the batch holds at most ``fused_max_pixels()`` pixels (batch * H * W); otherwise the
 unfused path: permute copies -> selective_scan -> merge. Measured on an H200: the op alone is
-faster fused at every size (benchmarks/fused_vs_unfused.md: 1.15-1.35x from 256x256 to 2048x2048
-and on the training batches), but inside the compiled network the unfused path's permute copies
+faster fused at every size (benchmarks/fused_vs_unfused.md: 1.15-1.35x from 256x256 to 2048x2048,
+1.27-1.48x forward + backward on training batches), but inside the compiled network the unfused path's permute copies
 fuse into the neighbouring kernels while the fused op's transposed column copies
 (VMAMBAIR_SCAN_COLUMNS) do not: deraining a 1024x1024 image (compiled, CUDA graphs) took 237 ms
 with the fused op at every level (benchmarks/model_derain_fused_inference.md) and 215 ms with
 this limit in an earlier run that still had the older, slower summary pass
-(benchmarks/model_derain_infer_limit.md). So the limit counts the whole batch: the fused op wins where launches, not bytes, dominate.
+(benchmarks/model_derain_infer_limit.md). So the limit counts the whole batch: the fused op wins
+where launches, not bytes, dominate.
 """
 import contextlib
 import os
