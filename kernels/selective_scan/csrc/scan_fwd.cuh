@@ -40,7 +40,8 @@ struct FwdSmem {
 // barrier of the previous chunk guarantees nobody still reads the half being written, since
 // every warp passed it only after finishing the chunk before); (3) per state, the lane scans its
 // kK positions, the warp scans the lanes' maps with the chunk's incoming state folded into
-// lane 0, and lane 0 keeps the outgoing state (read back from lane 31) in carry[warp][n].
+// lane 0, and lane 0 keeps the outgoing state (read back from lane 31) in carry[warp][n]. The
+// summary pass replaces (3) by a sum (see there) and never touches carry.
 // kCol: a column direction of the fused op whose chunks are staged row by row (see col_staged
 // below). fwd_kernel picks the body per block; the two bodies are separate code, so neither
 // carries the other's registers through its loop.
@@ -86,10 +87,10 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
 
     if (lane < N) {
         A2s[warp][lane] = p.A[(int64_t)c * N + lane] * kLog2e;
-        carry[warp][lane] = (!kSummary && p.nseg > 1) ? p.seg_carry[(row * p.nseg + seg) * N + lane] : 0.f;
+        // The main pass's incoming state (read by lane 0 only after the first chunk's barrier).
+        if constexpr (!kSummary) carry[warp][lane] = p.nseg > 1 ? p.seg_carry[(row * p.nseg + seg) * N + lane] : 0.f;
     }
-    // (Read by lane 0 only after the first chunk's barrier.)
-    float S_tot = 0.f;
+    float S_tot = 0.f;  // summary pass: this lane's sum of dt over the segment
     // Summary pass: this lane's share of the segment's outgoing state, per state (see below).
     float acc[NS];
 #pragma unroll
@@ -188,7 +189,7 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
 #pragma unroll
         for (int i = 0; i < kK; ++i) S += dt[i];
 
-        // (3) States n0 .. n0 + NP - 1.
+        // (3) Main pass: states n0 .. n0 + NP - 1 (the summary pass sums instead, below).
         auto states = [&](auto np_tag, const int n0) {
             constexpr int NP = decltype(np_tag)::value;
             float a[NP][kK], P[NP], X[NP], hc[NP];
@@ -219,22 +220,20 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
                 // lane 31, the state leaving the chunk, which it keeps for the next chunk.
                 const float Xe = __shfl_sync(kFull, X[j], (lane + 31) & 31);
                 if (lane == 0) carry[warp][n0 + j] = Xe;
-                if constexpr (!kSummary) {
-                    if (lane == 0 && valid) p.states[(row * p.nchunks + ch) * N + n0 + j] = hc[j];
-                    // B and C re-read from shared memory 4 positions at a time (registers).
-                    const float4* b4 = reinterpret_cast<const float4*>(Bs[n0 + j]);
-                    const float4* c4 = reinterpret_cast<const float4*>(Cs[n0 + j]);
-                    float h = lane == 0 ? hc[j] : Xe;
+                if (lane == 0 && valid) p.states[(row * p.nchunks + ch) * N + n0 + j] = hc[j];
+                // B and C re-read from shared memory 4 positions at a time (registers).
+                const float4* b4 = reinterpret_cast<const float4*>(Bs[n0 + j]);
+                const float4* c4 = reinterpret_cast<const float4*>(Cs[n0 + j]);
+                float h = lane == 0 ? hc[j] : Xe;
 #pragma unroll
-                    for (int q = 0; q < kK / 4; ++q) {
-                        const float4 bq = b4[staged_half(lane, q)], cq = c4[staged_half(lane, q)];
-                        const float bv[4] = {bq.x, bq.y, bq.z, bq.w}, cv[4] = {cq.x, cq.y, cq.z, cq.w};
+                for (int q = 0; q < kK / 4; ++q) {
+                    const float4 bq = b4[staged_half(lane, q)], cq = c4[staged_half(lane, q)];
+                    const float bv[4] = {bq.x, bq.y, bq.z, bq.w}, cv[4] = {cq.x, cq.y, cq.z, cq.w};
 #pragma unroll
-                        for (int k = 0; k < 4; ++k) {
-                            const int i = 4 * q + k;
-                            h = fmaf(a[j][i], h, du[i] * bv[k]);
-                            yv[i] = fmaf(cv[k], h, yv[i]);
-                        }
+                    for (int k = 0; k < 4; ++k) {
+                        const int i = 4 * q + k;
+                        h = fmaf(a[j][i], h, du[i] * bv[k]);
+                        yv[i] = fmaf(cv[k], h, yv[i]);
                     }
                 }
             }
@@ -274,6 +273,7 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
                     acc[n] = fmaf(acc[n], __shfl_sync(kFull, decay_mine, n), w);
                 }
             }
+            S_tot += S;
         } else if constexpr (kN > 0) {
             static_assert(kN % kFwdNP == 0, "kN must be a multiple of kFwdNP");
             // Not unrolled further: a fully unrolled n-loop lets the scheduler hoist work of later
@@ -303,8 +303,6 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
                     store_row<T>(static_cast<T*>(p.y) + row * L + t0, nv, p.vec, yv);
                 }
             }
-        } else {
-            S_tot += S;
         }
     }
 
