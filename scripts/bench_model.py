@@ -159,11 +159,16 @@ def provenance() -> list:
             f"- command: `python {' '.join(sys.argv)}`"]
 
 
+def train_keys(args) -> list:
+    """["train"] when a training step is measured (--train-batch other than 0), else []."""
+    return ["train"] if args.train_batch else []
+
+
 def write_profile(args, net_opt, scale, plain) -> int:
     """The --profile mode: one Markdown file of kernel-time tables, per path, train and inference."""
     parts = [f"# Profile: {args.opt}", ""] + provenance() + [""]
     for path in args.paths:
-        for what in (["train"] if args.train_batch else []) + [f"infer {s}" for s in args.infer_sizes[:1]]:
+        for what in train_keys(args) + [f"infer {s}" for s in args.infer_sizes[:1]]:
             with execution_path(path, plain) as amp:
                 if what == "train":
                     fn = make_train_step(net_opt, scale, args.train_batch, args.train_size, path, amp)
@@ -224,7 +229,7 @@ def main(argv=None):
         return write_profile(args, net_opt, scale, plain)
     rows = []
     results = {}
-    for path in args.paths if args.train_batch else []:
+    for path in args.paths if train_keys(args) else []:
         train_net = dict(net_opt, activation_checkpointing=args.checkpointing and path != "reference")
         r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
                   path, plain, args.warmup, args.iters)
@@ -237,7 +242,7 @@ def main(argv=None):
             results[(f"infer {s}", path)] = r
             print(f"infer  {path:9s} {s}x{s}: {fmt(r)}", flush=True)
     others = [p for p in args.paths if p != "reference"]
-    for key in (["train"] if args.train_batch else []) + [f"infer {s}" for s in args.infer_sizes]:
+    for key in train_keys(args) + [f"infer {s}" for s in args.infer_sizes]:
         ref = results.get((key, "reference"))
         cells = [fmt(results.get((key, p))) for p in args.paths]
         for p in others:
