@@ -34,7 +34,7 @@ import yaml  # noqa: E402
 import vmambair  # noqa: E402,F401
 from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
-from vmambair.archs.vmambair_arch import original_projections  # noqa: E402
+from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES, original_projections  # noqa: E402
 from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
 from vmambair.engine.profiling import summarize  # noqa: E402
 
@@ -159,9 +159,17 @@ def provenance() -> list:
             f"- command: `python {' '.join(sys.argv)}`"]
 
 
+def train_runs(args) -> dict:
+    """The training rows to measure, {row name: activation_checkpointing mode of the non-reference
+    paths}: "train" (no recomputation) and "train, recompute <mode>" per --checkpointing mode;
+    empty with --train-batch 0. The reference path never recomputes."""
+    if not args.train_batch:
+        return {}
+    return {("train" if m == "none" else f"train, recompute {m}"): m for m in args.checkpointing or ["none"]}
+
+
 def train_keys(args) -> list:
-    """["train"] when a training step is measured (--train-batch other than 0), else []."""
-    return ["train"] if args.train_batch else []
+    return list(train_runs(args))
 
 
 def write_profile(args, net_opt, scale, plain) -> int:
@@ -170,8 +178,10 @@ def write_profile(args, net_opt, scale, plain) -> int:
     for path in args.paths:
         for what in train_keys(args) + [f"infer {s}" for s in args.infer_sizes[:1]]:
             with execution_path(path, plain) as amp:
-                if what == "train":
-                    fn = make_train_step(net_opt, scale, args.train_batch, args.train_size, path, amp)
+                if what in train_runs(args):
+                    mode = train_runs(args)[what] if path != "reference" else "none"
+                    fn = make_train_step(dict(net_opt, activation_checkpointing=mode), scale, args.train_batch,
+                                         args.train_size, path, amp)
                 else:
                     fn = make_inference(net_opt, args.infer_sizes[0], path, amp)
                 parts.append(profile_table(fn, f"{path}: {what}", args.profile_top))
@@ -198,9 +208,10 @@ def main(argv=None):
     p.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=list(PATH_TITLES),
                    help="reference: fp32 + unfused scan; fast: bf16 + fused; compiled: fast under torch.compile; "
                         "graphed: compiled + CUDA graphs")
-    p.add_argument("--checkpointing", action="store_true",
-                   help="training steps of the paths other than reference recompute each OSS block in the backward "
-                        "(network option activation_checkpointing): less memory, more compute")
+    p.add_argument("--checkpointing", nargs="*", default=[], choices=list(CHECKPOINTING_MODES),
+                   help="time the training step of the paths other than reference once per activation_checkpointing "
+                        "mode given (none, block: recompute whole OSS blocks, ffn: recompute their EFFNs), one table "
+                        "row each; default: none")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode of the compiled and graphed paths (default: torch's default)")
     p.add_argument("--plain-backend", default=None,
@@ -229,12 +240,18 @@ def main(argv=None):
         return write_profile(args, net_opt, scale, plain)
     rows = []
     results = {}
-    for path in args.paths if train_keys(args) else []:
-        train_net = dict(net_opt, activation_checkpointing=args.checkpointing and path != "reference")
-        r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
-                  path, plain, args.warmup, args.iters)
-        results[("train", path)] = r
-        print(f"train  {path:9s} batch {args.train_batch} x {args.train_size}^2: {fmt(r)}", flush=True)
+    ref_train = None  # the reference path's step (it never recomputes): measured once, in every row
+    for key, mode in train_runs(args).items():
+        for path in args.paths:
+            if path == "reference" and ref_train is not None:
+                results[(key, path)] = ref_train
+                continue
+            train_net = dict(net_opt, activation_checkpointing=mode if path != "reference" else "none")
+            r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
+                      path, plain, args.warmup, args.iters)
+            results[(key, path)] = r
+            ref_train = r if path == "reference" else ref_train
+            print(f"{key}  {path:9s} batch {args.train_batch} x {args.train_size}^2: {fmt(r)}", flush=True)
     for s in args.infer_sizes:
         for path in args.paths:
             r = bench(lambda amp: make_inference(net_opt, s, path, amp), path, plain,
@@ -254,7 +271,9 @@ def main(argv=None):
     head = [f"# Model benchmark: {name}", "",
             *provenance(),
             f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam"
-            + ("; activation checkpointing on every path but reference" if args.checkpointing else ""),
+            + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on every path but reference (whose "
+               "one measurement is repeated in each train row)" if len(train_runs(args)) > 1 or "train" not in
+               train_runs(args) else ""),
             f"- inference: batch 1, input size as given; reference scan backend: {plain}; "
             f"fused op available: {'cuda' in avail}", "",
             "| what | " + " | ".join(PATH_TITLES[p] for p in args.paths)

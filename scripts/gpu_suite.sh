@@ -16,7 +16,7 @@
 #          benchmarks/fused_vs_unfused.md (fused vs unfused at training batches, fwd + bwd)
 #   segments  scripts/sweep_segments.py -> benchmarks/scan_segments.md (forced segment counts)
 #   model  scripts/bench_model.py (reference, compiled, graphed paths) for the real-world x4 and
-#          deraining networks, and the deraining step with activation checkpointing
+#          deraining networks, and the deraining step with each activation_checkpointing mode
 #          -> benchmarks/model_*.md (about 8 minutes)
 #   ddp    scripts/bench_ddp.py: 1 GPU against 2 (and 4, 8 when present) GPUs, training as the recipes
 #          do (train.compile and train.cuda_graph; override with DDP_ARGS) -> benchmarks/ddp_scaling.md
@@ -69,7 +69,7 @@ for stage in "$@"; do
           --infer-sizes 256 1024 --out benchmarks/model_realsr_x4.md 2>&1 | tee "$LOGS/model_realsr.log"
       $bench -opt options/derain.yml --paths reference compiled graphed --train-batch 8 --train-size 128 \
           --infer-sizes 256 512 1024 2048 --out benchmarks/model_derain.md 2>&1 | tee "$LOGS/model_derain.log"
-      $bench -opt options/derain.yml --paths reference graphed --checkpointing --train-batch 8 --train-size 128 \
+      $bench -opt options/derain.yml --paths reference graphed --checkpointing none ffn block --train-batch 8 --train-size 128 \
           --infer-sizes --out benchmarks/model_derain_checkpointing.md 2>&1 | tee "$LOGS/model_derain_ckpt.log"
       ;;
     ddp)

@@ -133,17 +133,34 @@ def test_channel_scan_shape():
     assert cs(torch.rand(2, 12, 5, 3)).shape == (2, 12, 1, 1)
 
 
-def test_activation_checkpointing_gives_same_gradients():
+@pytest.mark.parametrize("mode", [True, "block", "ffn"])
+def test_activation_checkpointing_gives_same_gradients(mode):
+    from vmambair.archs.vmambair_arch import EFFN, OSSBlock
     torch.manual_seed(0)
     net = VmambaIR(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
     x = torch.rand(1, 3, 16, 16)
     net(x).square().mean().backward()
     want = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
-    net.set_activation_checkpointing(True)
-    net(x).square().mean().backward()
+    net.set_activation_checkpointing(mode)
+    recomputed = {type(m) for m in net.modules() if getattr(m, "checkpointing", False)}
+    assert recomputed == ({EFFN} if mode == "ffn" else {OSSBlock})
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        net(x).square().mean().backward()
     for g, w in zip((p.grad for p in net.parameters()), want):
         torch.testing.assert_close(g, w)
+    net.set_activation_checkpointing(False)
+    assert not any(getattr(m, "checkpointing", False) for m in net.modules())
+    full = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: full.append(t.numel()) or t, lambda t: t):
+        net(x).square().mean().backward()
+    assert sum(saved) < 0.9 * sum(full)  # the forward saved less for the backward
+
+
+def test_activation_checkpointing_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="activation_checkpointing.*'ffn'.*got 'layers'"):
+        VmambaIR(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, activation_checkpointing="layers")
 
 
 def test_planar_projections_as_convolutions_match_the_original_einsums():
@@ -236,15 +253,17 @@ def test_compile_blocks_traces_each_block_whole_and_keeps_the_function():
     torch.testing.assert_close(got, want)
 
 
-def test_compiled_block_with_checkpointing_traces_whole_and_gives_the_eager_gradients():
-    """Activation checkpointing sits inside each block's forward, so a compiled block traces it
-    as one graph (fullgraph) and recomputes in the backward; the gradients are unchanged."""
+@pytest.mark.parametrize("part", ["block", "ffn"])
+def test_compiled_block_with_checkpointing_traces_whole_and_gives_the_eager_gradients(part):
+    """Activation checkpointing sits inside the block's (or its EFFN's) forward, so a compiled
+    block traces it as one graph (fullgraph) and recomputes in the backward; the gradients are
+    unchanged."""
     from vmambair.archs.vmambair_arch import OSSBlock
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)
         block = OSSBlock(8, scan_backend="torch").double()
-        block.checkpointing = compiled
+        (block if part == "block" else block.ffn).checkpointing = compiled
         if compiled:
             block.compile(backend="eager", fullgraph=True)
         x = torch.rand(2, 8, 12, 12, dtype=torch.float64)

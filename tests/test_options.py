@@ -83,6 +83,17 @@ def test_train_py_exits_2_before_work(opt_file, capsys):
     assert not (opt_file.parent / "experiments").exists()
 
 
+def test_network_value_refused_by_the_network_exits_2(opt_file, capsys):
+    """activation_checkpointing is typed Union[bool, str]: the validator lets both kinds through,
+    the network refuses unknown modes, and train.py reports that as an options error."""
+    load_options(opt_file, ["network_g.activation_checkpointing=ffn"], is_train=True)
+    assert "activation_checkpointing" in _error(opt_file, "network_g.activation_checkpointing=3")
+    assert train_main(["-opt", str(opt_file), "--set", "network_g.activation_checkpointing=layers"]) == 2
+    err = capsys.readouterr().err
+    assert "activation_checkpointing" in err and "'layers'" in err and "ffn" in err
+    assert "Traceback" not in err
+
+
 def test_scientific_notation_without_dot_is_float(tmp_path):
     path = tiny_options(tmp_path)
     raw = yaml.safe_load(path.read_text())

@@ -10,7 +10,7 @@ V3 no EFFN; V4 linear layers with reshapes instead of 1x1 convolutions.
 """
 import contextlib
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -97,7 +97,16 @@ class EFFN(nn.Module):
         self.dwconv = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, bias=False)
         self.project_out = Pointwise(hidden, c, bias=False, linear=linear_proj)
 
+    # With ``checkpointing`` on (activation_checkpointing: ffn), the layer's activations (its
+    # 2 x hidden-channel maps, about a third of a block's) are recomputed in the backward pass.
+    checkpointing = False
+
     def forward(self, x):
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x):
         h = self.hidden
         hp = -(-h // self.align) * self.align if self.align else h
         if hp == h or self.project_in.linear:
@@ -305,6 +314,20 @@ class OSSBlock(nn.Module):
         return x
 
 
+CHECKPOINTING_MODES = ("none", "block", "ffn")
+
+
+def checkpointing_mode(mode: Union[bool, str]) -> str:
+    """activation_checkpointing's value -> one of CHECKPOINTING_MODES (true = "block", false = "none")."""
+    if isinstance(mode, bool):
+        return "block" if mode else "none"
+    if mode not in CHECKPOINTING_MODES:
+        raise ValueError(f"VmambaIR: activation_checkpointing must be true, false or one of "
+                         f"{list(CHECKPOINTING_MODES)}; got {mode!r}. \"block\" recomputes whole OSS blocks "
+                         f"(least memory), \"ffn\" only their feed-forward layers (less recompute).")
+    return mode
+
+
 def _stage(n: int, c: int, **kw) -> nn.Sequential:
     return nn.Sequential(*[OSSBlock(c, **kw) for _ in range(n)])
 
@@ -341,7 +364,9 @@ class VmambaIR(nn.Module):
         channel_scan / effn / linear_proj: the paper's ablations (V1/V2, V3, V4).
         ablation: shortcut for the paper's Table-4 variants, "V1".."V4".
         scan_backend: force a selective-scan backend (None: automatic).
-        activation_checkpointing: recompute each block in the backward pass to save memory.
+        activation_checkpointing: recompute activations in the backward pass to save memory:
+            "block" (or true) each whole OSS block, "ffn" only each block's EFFN (its wide hidden
+            maps: less saved, less recomputed), "none" (or false) nothing.
         identity_init: zero-initialise the last convolution, so that the untrained network returns
             its input (upsampled for SR): short training runs start from "do no harm".
     """
@@ -351,7 +376,7 @@ class VmambaIR(nn.Module):
                  ffn_expansion_factor: float = 2.66, d_state: int = 16, scan_directions: int = 4,
                  channel_scan: bool = True, effn: bool = True, linear_proj: bool = False,
                  ablation: Optional[str] = None, scan_backend: Optional[str] = None,
-                 activation_checkpointing: bool = False, identity_init: bool = False):
+                 activation_checkpointing: Union[bool, str] = False, identity_init: bool = False):
         super().__init__()
         if scale not in SR_SCALES:
             raise ValueError(f"VmambaIR: scale must be one of {SR_SCALES} (1 = same-size restoration, "
@@ -397,11 +422,15 @@ class VmambaIR(nn.Module):
             if last.bias is not None:
                 nn.init.zeros_(last.bias)
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute each OSS block in the backward pass (training only) instead of storing its activations."""
+    def set_activation_checkpointing(self, mode: Union[bool, str]) -> None:
+        """What to recompute in the backward pass (training only) instead of storing it: "block"
+        (or True) each OSS block, "ffn" each block's EFFN, "none" (or False) nothing."""
+        mode = checkpointing_mode(mode)
         for m in self.modules():
             if isinstance(m, OSSBlock):
-                m.checkpointing = bool(enabled)
+                m.checkpointing = mode == "block"
+            elif isinstance(m, EFFN):
+                m.checkpointing = mode == "ffn"
 
     # Inference only: the SR tail runs on horizontal strips of at most this many input pixels.
     tail_strip_pixels = 128 * 1024

@@ -421,6 +421,11 @@ def _kwarg_type_ok(value: Any, param: inspect.Parameter) -> bool:
     default = param.default
     if default is inspect.Parameter.empty or default is None or value is None:
         return True
+    # An argument annotated as a Union of plain types (e.g. Union[bool, str]) takes any of them.
+    if typing.get_origin(param.annotation) is Union:
+        kinds = tuple(a for a in typing.get_args(param.annotation) if isinstance(a, type))
+        if kinds:
+            return isinstance(value, kinds)
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, (int, float)):
@@ -471,7 +476,12 @@ def build_from_spec(kind: str, spec: Dict[str, Any], *args, **extra) -> Any:
     """Instantiate a validated ``{type: Name, **kwargs}`` spec: ``Name(*args, **kwargs, **extra)``."""
     kwargs = {k: v for k, v in spec.items() if k != "type"}
     kwargs.update(extra)
-    return _registry(kind)[spec["type"]](*args, **kwargs)
+    if kind != "arch":
+        return _registry(kind)[spec["type"]](*args, **kwargs)
+    try:
+        return _registry(kind)[spec["type"]](*args, **kwargs)
+    except ValueError as err:  # a network refusing a value its signature lets through
+        raise OptionsError(f"Network {spec['type']} rejected its options: {err}") from err
 
 
 # ---------------------------------------------------------------- whole-file checks
