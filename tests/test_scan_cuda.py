@@ -188,6 +188,20 @@ def test_omni_fused_matches_unfused(dtype, N, hw, columns, monkeypatch):
 
 @pytest.mark.cuda
 @needs_gpu
+def test_omni_fused_with_more_planes_than_a_grid_dimension(monkeypatch):
+    """The column directions' transposes run one plane per (batch, channel) on the grid's z axis,
+    which holds 65535: more planes than that loop over it. 2 x 34000 channel planes here (and
+    twice that for delta), on a map whose sides are no multiple of the 32-pixel tile."""
+    monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", "transposed")
+    low, ref = make_omni_inputs(2, 34000, 3, 5, 1, torch.float32, seed=7)
+    w = torch.randn(2, 34000, 3, 5, device="cuda")
+    y, grads = run_with_grads(ext.planar_omni_scan, low, w)
+    y_ref, grads_ref = run_with_grads(lambda *t: planar_omni_scan_unfused(*t, backend="torch"), ref, w.double())
+    check_close(y, grads, y_ref, grads_ref, torch.float32, "34000 channels, 3x5")
+
+
+@pytest.mark.cuda
+@needs_gpu
 def test_unknown_column_mode_is_refused(monkeypatch):
     low, _ = make_omni_inputs(1, 4, 8, 8, 4, torch.float32, seed=3)
     monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", "diagonal")

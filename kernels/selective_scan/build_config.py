@@ -138,7 +138,7 @@ def cxx_flags() -> List[str]:
 
 
 SOURCES = [
-    "csrc/ops.cpp", "csrc/combine.cu",
+    "csrc/ops.cpp", "csrc/combine.cu", "csrc/transpose.cu",
     "csrc/fwd_fp32.cu", "csrc/fwd_bf16.cu", "csrc/fwd_fp16.cu",
     "csrc/bwd_fp32.cu", "csrc/bwd_bf16.cu", "csrc/bwd_fp16.cu",
 ]

@@ -212,12 +212,13 @@ void set_segments(vss::ScanParams& p, bool omni, int64_t nseg_req, const Tensor&
 // ---------------------------------------------------------------- transposed columns (fused op)
 // The fused op's column directions read positions W apart in memory. With "transposed columns"
 // (ScanParams::colT) they read copies in which their scan order is row-major instead: the map
-// transposed (x, dy), and delta / B / C with directions 1 and 3 transposed in place. The copies
-// cost a few extra passes over memory; the column blocks then run like row blocks.
+// transposed (x, dy), and delta / B / C of directions 1 and 3 only, transposed into column-only
+// tensors (b, 2, c, W, H); the row directions read delta / B / C as given. The copies are tiled
+// transposes (transpose.cu), and the column directions' outputs come back the same way.
 // VMAMBAIR_SCAN_COLUMNS picks: "transposed" or "staged" (gathers, staged row by row through shared
 // memory where H divides the chunk); unset: kTransposedColumnsByDefault. Measured on an H200 at
-// (9, 96, 64x64), fwd + bwd GPU time: fp32 1.281 vs 1.485 ms, bf16 1.317 vs 1.447 ms
-// (benchmarks/gpu_scan_fused_transposed.md / _staged.md).
+// (9, 96, 64x64), fwd + bwd GPU time, before the tiled transposes: fp32 1.281 vs 1.485 ms, bf16
+// 1.317 vs 1.447 ms (benchmarks/gpu_scan_fused_transposed.md / _staged.md of that date).
 constexpr bool kTransposedColumnsByDefault = true;
 
 bool transposed_columns() {
@@ -229,38 +230,76 @@ bool transposed_columns() {
     return s == "transposed";
 }
 
-// (b, 4, c, H, W), directions k = 0..3 -> the same with the column directions (k = 1, 3) stored
-// transposed, as (W, H) planes (from = false); from = true undoes it. Row directions are copied.
-Tensor columns_transposed(const Tensor& t, bool from) {
-    const int64_t b = t.size(0), c = t.size(2), H = t.size(3), W = t.size(4);
-    Tensor out = at::empty_like(t, at::MemoryFormat::Contiguous);
-    const Tensor src = t.contiguous();
-    // Direction k = 2 * pair + parity; parity 1 = column direction.
-    out.view({b, 2, 2, c, H, W}).select(2, 0).copy_(src.view({b, 2, 2, c, H, W}).select(2, 0));
-    const int64_t sh = from ? W : H, sw = from ? H : W;  // the source planes' shape
-    out.view({b, 2, 2, c, sw, sh}).select(2, 1).copy_(src.view({b, 2, 2, c, sh, sw}).select(2, 1).transpose(-1, -2));
+template <typename T> T* ptr(const Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
+
+// dst planes (S x R) = src planes (R x S) transposed (+ add, fp32, laid out like dst), `planes`
+// planes in groups of `inner` (vss::Planes gives each tensor's offset and group stride).
+template <typename TS, typename TD>
+void transpose(const Tensor& src, vss::Planes sp, Tensor& dst, vss::Planes dp, const Tensor* add, vss::Planes ap,
+               int64_t planes, int64_t inner, int64_t R, int64_t S) {
+    vss::launch_transpose<TS, TD>(ptr<const TS>(src), sp, ptr<TD>(dst), dp, add ? ptr<const float>(*add) : nullptr,
+                                  ap, planes, inner, (int)R, (int)S, c10::cuda::getCurrentCUDAStream());
+}
+
+// (b, 4, c, H, W), directions k = 0..3 -> directions 1 and 3 as (b, 2, c, W, H) (transposed planes).
+template <typename T>
+Tensor column_directions_transposed(const Tensor& t) {
+    const int64_t b = t.size(0), c = t.size(2), H = t.size(3), W = t.size(4), L = H * W;
+    Tensor out = at::empty({b, 2, c, W, H}, t.options());
+    transpose<T, T>(t, {c * L, 2 * c * L}, out, {0, c * L}, nullptr, {}, b * 2 * c, c, H, W);
     return out;
 }
 
-// x (b, d, H, W) -> its transpose as a contiguous (b, d, W, H) tensor.
-Tensor map_transposed(const Tensor& x) { return x.transpose(2, 3).contiguous(); }
+// The inverse into a full (b, 4, c, H, W) tensor: colT (b, 2, c, W, H) -> its directions 1 and 3.
+template <typename T>
+void put_column_directions(const Tensor& colT, Tensor& full) {
+    const int64_t b = full.size(0), c = full.size(2), H = full.size(3), W = full.size(4), L = H * W;
+    transpose<T, T>(colT, {0, c * L}, full, {c * L, 2 * c * L}, nullptr, {}, b * 2 * c, c, W, H);
+}
 
-// delta / B / C as the kernel reads them: as given, or (fused op with transposed columns) with
-// their column directions transposed, plus x transposed in xT (then defined).
+// x (b, d, H, W) -> its transpose as a contiguous (b, d, W, H) tensor.
+template <typename T>
+Tensor map_transposed(const Tensor& x) {
+    const int64_t planes = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
+    Tensor out = at::empty({x.size(0), x.size(1), W, H}, x.options());
+    transpose<T, T>(x, {0, 0}, out, {0, 0}, nullptr, {}, planes, planes, H, W);
+    return out;
+}
+
+// acc (2, b, d, H, W) fp32: [0] the row directions' sum, [1] the column directions' sum laid out
+// as (b, d, W, H) -> their total (b, d, H, W) in dtype T (one pass: transpose, add, cast).
+template <typename T>
+Tensor merge_accumulators(const Tensor& acc, at::ScalarType dtype) {
+    const int64_t b = acc.size(1), d = acc.size(2), H = acc.size(3), W = acc.size(4), L = H * W;
+    Tensor out = at::empty({b, d, H, W}, acc.options().dtype(dtype));
+    transpose<float, T>(acc, {b * d * L, 0}, out, {0, 0}, &acc, {0, 0}, b * d, b * d, W, H);
+    return out;
+}
+
+// delta / B / C as the kernel reads them: as given, and with transposed columns (then xT is
+// defined) also the column directions' transposed copies and x transposed.
 struct KernelInputs {
-    Tensor delta, B, C, xT;
+    Tensor deltaT, BT, CT, xT;
     bool colT() const { return xT.defined(); }
 };
 
 KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, const Tensor& B, const Tensor& C) {
-    if (!omni || !transposed_columns()) return {delta, B, C, Tensor()};
-    return {columns_transposed(delta, false), columns_transposed(B, false), columns_transposed(C, false),
-            map_transposed(x)};
+    KernelInputs in;
+    if (!omni || !transposed_columns()) return in;
+    dispatch(x.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        in = {column_directions_transposed<T>(delta), column_directions_transposed<T>(B),
+              column_directions_transposed<T>(C), map_transposed<T>(x)};
+    });
+    return in;
 }
 
-// acc (b, d, H, W) += accT read as (b, d, W, H), transposed back.
-void add_transposed(Tensor& acc, const Tensor& accT) {
-    acc.add_(accT.view({acc.size(0), acc.size(1), acc.size(3), acc.size(2)}).transpose(2, 3));
+void set_column_inputs(vss::ScanParams& p, const KernelInputs& in) {
+    p.colT = true;
+    p.uT = in.xT.data_ptr();
+    p.deltaT = in.deltaT.data_ptr();
+    p.BT = in.BT.data_ptr();
+    p.CT = in.CT.data_ptr();
 }
 
 std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& delta, const Tensor& A,
@@ -271,30 +310,36 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
     check_param(bias, "delta_bias", u, g.dim);
     c10::cuda::CUDAGuard guard(u.device());
     const int64_t nchunks = (g.L + vss::kChunk - 1) / vss::kChunk;
-    Tensor states = at::empty({g.batch, g.dim, nchunks, g.N}, u.options().dtype(at::kFloat));
-    Tensor y = omni ? at::zeros({g.batch, g.d, g.H, g.W}, u.options().dtype(at::kFloat)) : at::empty_like(u);
-    if (g.batch == 0 || g.dim == 0 || g.L == 0) return {omni ? y.to(u.scalar_type()) : y, states};
-
+    const auto f32 = u.options().dtype(at::kFloat);
+    Tensor states = at::empty({g.batch, g.dim, nchunks, g.N}, f32);
+    if (g.batch == 0 || g.dim == 0 || g.L == 0) {
+        return {omni ? at::zeros({g.batch, g.d, g.H, g.W}, u.options()) : at::empty_like(u), states};
+    }
     const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
     const bool colT = in.colT();
-    Tensor yT = colT ? at::zeros_like(y) : Tensor();
-    vss::ScanParams p = make_params(omni, g, u, in.delta, A, in.B, in.C, D, bias, softplus);
+    // The fused op's directions add into fp32 accumulators: [0] in the image's layout, and with
+    // transposed columns [1] in the transposed one (one zero-fill for both).
+    Tensor acc = omni ? at::zeros({colT ? 2 : 1, g.batch, g.d, g.H, g.W}, f32) : Tensor();
+    Tensor y = omni ? acc[0] : at::empty_like(u);
+    vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
     Tensor seg_S, seg_H, seg_carry;
     set_segments(p, omni, nseg, u, [&](auto tag) { return vss::fwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S, seg_H,
                  seg_carry);
     p.y = y.data_ptr();
     p.states = states.data_ptr<float>();
     if (colT) {
-        p.colT = true;
-        p.uT = in.xT.data_ptr();
-        p.yT = yT.data_ptr();
+        set_column_inputs(p, in);
+        p.yT = acc[1].data_ptr();
     }
     p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y) &&
-            (!colT || (aligned16(p.uT) && aligned16(p.yT)));
+            (!colT || (aligned16(p.uT) && aligned16(p.deltaT) && aligned16(p.yT)));
     auto stream = c10::cuda::getCurrentCUDAStream();
     dispatch(u.scalar_type(), [&](auto tag) { vss::launch_fwd<decltype(tag)>(p, omni, stream); });
-    if (colT) add_transposed(y, yT);
-    if (omni && u.scalar_type() != at::kFloat) y = y.to(u.scalar_type());
+    if (colT) {
+        dispatch(u.scalar_type(), [&](auto tag) { y = merge_accumulators<decltype(tag)>(acc, u.scalar_type()); });
+    } else if (omni && u.scalar_type() != at::kFloat) {
+        y = y.to(u.scalar_type());
+    }
     return {y, states};
 }
 
@@ -314,21 +359,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
                 "vmambair_scan: states do not match the inputs (pass the states returned by the forward)");
     c10::cuda::CUDAGuard guard(u.device());
     auto f32 = u.options().dtype(at::kFloat);
-    Tensor du = omni ? at::zeros(u.sizes(), f32) : at::empty_like(u);
+    const bool any = g.batch > 0 && g.dim > 0 && g.L > 0;
+    const KernelInputs in = any ? kernel_inputs(omni, u, delta, B, C) : KernelInputs();
+    const bool colT = in.colT();
+    // fp32 accumulators: du ([0]; with transposed columns [1] the columns' du, transposed; one
+    // zero-fill), dB and dC (separate tensors: the op's outputs must not share memory).
+    Tensor du_acc = omni ? at::zeros({colT ? 2 : 1, g.batch, g.d, g.H, g.W}, f32) : Tensor();
+    Tensor du = omni ? du_acc[0] : at::empty_like(u);
     Tensor ddelta = at::empty_like(delta);
     Tensor dA = at::zeros(A.sizes(), f32);
     Tensor dB = at::zeros(B.sizes(), f32);
     Tensor dC = at::zeros(C.sizes(), f32);
     Tensor dD = D.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
     Tensor dbias = bias.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
-    if (g.batch > 0 && g.dim > 0 && g.L > 0) {
-        // With transposed columns the kernel also writes ddelta / dB / dC in that layout; they
-        // are converted back below.
-        const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
-        const bool colT = in.colT();
-        Tensor dyT = colT ? map_transposed(dy) : Tensor();
-        Tensor duT = colT ? at::zeros_like(du) : Tensor();
-        vss::ScanParams p = make_params(omni, g, u, in.delta, A, in.B, in.C, D, bias, softplus);
+    if (any) {
+        // With transposed columns the kernel writes the column directions' ddelta / dB / dC into
+        // column-only transposed tensors; they are put back below.
+        Tensor dyT, ddeltaT, dBT, dCT;
+        if (colT) {
+            dispatch(u.scalar_type(), [&](auto tag) { dyT = map_transposed<decltype(tag)>(dy); });
+            ddeltaT = at::empty_like(in.deltaT);
+            Tensor dbcT = at::zeros({2, in.BT.numel()}, f32);  // the columns' dB and dC, one zero-fill
+            dBT = dbcT[0].view(in.BT.sizes());
+            dCT = dbcT[1].view(in.CT.sizes());
+        }
+        vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
         Tensor seg_S, seg_H, seg_carry;
         set_segments(p, omni, nseg, u, [&](auto tag) { return vss::bwd_occupancy<decltype(tag)>(omni, p.N); }, seg_S,
                      seg_H, seg_carry);
@@ -342,21 +397,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
         p.dD = D.has_value() ? dD.data_ptr<float>() : nullptr;
         p.dbias = bias.has_value() ? dbias.data_ptr<float>() : nullptr;
         if (colT) {
-            p.colT = true;
-            p.uT = in.xT.data_ptr();
+            set_column_inputs(p, in);
             p.dyT = dyT.data_ptr();
-            p.duT = duT.data_ptr();
+            p.duT = du_acc[1].data_ptr();
+            p.ddeltaT = ddeltaT.data_ptr();
+            p.dBT = dBT.data_ptr<float>();
+            p.dCT = dCT.data_ptr<float>();
         }
         p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.dy) &&
                 aligned16(p.du) && aligned16(p.ddelta) &&
-                (!colT || (aligned16(p.uT) && aligned16(p.dyT) && aligned16(p.duT)));
+                (!colT || (aligned16(p.uT) && aligned16(p.deltaT) && aligned16(p.dyT) && aligned16(p.duT) &&
+                           aligned16(p.ddeltaT)));
         auto stream = c10::cuda::getCurrentCUDAStream();
         dispatch(u.scalar_type(), [&](auto tag) { vss::launch_bwd<decltype(tag)>(p, omni, stream); });
         if (colT) {
-            add_transposed(du, duT);
-            ddelta = columns_transposed(ddelta, true);
-            dB = columns_transposed(dB, true);
-            dC = columns_transposed(dC, true);
+            dispatch(u.scalar_type(), [&](auto tag) {
+                using T = decltype(tag);
+                du = merge_accumulators<T>(du_acc, u.scalar_type());
+                put_column_directions<T>(ddeltaT, ddelta);
+            });
+            put_column_directions<float>(dBT, dB);
+            put_column_directions<float>(dCT, dC);
         }
     } else {
         ddelta.zero_();
@@ -364,7 +425,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     }
     const auto dt = u.scalar_type();
     if (dt != at::kFloat) {
-        du = du.to(dt);
+        if (du.scalar_type() != dt) du = du.to(dt);
         dB = dB.to(dt);
         dC = dC.to(dt);
     }

@@ -51,9 +51,10 @@ struct ScanParams {
     bool vec = false; // L % kK == 0 and 16-byte aligned rows: a lane's kK positions may use vector accesses
     // Omni only, "transposed columns": the column directions (g = 1, 3) read the transposed map
     // (W x H, row-major) and so scan it like the row directions (g & 2: reversed), with vector
-    // accesses instead of gathers W apart. delta, B, C (and ddelta, dB, dC) then hold those two
-    // directions transposed (ops.cpp, to_columns_transposed), and x / y / dy / du of those blocks
-    // are the separate transposed tensors uT / yT / dyT / duT below.
+    // accesses instead of gathers W apart. Their delta / B / C (and ddelta / dB / dC) are then
+    // the separate column-only tensors deltaT / BT / CT (ddeltaT / dBT / dCT) below, direction
+    // g in slot g >> 1, and their x / y / dy / du the transposed tensors uT / yT / dyT / duT
+    // (ops.cpp, kernel_inputs). The row directions use delta / B / C as given.
     bool colT = false;
 
     // inputs (dtype T unless float)
@@ -66,6 +67,9 @@ struct ScanParams {
     const float* bias = nullptr;  // (dim,) or null
 
     const void* uT = nullptr;     // omni, colT: x transposed, (b, d, W, H)
+    const void* deltaT = nullptr; // omni, colT: delta of directions 1, 3 transposed, (b, 2, d, W, H)
+    const void* BT = nullptr;     // omni, colT: B of directions 1, 3 transposed, (b, 2, N, W, H)
+    const void* CT = nullptr;     // omni, colT: the same for C
 
     // forward outputs / workspaces
     void* y = nullptr;            // plain: T (b, dim, L); omni: float accumulator (b, d, L), zeroed
@@ -81,6 +85,9 @@ struct ScanParams {
     const void* dyT = nullptr;    // omni, colT: dy transposed, (b, d, W, H)
     void* duT = nullptr;          // omni, colT: float accumulator (b, d, W, H), zeroed
     void* ddelta = nullptr;       // T, delta's layout
+    void* ddeltaT = nullptr;      // omni, colT: T, deltaT's layout
+    float* dBT = nullptr;         // omni, colT: BT's layout, zeroed
+    float* dCT = nullptr;         // omni, colT: CT's layout, zeroed
     float* dA = nullptr;          // (dim, N), zeroed
     float* dB = nullptr;          // (b, G, N, L) float, zeroed
     float* dC = nullptr;          // (b, G, N, L) float, zeroed
@@ -100,6 +107,18 @@ struct PassOccupancy {
 };
 template <typename T> PassOccupancy fwd_occupancy(bool omni, int N);
 template <typename T> PassOccupancy bwd_occupancy(bool omni, int N);
+
+// Batched transposes of planes (transpose.cu): plane p of `planes` = (o, i) with i = p % inner,
+// at element offset off0 + o * outer + i * R * S of its tensor. Each src plane is R x S
+// (row-major); its dst plane is S x R with dst[s][r] = src[r][s] (+ add[s][r] when add is given,
+// an fp32 tensor laid out like dst). TS / TD: float, or both the scan's dtype, or float -> dtype.
+struct Planes {
+    int64_t off0 = 0;
+    int64_t outer = 0;
+};
+template <typename TS, typename TD>
+void launch_transpose(const TS* src, Planes sp, TD* dst, Planes dp, const float* add, Planes ap, int64_t planes,
+                      int64_t inner, int R, int S, cudaStream_t stream);
 
 // Chains segment summaries into exact incoming carries (combine.cu).
 //   forward:  carry[0] = 0,        carry[s] = exp(A*S[s-1]) * carry[s-1] + H[s-1]

@@ -73,11 +73,14 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
     const bool tcol = kOmni && p.colT && (g & 1);
     const int gm = kOmni ? memory_direction(g, p.colT) : g;
     const T* __restrict__ urow = static_cast<const T*>(tcol ? p.uT : p.u) + xrow * L;
-    const T* __restrict__ drow = static_cast<const T*>(p.delta) + row * L;
+    const int64_t dbase = kOmni ? delta_row_offset(p, tcol, bi, g, valid ? cl : 0) : row * L;
+    const T* __restrict__ drow = static_cast<const T*>(tcol ? p.deltaT : p.delta) + dbase;
     const T* __restrict__ dyrow = static_cast<const T*>(tcol ? p.dyT : p.dy) + xrow * L;
-    const int64_t gbase = ((int64_t)bi * p.G + g) * N * L;
-    const T* __restrict__ Bg = static_cast<const T*>(p.B) + gbase;
-    const T* __restrict__ Cg = static_cast<const T*>(p.C) + gbase;
+    const int64_t gbase = kOmni ? bc_offset(p, tcol, bi, g, N) : ((int64_t)bi * p.G + g) * N * L;
+    const T* __restrict__ Bg = static_cast<const T*>(tcol ? p.BT : p.B) + gbase;
+    const T* __restrict__ Cg = static_cast<const T*>(tcol ? p.CT : p.C) + gbase;
+    float* __restrict__ dBg = (tcol ? p.dBT : p.dB) + gbase;
+    float* __restrict__ dCg = (tcol ? p.dCT : p.dC) + gbase;
     const float bias = p.bias ? p.bias[c] : 0.f;
     const float Dc = p.D ? p.D[c] : 0.f;
     // Fused op, column direction, main pass: delta/u/dy come in and du/ddelta go out through Xs,
@@ -173,9 +176,9 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
         }
         if (col_staged) {
             const int nrows = p.cpg - cl0;
-            const T* dbase = static_cast<const T*>(p.delta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L;
+            const T* dstaged = static_cast<const T*>(p.delta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L;
             const int64_t xbase = ((int64_t)bi * p.cpg + cl0) * L;
-            stage_rows_in<T>(dbase, nrows, L, tin, tpix, stid, Xs[0]);
+            stage_rows_in<T>(dstaged, nrows, L, tin, tpix, stid, Xs[0]);
             stage_rows_in<T>(static_cast<const T*>(p.u) + xbase, nrows, L, tin, tpix, stid, Xs[1]);
             stage_rows_in<T>(static_cast<const T*>(p.dy) + xbase, nrows, L, tin, tpix, stid, Xs[2]);
         }
@@ -292,7 +295,7 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
                     }
                     const int t = tb + 2 * k;
                     if (t < L) {  // L % kK == 0: both positions exist
-                        float* dst = (m ? p.dC : p.dB) + gbase + (int64_t)n * L;
+                        float* dst = (m ? dCg : dBg) + (int64_t)n * L;
                         if (kOmni && (gm & 2)) atomic_add2(dst + (L - 2 - t), make_float2(acc.y, acc.x));
                         else atomic_add2(dst + t, acc);
                     }
@@ -306,8 +309,8 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
                         sC += r1[w8 * kChunk];
                     }
                     if (tin) {
-                        atomicAdd(p.dB + gbase + (int64_t)n * L + tpix, sB);
-                        atomicAdd(p.dC + gbase + (int64_t)n * L + tpix, sC);
+                        atomicAdd(dBg + (int64_t)n * L + tpix, sB);
+                        atomicAdd(dCg + (int64_t)n * L + tpix, sC);
                     }
                 }
                 buf ^= 1;
@@ -348,7 +351,8 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
                 } else if constexpr (kOmni) {
                     add_lane_omni(static_cast<float*>(tcol ? p.duT : p.du) + xrow * L, gm, t0, nv, p.vec, p.H, p.W, L,
                                   duo);
-                    store_lane_omni<T>(static_cast<T*>(p.ddelta) + row * L, gm, t0, nv, p.vec, p.H, p.W, L, ddo);
+                    store_lane_omni<T>(static_cast<T*>(tcol ? p.ddeltaT : p.ddelta) + dbase, gm, t0, nv, p.vec, p.H, p.W,
+                                       L, ddo);
                 } else {
                     store_row<T>(static_cast<T*>(p.du) + row * L + t0, nv, p.vec, duo);
                     store_row<T>(static_cast<T*>(p.ddelta) + row * L + t0, nv, p.vec, ddo);

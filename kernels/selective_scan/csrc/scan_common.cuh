@@ -64,6 +64,17 @@ __host__ __device__ inline bool column_staged(int g, int H) { return (g & 1) && 
 // then read the transposed map (tensors in which their scan order is row-major).
 __host__ __device__ inline int memory_direction(int g, bool colT) { return colT && (g & 1) ? (g & 2) : g; }
 
+// Element offsets of a block's delta row (channel cl of direction / group g, batch item bi) and
+// of its group's first B/C row: in delta (b, dim, L) and B / C (b, G, N, L), or for a column
+// direction under colT (tcol) in the column-only deltaT (b, 2, cpg, L) and BT / CT (b, 2, N, L),
+// where direction g sits in slot g >> 1. The same offsets address ddelta / dB / dC (their T twins).
+__device__ __forceinline__ int64_t delta_row_offset(const ScanParams& p, bool tcol, int bi, int g, int cl) {
+    return (tcol ? ((int64_t)bi * 2 + (g >> 1)) * p.cpg : (int64_t)bi * p.dim + (int64_t)g * p.cpg) * p.L + (int64_t)cl * p.L;
+}
+__device__ __forceinline__ int64_t bc_offset(const ScanParams& p, bool tcol, int bi, int g, int N) {
+    return (tcol ? (int64_t)bi * 2 + (g >> 1) : (int64_t)bi * p.G + g) * N * p.L;
+}
+
 template <bool kOmni>
 __device__ __forceinline__ StageSlot stage_slot(int g, int tb, int tid, int H, int W, int L) {
     int q = tid;

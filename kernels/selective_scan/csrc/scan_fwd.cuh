@@ -68,9 +68,11 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
     const bool tcol = kOmni && p.colT && (g & 1);
     const int gm = kOmni ? memory_direction(g, p.colT) : g;
     const T* __restrict__ urow = static_cast<const T*>(tcol ? p.uT : p.u) + xrow * L;
-    const T* __restrict__ drow = static_cast<const T*>(p.delta) + row * L;
-    const T* __restrict__ Bg = static_cast<const T*>(p.B) + ((int64_t)bi * p.G + g) * N * L;
-    const T* __restrict__ Cg = static_cast<const T*>(p.C) + ((int64_t)bi * p.G + g) * N * L;
+    const int64_t dbase = kOmni ? delta_row_offset(p, tcol, bi, g, valid ? cl : 0) : row * L;
+    const int64_t gbase = kOmni ? bc_offset(p, tcol, bi, g, N) : ((int64_t)bi * p.G + g) * N * L;
+    const T* __restrict__ drow = static_cast<const T*>(tcol ? p.deltaT : p.delta) + dbase;
+    const T* __restrict__ Bg = static_cast<const T*>(tcol ? p.BT : p.B) + gbase;
+    const T* __restrict__ Cg = static_cast<const T*>(tcol ? p.CT : p.C) + gbase;
     const float bias = p.bias ? p.bias[c] : 0.f;
     const float Dc = p.D ? p.D[c] : 0.f;
     // Fused op, column direction, main pass: delta/u come in and y goes out through shared
