@@ -61,7 +61,9 @@ def main() -> None:
     ap.add_argument("--counts", default=",".join(map(str, COUNTS)), help="segment counts (0 = automatic)")
     ap.add_argument("--no-backward", action="store_true", help="forward (inference) only")
     ap.add_argument("--only", choices=["plain", "omni"], default=None, help="time only this op")
+    ap.add_argument("--omni-shapes", default="", help="fused-op shapes BxDxHxW,... instead of the built-in list")
     args = ap.parse_args()
+    omni_shapes = [tuple(int(v) for v in s.split("x")) for s in args.omni_shapes.split(",") if s] or OMNI
     import vmambair_scan_cuda as ext
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     counts = [int(c) for c in args.counts.split(",") if c]
@@ -71,7 +73,7 @@ def main() -> None:
         "fwd + bwd |")
     log("|---|---|---|---|---|---|---|---|---|---|")
     cases = [("plain", s) for s in PLAIN if args.only in (None, "plain")] + \
-            [("omni", s) for s in OMNI if args.only in (None, "omni")]
+            [("omni", s) for s in omni_shapes if args.only in (None, "omni")]
     for kind, shape in cases:
         if kind == "plain":
             b, d, L = shape
