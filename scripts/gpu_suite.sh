@@ -42,7 +42,7 @@ for stage in "$@"; do
           || { tail -60 "$LOGS/build.log"; exit 1; }
       echo "extension built and installed in $((SECONDS - t0)) s"
       wait
-      [ -f "$LOGS/mamba_build.log" ] && tail -3 "$LOGS/mamba_build.log"
+      if [ -f "$LOGS/mamba_build.log" ]; then tail -3 "$LOGS/mamba_build.log"; fi  # (not &&: the stage must not fail without it)
       ;;
     test)
       $PY -m pytest -m cuda -q -p no:cacheprovider tests 2>&1 | tee "$LOGS/cuda_tests.log" | tail -40
