@@ -256,6 +256,37 @@ def test_opcheck_custom_ops():
     olow, _ = make_omni_inputs(2, 4, 9, 11, 4, torch.float32, seed=2)
     olow = [t.requires_grad_(True) for t in olow]
     torch.library.opcheck(torch.ops.vmambair_scan.omni_fwd.default, (*olow, True, 0))
+    torch.library.opcheck(torch.ops.vmambair_scan.omni_fwd.default, (*olow, True, 0, True))
+    y, states, *cols = torch.ops.vmambair_scan.omni_fwd(*olow, True, 0, True)
+    torch.library.opcheck(torch.ops.vmambair_scan.omni_bwd.default,
+                          (torch.randn_like(y), *[t.detach() for t in olow], states, True, 0, *cols))
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("columns", ["transposed", "staged"])
+def test_omni_backward_reuses_the_forwards_column_copies(columns, monkeypatch):
+    """omni_fwd(keep_columns=True) returns the column copies its kernel read (none when staged), the
+    autograd wrapper keeps them when gradients are needed, and omni_bwd given them computes what
+    it computes making its own."""
+    monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", columns)
+    low, _ = make_omni_inputs(2, 6, 13, 29, 16, torch.bfloat16, seed=11)
+    y, states, *cols = torch.ops.vmambair_scan.omni_fwd(*low, True, 0, True)
+    b, d, H, W = low[0].shape
+    if columns == "staged":
+        assert all(c.numel() == 0 for c in cols)
+        return
+    assert [tuple(c.shape) for c in cols] == [(b, d, W, H), (b, 2, d, W, H), (b, 2, 16, W, H), (b, 2, 16, W, H)]
+    torch.testing.assert_close(cols[0], low[0].transpose(2, 3), rtol=0, atol=0)
+    torch.testing.assert_close(cols[1], low[1][:, 1::2].transpose(3, 4), rtol=0, atol=0)
+    torch.testing.assert_close(cols[3], low[4][:, 1::2].transpose(3, 4), rtol=0, atol=0)
+    dy = torch.randn_like(y)
+    given = torch.ops.vmambair_scan.omni_bwd(dy, *low, states, True, 0, *cols)
+    made = torch.ops.vmambair_scan.omni_bwd(dy, *low, states, True, 0)
+    for g, m in zip(given, made):
+        torch.testing.assert_close(g, m)  # (fp32 atomics add in any order: not bit-equal)
+    with pytest.raises(RuntimeError, match="omni_bwd got some of the forward's column copies but not deltaT"):
+        torch.ops.vmambair_scan.omni_bwd(dy, *low, states, True, 0, cols[0])
 
 
 @pytest.mark.cuda

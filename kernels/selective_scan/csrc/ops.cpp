@@ -7,7 +7,8 @@
 //       -> (du, ddelta, dA, dB, dC, dD, ddelta_bias)     (dD / ddelta_bias empty when absent)
 //   omni_fwd / omni_bwd: the same for the fused four-direction planar scan, taking
 //       x (b, d, H, W), delta (b, 4, d, H, W), A (4d, N), B/C (b, 4, N, H, W), D/bias (4d,)
-//       and returning y (b, d, H, W) = the sum of the four directions.
+//       and returning y (b, d, H, W) = the sum of the four directions; omni_fwd(..., keep_columns)
+//       also returns the column copies it made (xT, deltaT, BT, CT), which omni_bwd takes back.
 // nseg = 0 picks the number of sequence segments automatically (tests force other values).
 // (Not ATen/cuda/CUDAContext.h: it pulls in cuBLAS/cuSPARSE headers that minimal toolkits lack.)
 #include <c10/cuda/CUDAGuard.h>
@@ -283,9 +284,33 @@ struct KernelInputs {
     bool colT() const { return xT.defined(); }
 };
 
-KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, const Tensor& B, const Tensor& C) {
+// The column copies a forward kept (omni_fwd with keep_columns) and hands to the backward, or
+// none (then the backward makes its own).
+struct KeptColumns {
+    OptTensor xT, deltaT, BT, CT;
+};
+
+void check_kept(const OptTensor& t, const char* name, const Tensor& like, at::IntArrayRef shape) {
+    TORCH_CHECK(t.has_value() && t->defined(), "vmambair_scan: omni_bwd got some of the forward's column copies but not ",
+                name, " (pass all four from omni_fwd, or none)");
+    check_input(*t, name, like);
+    TORCH_CHECK(t->scalar_type() == like.scalar_type() && t->sizes() == shape, "vmambair_scan: ", name, " must be ",
+                like.scalar_type(), " of shape ", shape, " (as omni_fwd returned it), got ", t->scalar_type(), " ",
+                t->sizes());
+}
+
+KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, const Tensor& B, const Tensor& C,
+                           const KeptColumns& kept = {}) {
     KernelInputs in;
     if (!omni || !transposed_columns()) return in;
+    if (kept.xT.has_value() && kept.xT->defined() && kept.xT->numel() > 0) {
+        const int64_t b = x.size(0), d = x.size(1), H = x.size(2), W = x.size(3), N = B.size(2);
+        check_kept(kept.xT, "xT", x, {b, d, W, H});
+        check_kept(kept.deltaT, "deltaT", x, {b, 2, d, W, H});
+        check_kept(kept.BT, "BT", x, {b, 2, N, W, H});
+        check_kept(kept.CT, "CT", x, {b, 2, N, W, H});
+        return {*kept.deltaT, *kept.BT, *kept.CT, *kept.xT};
+    }
     dispatch(x.scalar_type(), [&](auto tag) {
         using T = decltype(tag);
         in = {column_directions_transposed<T>(delta), column_directions_transposed<T>(B),
@@ -302,7 +327,8 @@ void set_column_inputs(vss::ScanParams& p, const KernelInputs& in) {
     p.CT = in.CT.data_ptr();
 }
 
-std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& delta, const Tensor& A,
+// y, states, and (fused op, transposed columns) the column copies the kernel read.
+std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, const Tensor& delta, const Tensor& A,
                                       const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& bias,
                                       bool softplus, int64_t nseg) {
     const Geometry g = check_shapes(omni, u, delta, A, B, C);
@@ -313,7 +339,7 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
     const auto f32 = u.options().dtype(at::kFloat);
     Tensor states = at::empty({g.batch, g.dim, nchunks, g.N}, f32);
     if (g.batch == 0 || g.dim == 0 || g.L == 0) {
-        return {omni ? at::zeros({g.batch, g.d, g.H, g.W}, u.options()) : at::empty_like(u), states};
+        return {omni ? at::zeros({g.batch, g.d, g.H, g.W}, u.options()) : at::empty_like(u), states, KernelInputs()};
     }
     const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
     const bool colT = in.colT();
@@ -340,12 +366,13 @@ std::tuple<Tensor, Tensor> fwd_common(bool omni, const Tensor& u, const Tensor& 
     } else if (omni && u.scalar_type() != at::kFloat) {
         y = y.to(u.scalar_type());
     }
-    return {y, states};
+    return {y, states, in};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     bool omni, const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
-    const Tensor& C, const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg) {
+    const Tensor& C, const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg,
+    const KeptColumns& kept = {}) {
     const Geometry g = check_shapes(omni, u, delta, A, B, C);
     check_param(D, "D", u, g.dim);
     check_param(bias, "delta_bias", u, g.dim);
@@ -360,7 +387,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     c10::cuda::CUDAGuard guard(u.device());
     auto f32 = u.options().dtype(at::kFloat);
     const bool any = g.batch > 0 && g.dim > 0 && g.L > 0;
-    const KernelInputs in = any ? kernel_inputs(omni, u, delta, B, C) : KernelInputs();
+    const KernelInputs in = any ? kernel_inputs(omni, u, delta, B, C, kept) : KernelInputs();
     const bool colT = in.colT();
     // fp32 accumulators: du ([0]; with transposed columns [1] the columns' du, transposed; one
     // zero-fill), dB and dC (separate tensors: the op's outputs must not share memory).
@@ -435,7 +462,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
 std::tuple<Tensor, Tensor> scan_fwd(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
                                     const Tensor& C, const OptTensor& D, const OptTensor& bias, bool softplus,
                                     int64_t nseg) {
-    return fwd_common(false, u, delta, A, B, C, D, bias, softplus, nseg);
+    auto out = fwd_common(false, u, delta, A, B, C, D, bias, softplus, nseg);
+    return {std::get<0>(out), std::get<1>(out)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scan_bwd(
@@ -444,16 +472,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scan_bwd(
     return bwd_common(false, dy, u, delta, A, B, C, D, bias, states, softplus, nseg);
 }
 
-std::tuple<Tensor, Tensor> omni_fwd(const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B,
-                                    const Tensor& C, const OptTensor& D, const OptTensor& bias, bool softplus,
-                                    int64_t nseg) {
-    return fwd_common(true, x, delta, A, B, C, D, bias, softplus, nseg);
+// keep_columns: also return the column copies the kernel read (xT, deltaT, BT, CT; empty (0,)
+// tensors when there are none, i.e. with VMAMBAIR_SCAN_COLUMNS=staged), for the backward to reuse
+// instead of transposing again: memory for time, asked for only when gradients will be needed.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> omni_fwd(
+    const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C, const OptTensor& D,
+    const OptTensor& bias, bool softplus, int64_t nseg, bool keep_columns) {
+    auto [y, states, in] = fwd_common(true, x, delta, A, B, C, D, bias, softplus, nseg);
+    if (keep_columns && in.colT()) return {y, states, in.xT, in.deltaT, in.BT, in.CT};
+    const Tensor none = at::empty({0}, x.options());
+    return {y, states, none, none.clone(), none.clone(), none.clone()};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> omni_bwd(
     const Tensor& dy, const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
-    const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg) {
-    return bwd_common(true, dy, x, delta, A, B, C, D, bias, states, softplus, nseg);
+    const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg, const OptTensor& xT,
+    const OptTensor& deltaT, const OptTensor& BT, const OptTensor& CT) {
+    return bwd_common(true, dy, x, delta, A, B, C, D, bias, states, softplus, nseg, {xT, deltaT, BT, CT});
 }
 
 }  // namespace
@@ -465,10 +500,10 @@ TORCH_LIBRARY(vmambair_scan, m) {
           "Tensor? delta_bias, Tensor states, bool softplus, int nseg=0) "
           "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
     m.def("omni_fwd(Tensor x, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, "
-          "bool softplus, int nseg=0) -> (Tensor, Tensor)");
+          "bool softplus, int nseg=0, bool keep_columns=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
     m.def("omni_bwd(Tensor dy, Tensor x, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
-          "Tensor? delta_bias, Tensor states, bool softplus, int nseg=0) "
-          "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+          "Tensor? delta_bias, Tensor states, bool softplus, int nseg=0, Tensor? xT=None, Tensor? deltaT=None, "
+          "Tensor? BT=None, Tensor? CT=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(vmambair_scan, CUDA, m) {

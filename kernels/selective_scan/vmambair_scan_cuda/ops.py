@@ -4,7 +4,12 @@ The C++ extension (``_C``) defines four CUDA ops with ``TORCH_LIBRARY``:
 
 * ``scan_fwd(u, delta, A, B, C, D?, delta_bias?, softplus, nseg) -> (y, states)``
 * ``scan_bwd(dy, u, delta, A, B, C, D?, delta_bias?, states, softplus, nseg) -> 7 grads``
-* ``omni_fwd`` / ``omni_bwd``: the fused four-direction planar scan.
+* ``omni_fwd(x, delta, A, B, C, D?, delta_bias?, softplus, nseg, keep_columns) -> (y, states,
+  xT, deltaT, BT, CT)`` / ``omni_bwd(dy, x, ..., nseg, xT?, deltaT?, BT?, CT?) -> 7 grads``: the
+  fused four-direction planar scan. Its column directions read transposed copies (x transposed,
+  and delta / B / C of directions 1 and 3 as (b, 2, ., W, H)); with ``keep_columns`` the forward
+  returns them (else, or with ``VMAMBAIR_SCAN_COLUMNS=staged``, empty (0,) tensors) so that the
+  backward need not transpose them again.
 
 Here they get fake (meta) implementations, so ``torch.compile`` can trace them, and autograd
 formulas, so ``y.backward()`` works through them. ``states`` (fp32, (b, dim, ceil(L/256), N))
@@ -13,6 +18,8 @@ is the state at the start of every 256-position chunk; the backward recomputes t
 from __future__ import annotations
 
 from typing import Optional
+
+import os
 
 import torch
 
@@ -44,39 +51,64 @@ def _bwd_fake(dy, u, delta, A, B, C, D, delta_bias, states, softplus, nseg=0):
 
 
 torch.library.register_fake("vmambair_scan::scan_bwd")(_bwd_fake)
-torch.library.register_fake("vmambair_scan::omni_bwd")(_bwd_fake)
+
+
+@torch.library.register_fake("vmambair_scan::omni_bwd")
+def _omni_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, softplus, nseg=0, xT=None, deltaT=None, BT=None,
+                   CT=None):
+    return _bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, softplus, nseg)
+
+
+def transposed_columns() -> bool:
+    """Whether the fused op's column directions read transposed copies (VMAMBAIR_SCAN_COLUMNS unset or
+    'transposed'; 'staged' gathers in place). The extension reads the same variable; this mirrors it
+    for the fake kernel."""
+    return os.environ.get("VMAMBAIR_SCAN_COLUMNS", "") in ("", "transposed")
 
 
 @torch.library.register_fake("vmambair_scan::omni_fwd")
-def _omni_fwd_fake(x, delta, A, B, C, D, delta_bias, softplus, nseg=0):
+def _omni_fwd_fake(x, delta, A, B, C, D, delta_bias, softplus, nseg=0, keep_columns=False):
     b, d, H, W = x.shape
-    return torch.empty_like(x), x.new_empty((b, 4 * d, _nchunks(H * W), A.shape[1]), dtype=torch.float32)
+    N = B.shape[2]
+    y, states = torch.empty_like(x), x.new_empty((b, 4 * d, _nchunks(H * W), A.shape[1]), dtype=torch.float32)
+    if keep_columns and transposed_columns() and b * d * H * W > 0:
+        return y, states, x.new_empty((b, d, W, H)), x.new_empty((b, 2, d, W, H)), x.new_empty((b, 2, N, W, H)), \
+            x.new_empty((b, 2, N, W, H))
+    return (y, states) + tuple(x.new_empty((0,)) for _ in range(4))
 
 
 # ---------------------------------------------------------------- autograd
-def _setup(ctx, inputs, output):
+def _setup(ctx, inputs, output, extra=()):
     u, delta, A, B, C, D, delta_bias, softplus = inputs[:8]
     ctx.ninputs = len(inputs)
     ctx.nseg = inputs[8] if len(inputs) > 8 else 0
     ctx.softplus = softplus
     ctx.has_D, ctx.has_bias = D is not None, delta_bias is not None
-    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1])
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1], *extra)
+
+
+def _setup_omni(ctx, inputs, output):
+    # The column copies the forward kept (keep_columns, transposed columns): the backward reuses
+    # them (an empty map's are empty, and the backward then makes its own, which is nothing).
+    ctx.kept = len(inputs) > 9 and bool(inputs[9]) and transposed_columns()
+    _setup(ctx, inputs, output, tuple(output[2:6]) if ctx.kept else ())
 
 
 def _make_backward(bwd_op):
-    def backward(ctx, dy, _dstates):
-        u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
+    def backward(ctx, dy, *_unused):
+        u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors[:8]
         if dy is None:
             return (None,) * ctx.ninputs
+        kept = ctx.saved_tensors[8:12] if getattr(ctx, "kept", False) else ()
         du, ddelta, dA, dB, dC, dD, dbias = bwd_op(dy.contiguous().to(u.dtype), u, delta, A, B, C, D, delta_bias,
-                                                   states, ctx.softplus, ctx.nseg)
+                                                   states, ctx.softplus, ctx.nseg, *kept)
         grads = (du, ddelta, dA, dB, dC, dD if ctx.has_D else None, dbias if ctx.has_bias else None)
         return grads + (None,) * (ctx.ninputs - len(grads))
     return backward
 
 
 torch.library.register_autograd("vmambair_scan::scan_fwd", _make_backward(_ops.scan_bwd), setup_context=_setup)
-torch.library.register_autograd("vmambair_scan::omni_fwd", _make_backward(_ops.omni_bwd), setup_context=_setup)
+torch.library.register_autograd("vmambair_scan::omni_fwd", _make_backward(_ops.omni_bwd), setup_context=_setup_omni)
 
 
 # ---------------------------------------------------------------- public wrappers
@@ -128,6 +160,9 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
         to its pixel, summed; in x's dtype. No permuted copy of anything is made.
     """
     dt = _compute_dtype(x)
-    y, _ = _ops.omni_fwd(x.to(dt).contiguous(), delta.to(dt).contiguous(), A.float().contiguous(),
-                         B.to(dt).contiguous(), C.to(dt).contiguous(), _param(D), _param(delta_bias), True, int(nseg))
+    # Keep the column copies for the backward only when there will be one.
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
+    y = _ops.omni_fwd(x.to(dt).contiguous(), delta.to(dt).contiguous(), A.float().contiguous(),
+                      B.to(dt).contiguous(), C.to(dt).contiguous(), _param(D), _param(delta_bias), True, int(nseg),
+                      keep)[0]
     return y if y.dtype == x.dtype else y.to(x.dtype)
