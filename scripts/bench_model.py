@@ -270,10 +270,10 @@ def main(argv=None):
     out = args.out or os.path.join("benchmarks", f"model_{name}.md")
     head = [f"# Model benchmark: {name}", "",
             *provenance(),
-            f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam"
-            + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on every path but reference (whose "
-               "one measurement is repeated in each train row)" if len(train_runs(args)) > 1 or "train" not in
-               train_runs(args) else ""),
+            (f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam"
+             + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on every path but reference (whose "
+                "one measurement is repeated in each train row)" if set(train_runs(args)) - {"train"} else "")
+             if train_runs(args) else "- train step: not measured (--train-batch 0)"),
             f"- inference: batch 1, input size as given; reference scan backend: {plain}; "
             f"fused op available: {'cuda' in avail}", "",
             "| what | " + " | ".join(PATH_TITLES[p] for p in args.paths)
