@@ -15,7 +15,9 @@ fuse into the neighbouring kernels while the fused op's transposed column copies
 with the fused op at every level (benchmarks/model_derain_fused_inference.md) and 215 ms with
 this limit in an earlier run that still had the older, slower summary pass
 (benchmarks/model_derain_infer_limit.md). So the limit counts the whole batch: the fused op wins
-where launches, not bytes, dominate.
+where launches, not bytes, dominate. With the tiled column-only copies (seventh pass) the two
+came out level on an H100 (fused at every size 1-2 % faster at 1024x1024 and 2048x2048, in two
+processes, for 8 % more memory: benchmarks/fused_limit_h100.md), so the limit stays.
 """
 import contextlib
 import os
