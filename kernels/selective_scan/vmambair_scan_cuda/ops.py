@@ -80,6 +80,9 @@ def _omni_fwd_fake(x, delta, A, B, C, D, delta_bias, softplus, nseg=0, keep_colu
 # ---------------------------------------------------------------- autograd
 def _setup(ctx, inputs, output, extra=()):
     u, delta, A, B, C, D, delta_bias, softplus = inputs[:8]
+    # Only y has a gradient; autograd would otherwise fill a zero tensor for each other output
+    # (states, and the fused op's kept copies: as many bytes as x again, twice over) per backward.
+    ctx.set_materialize_grads(False)
     ctx.ninputs = len(inputs)
     ctx.nseg = inputs[8] if len(inputs) > 8 else 0
     ctx.softplus = softplus
