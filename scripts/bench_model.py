@@ -168,19 +168,21 @@ def train_runs(args) -> dict:
     return {("train" if m == "none" else f"train, recompute {m}"): m for m in args.checkpointing or ["none"]}
 
 
-def train_keys(args) -> list:
-    return list(train_runs(args))
+def train_net_opt(net_opt: dict, mode: str, path: str) -> dict:
+    """network_g's options for a training row: activation_checkpointing ``mode``, except on the
+    reference path, which never recomputes."""
+    return dict(net_opt, activation_checkpointing="none" if path == "reference" else mode)
 
 
 def write_profile(args, net_opt, scale, plain) -> int:
     """The --profile mode: one Markdown file of kernel-time tables, per path, train and inference."""
     parts = [f"# Profile: {args.opt}", ""] + provenance() + [""]
+    runs = train_runs(args)
     for path in args.paths:
-        for what in train_keys(args) + [f"infer {s}" for s in args.infer_sizes[:1]]:
+        for what in list(runs) + [f"infer {s}" for s in args.infer_sizes[:1]]:
             with execution_path(path, plain) as amp:
-                if what in train_runs(args):
-                    mode = train_runs(args)[what] if path != "reference" else "none"
-                    fn = make_train_step(dict(net_opt, activation_checkpointing=mode), scale, args.train_batch,
+                if what in runs:
+                    fn = make_train_step(train_net_opt(net_opt, runs[what], path), scale, args.train_batch,
                                          args.train_size, path, amp)
                 else:
                     fn = make_inference(net_opt, args.infer_sizes[0], path, amp)
@@ -240,13 +242,14 @@ def main(argv=None):
         return write_profile(args, net_opt, scale, plain)
     rows = []
     results = {}
+    runs = train_runs(args)
     ref_train = None  # the reference path's step (it never recomputes): measured once, in every row
-    for key, mode in train_runs(args).items():
+    for key, mode in runs.items():
         for path in args.paths:
             if path == "reference" and ref_train is not None:
                 results[(key, path)] = ref_train
                 continue
-            train_net = dict(net_opt, activation_checkpointing=mode if path != "reference" else "none")
+            train_net = train_net_opt(net_opt, mode, path)
             r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
                       path, plain, args.warmup, args.iters)
             results[(key, path)] = r
@@ -259,7 +262,7 @@ def main(argv=None):
             results[(f"infer {s}", path)] = r
             print(f"infer  {path:9s} {s}x{s}: {fmt(r)}", flush=True)
     others = [p for p in args.paths if p != "reference"]
-    for key in train_keys(args) + [f"infer {s}" for s in args.infer_sizes]:
+    for key in list(runs) + [f"infer {s}" for s in args.infer_sizes]:
         ref = results.get((key, "reference"))
         cells = [fmt(results.get((key, p))) for p in args.paths]
         for p in others:
@@ -272,8 +275,8 @@ def main(argv=None):
             *provenance(),
             (f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam"
              + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on every path but reference (whose "
-                "one measurement is repeated in each train row)" if set(train_runs(args)) - {"train"} else "")
-             if train_runs(args) else "- train step: not measured (--train-batch 0)"),
+                "one measurement is repeated in each train row)" if set(runs) - {"train"} else "")
+             if runs else "- train step: not measured (--train-batch 0)"),
             f"- inference: batch 1, input size as given; reference scan backend: {plain}; "
             f"fused op available: {'cuda' in avail}", "",
             "| what | " + " | ".join(PATH_TITLES[p] for p in args.paths)

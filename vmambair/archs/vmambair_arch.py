@@ -77,6 +77,15 @@ def depthwise_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
                       for i in range(0, c, step)], dim=1)
 
 
+def run_recomputed(module: nn.Module, fn, x: torch.Tensor) -> torch.Tensor:
+    """fn(x); when ``module.checkpointing`` is on (training, gradients enabled) its activations are
+    recomputed in the backward pass instead of stored. Called inside forward, so that a compiled
+    module traces the checkpoint and recomputes fused code."""
+    if module.checkpointing and module.training and torch.is_grad_enabled():
+        return checkpoint.checkpoint(fn, x, use_reentrant=False)
+    return fn(x)
+
+
 class EFFN(nn.Module):
     """Gated depthwise feed-forward network (Restormer's GDFN): (b, c, h, w) -> same.
 
@@ -102,9 +111,7 @@ class EFFN(nn.Module):
     checkpointing = False
 
     def forward(self, x):
-        if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        return run_recomputed(self, self._forward, x)
 
     def _forward(self, x):
         h = self.hidden
@@ -303,9 +310,7 @@ class OSSBlock(nn.Module):
     checkpointing = False
 
     def forward(self, x):
-        if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint.checkpoint(self._residual_body, x, use_reentrant=False)
-        return self._residual_body(x)
+        return run_recomputed(self, self._residual_body, x)
 
     def _residual_body(self, x):
         x = x + self.oss(self.norm1(x))

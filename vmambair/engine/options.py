@@ -476,11 +476,12 @@ def build_from_spec(kind: str, spec: Dict[str, Any], *args, **extra) -> Any:
     """Instantiate a validated ``{type: Name, **kwargs}`` spec: ``Name(*args, **kwargs, **extra)``."""
     kwargs = {k: v for k, v in spec.items() if k != "type"}
     kwargs.update(extra)
-    if kind != "arch":
-        return _registry(kind)[spec["type"]](*args, **kwargs)
     try:
         return _registry(kind)[spec["type"]](*args, **kwargs)
-    except ValueError as err:  # a network refusing a value its signature lets through
+    except ValueError as err:
+        if kind != "arch":
+            raise
+        # a network refusing a value its signature lets through
         raise OptionsError(f"Network {spec['type']} rejected its options: {err}") from err
 
 

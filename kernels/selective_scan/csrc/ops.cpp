@@ -452,7 +452,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     }
     const auto dt = u.scalar_type();
     if (dt != at::kFloat) {
-        if (du.scalar_type() != dt) du = du.to(dt);
+        du = du.to(dt);  // (already dt when the transposed columns were merged: then a no-op)
         dB = dB.to(dt);
         dC = dC.to(dt);
     }

@@ -17,9 +17,8 @@ is the state at the start of every 256-position chunk; the backward recomputes t
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import os
+from typing import Optional
 
 import torch
 
