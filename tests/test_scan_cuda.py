@@ -164,12 +164,13 @@ OMNI_CASES += [(dt, 16, hw) for dt in DTYPES for hw in ((32, 9), (8, 37), (64, 6
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("columns", ["transposed", "staged"])
+@pytest.mark.parametrize("columns", ["transposed", "mixed", "staged"])
 @pytest.mark.parametrize("dtype,N,hw", OMNI_CASES,
                          ids=[f"{str(d)[6:]}-N{N}-{h}x{w}" for d, N, (h, w) in OMNI_CASES])
 def test_omni_fused_matches_unfused(dtype, N, hw, columns, monkeypatch):
-    """Both ways of reading the column directions (VMAMBAIR_SCAN_COLUMNS): transposed copies, or
-    gathers (staged row by row through shared memory where H divides the chunk)."""
+    """Every way of reading and writing the column directions (VMAMBAIR_SCAN_COLUMNS): transposed
+    copies in and out; transposed copies in, outputs staged row by row into the image layout where H
+    divides the chunk (mixed); or gathers in and staged outputs (staged)."""
     monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", columns)
     H, W = hw
     i = OMNI_CASES.index((dtype, N, hw))
@@ -264,7 +265,7 @@ def test_opcheck_custom_ops():
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize("columns", ["transposed", "staged"])
+@pytest.mark.parametrize("columns", ["transposed", "mixed", "staged"])
 def test_omni_backward_reuses_the_forwards_column_copies(columns, monkeypatch):
     """omni_fwd(keep_columns=True) returns the column copies its kernel read (none when staged), the
     autograd wrapper keeps them when gradients are needed, and omni_bwd given them computes what

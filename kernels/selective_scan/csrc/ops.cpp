@@ -216,54 +216,75 @@ void set_segments(vss::ScanParams& p, bool omni, int64_t nseg_req, const Tensor&
 // transposed (x, dy), and delta / B / C of directions 1 and 3 only, transposed into column-only
 // tensors (b, 2, c, W, H); the row directions read delta / B / C as given. The copies are tiled
 // transposes (transpose.cu), and the column directions' outputs come back the same way.
-// VMAMBAIR_SCAN_COLUMNS picks: "transposed" or "staged" (gathers, staged row by row through shared
-// memory where H divides the chunk); unset: kTransposedColumnsByDefault. Measured on an H200 at
-// (9, 96, 64x64), fwd + bwd GPU time, before the tiled transposes: fp32 1.281 vs 1.485 ms, bf16
-// 1.317 vs 1.447 ms (benchmarks/gpu_scan_fused_transposed.md / _staged.md of that date).
-constexpr bool kTransposedColumnsByDefault = true;
+// VMAMBAIR_SCAN_COLUMNS picks one of three modes (unset: kDefaultColumns):
+//   "transposed"  copies in, and the column directions' y / du / ddelta / dB / dC out into
+//                 transposed buffers that transposes merge or put back;
+//   "mixed"       copies in, but y / du / ddelta out straight into the image layout, staged row by
+//                 row through shared memory (ScanParams::col_out_staged) where H divides the chunk
+//                 (other H: as "transposed"); dB / dC as "transposed";
+//   "staged"      no copies: gathers in and staged out, both row by row where H divides the chunk.
+// Measured on an H200 at (9, 96, 64x64), fwd + bwd GPU time, before the tiled transposes:
+// transposed vs staged fp32 1.281 vs 1.485 ms, bf16 1.317 vs 1.447 ms
+// (benchmarks/gpu_scan_fused_transposed.md / _staged.md of that date).
+enum class Columns { kStaged, kTransposed, kMixed };
+constexpr Columns kDefaultColumns = Columns::kMixed;
 
-bool transposed_columns() {
+Columns column_mode() {
     const char* v = std::getenv("VMAMBAIR_SCAN_COLUMNS");
-    if (v == nullptr || *v == 0) return kTransposedColumnsByDefault;
+    if (v == nullptr || *v == 0) return kDefaultColumns;
     const std::string s(v);
-    TORCH_CHECK(s == "transposed" || s == "staged", "vmambair_scan: VMAMBAIR_SCAN_COLUMNS=", s,
-                " is not a column mode; set it to 'transposed' or 'staged', or unset it");
-    return s == "transposed";
+    if (s == "transposed") return Columns::kTransposed;
+    if (s == "mixed") return Columns::kMixed;
+    TORCH_CHECK(s == "staged", "vmambair_scan: VMAMBAIR_SCAN_COLUMNS=", s,
+                " is not a column mode; set it to 'transposed', 'mixed' or 'staged', or unset it");
+    return Columns::kStaged;
 }
 
 template <typename T> T* ptr(const Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
 
-// dst planes (S x R) = src planes (R x S) transposed (+ add, fp32, laid out like dst), `planes`
-// planes in groups of `inner` (vss::Planes gives each tensor's offset and group stride).
+// Plane transposes collected into one launch (vss::launch_transposes): add() queues dst planes
+// (S x R) = src planes (R x S) transposed (+ add, fp32, laid out like dst), `planes` planes in
+// groups of `inner` (vss::Planes gives each tensor's offset and group stride); launch() runs them.
 template <typename TS, typename TD>
-void transpose(const Tensor& src, vss::Planes sp, Tensor& dst, vss::Planes dp, const Tensor* add, vss::Planes ap,
-               int64_t planes, int64_t inner, int64_t R, int64_t S) {
-    vss::launch_transpose<TS, TD>(ptr<const TS>(src), sp, ptr<TD>(dst), dp, add ? ptr<const float>(*add) : nullptr,
-                                  ap, planes, inner, (int)R, (int)S, c10::cuda::getCurrentCUDAStream());
-}
+struct Transposes {
+    vss::TransposeJobs<TS, TD> jobs;
+
+    void add(const Tensor& src, vss::Planes sp, Tensor& dst, vss::Planes dp, const Tensor* acc, vss::Planes ap,
+             int64_t planes, int64_t inner, int64_t R, int64_t S) {
+        if (jobs.count == vss::kMaxTransposeJobs || (jobs.count > 0 && (jobs.R != R || jobs.S != S))) launch();
+        jobs.R = (int)R;
+        jobs.S = (int)S;
+        jobs.job[jobs.count++] = {ptr<const TS>(src), sp, ptr<TD>(dst), dp, acc ? ptr<const float>(*acc) : nullptr, ap,
+                                  planes, inner};
+    }
+    void launch() {
+        if (jobs.count > 0) vss::launch_transposes<TS, TD>(jobs, c10::cuda::getCurrentCUDAStream());
+        jobs = {};
+    }
+};
 
 // (b, 4, c, H, W), directions k = 0..3 -> directions 1 and 3 as (b, 2, c, W, H) (transposed planes).
 template <typename T>
-Tensor column_directions_transposed(const Tensor& t) {
+Tensor column_directions_transposed(const Tensor& t, Transposes<T, T>& tr) {
     const int64_t b = t.size(0), c = t.size(2), H = t.size(3), W = t.size(4), L = H * W;
     Tensor out = at::empty({b, 2, c, W, H}, t.options());
-    transpose<T, T>(t, {c * L, 2 * c * L}, out, {0, c * L}, nullptr, {}, b * 2 * c, c, H, W);
+    tr.add(t, {c * L, 2 * c * L}, out, {0, c * L}, nullptr, {}, b * 2 * c, c, H, W);
     return out;
 }
 
 // The inverse into a full (b, 4, c, H, W) tensor: colT (b, 2, c, W, H) -> its directions 1 and 3.
 template <typename T>
-void put_column_directions(const Tensor& colT, Tensor& full) {
+void put_column_directions(const Tensor& colT, Tensor& full, Transposes<T, T>& tr) {
     const int64_t b = full.size(0), c = full.size(2), H = full.size(3), W = full.size(4), L = H * W;
-    transpose<T, T>(colT, {0, c * L}, full, {c * L, 2 * c * L}, nullptr, {}, b * 2 * c, c, W, H);
+    tr.add(colT, {0, c * L}, full, {c * L, 2 * c * L}, nullptr, {}, b * 2 * c, c, W, H);
 }
 
 // x (b, d, H, W) -> its transpose as a contiguous (b, d, W, H) tensor.
 template <typename T>
-Tensor map_transposed(const Tensor& x) {
+Tensor map_transposed(const Tensor& x, Transposes<T, T>& tr) {
     const int64_t planes = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
     Tensor out = at::empty({x.size(0), x.size(1), W, H}, x.options());
-    transpose<T, T>(x, {0, 0}, out, {0, 0}, nullptr, {}, planes, planes, H, W);
+    tr.add(x, {0, 0}, out, {0, 0}, nullptr, {}, planes, planes, H, W);
     return out;
 }
 
@@ -273,14 +294,18 @@ template <typename T>
 Tensor merge_accumulators(const Tensor& acc, at::ScalarType dtype) {
     const int64_t b = acc.size(1), d = acc.size(2), H = acc.size(3), W = acc.size(4), L = H * W;
     Tensor out = at::empty({b, d, H, W}, acc.options().dtype(dtype));
-    transpose<float, T>(acc, {b * d * L, 0}, out, {0, 0}, &acc, {0, 0}, b * d, b * d, W, H);
+    Transposes<float, T> tr;
+    tr.add(acc, {b * d * L, 0}, out, {0, 0}, &acc, {0, 0}, b * d, b * d, W, H);
+    tr.launch();
     return out;
 }
 
 // delta / B / C as the kernel reads them: as given, and with transposed columns (then xT is
-// defined) also the column directions' transposed copies and x transposed.
+// defined) also the column directions' transposed copies and x transposed; out_staged: the
+// column directions write y / du / ddelta straight into the image layout (mixed columns).
 struct KernelInputs {
     Tensor deltaT, BT, CT, xT;
+    bool out_staged = false;
     bool colT() const { return xT.defined(); }
 };
 
@@ -302,25 +327,31 @@ void check_kept(const OptTensor& t, const char* name, const Tensor& like, at::In
 KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, const Tensor& B, const Tensor& C,
                            const KeptColumns& kept = {}) {
     KernelInputs in;
-    if (!omni || !transposed_columns()) return in;
+    if (!omni) return in;
+    const Columns mode = column_mode();
+    if (mode == Columns::kStaged) return in;
+    const bool out_staged = mode == Columns::kMixed && vss::column_staged(1, (int)x.size(2));
     if (kept.xT.has_value() && kept.xT->defined() && kept.xT->numel() > 0) {
         const int64_t b = x.size(0), d = x.size(1), H = x.size(2), W = x.size(3), N = B.size(2);
         check_kept(kept.xT, "xT", x, {b, d, W, H});
         check_kept(kept.deltaT, "deltaT", x, {b, 2, d, W, H});
         check_kept(kept.BT, "BT", x, {b, 2, N, W, H});
         check_kept(kept.CT, "CT", x, {b, 2, N, W, H});
-        return {*kept.deltaT, *kept.BT, *kept.CT, *kept.xT};
+        return {*kept.deltaT, *kept.BT, *kept.CT, *kept.xT, out_staged};
     }
     dispatch(x.scalar_type(), [&](auto tag) {
         using T = decltype(tag);
-        in = {column_directions_transposed<T>(delta), column_directions_transposed<T>(B),
-              column_directions_transposed<T>(C), map_transposed<T>(x)};
+        Transposes<T, T> tr;  // the four copies in one launch
+        in = {column_directions_transposed<T>(delta, tr), column_directions_transposed<T>(B, tr),
+              column_directions_transposed<T>(C, tr), map_transposed<T>(x, tr), out_staged};
+        tr.launch();
     });
     return in;
 }
 
 void set_column_inputs(vss::ScanParams& p, const KernelInputs& in) {
     p.colT = true;
+    p.col_out_staged = in.out_staged;
     p.uT = in.xT.data_ptr();
     p.deltaT = in.deltaT.data_ptr();
     p.BT = in.BT.data_ptr();
@@ -343,9 +374,10 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
     }
     const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
     const bool colT = in.colT();
+    const bool yT = colT && !in.out_staged;  // the column directions' y goes into a transposed buffer
     // The fused op's directions add into fp32 accumulators: [0] in the image's layout, and with
-    // transposed columns [1] in the transposed one (one zero-fill for both).
-    Tensor acc = omni ? at::zeros({colT ? 2 : 1, g.batch, g.d, g.H, g.W}, f32) : Tensor();
+    // transposed column outputs [1] in the transposed one (one zero-fill for both).
+    Tensor acc = omni ? at::zeros({yT ? 2 : 1, g.batch, g.d, g.H, g.W}, f32) : Tensor();
     Tensor y = omni ? acc[0] : at::empty_like(u);
     vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
     Tensor seg_S, seg_H, seg_carry;
@@ -355,13 +387,13 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
     p.states = states.data_ptr<float>();
     if (colT) {
         set_column_inputs(p, in);
-        p.yT = acc[1].data_ptr();
+        if (yT) p.yT = acc[1].data_ptr();
     }
     p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y) &&
-            (!colT || (aligned16(p.uT) && aligned16(p.deltaT) && aligned16(p.yT)));
+            (!colT || (aligned16(p.uT) && aligned16(p.deltaT) && (!yT || aligned16(p.yT))));
     auto stream = c10::cuda::getCurrentCUDAStream();
     dispatch(u.scalar_type(), [&](auto tag) { vss::launch_fwd<decltype(tag)>(p, omni, stream); });
-    if (colT) {
+    if (yT) {
         dispatch(u.scalar_type(), [&](auto tag) { y = merge_accumulators<decltype(tag)>(acc, u.scalar_type()); });
     } else if (omni && u.scalar_type() != at::kFloat) {
         y = y.to(u.scalar_type());
@@ -389,14 +421,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     const bool any = g.batch > 0 && g.dim > 0 && g.L > 0;
     const KernelInputs in = any ? kernel_inputs(omni, u, delta, B, C, kept) : KernelInputs();
     const bool colT = in.colT();
-    // fp32 accumulators: du ([0]; with transposed columns [1] the columns' du, transposed; one
-    // zero-fill), dB and dC (separate tensors: the op's outputs must not share memory).
-    Tensor du_acc = omni ? at::zeros({colT ? 2 : 1, g.batch, g.d, g.H, g.W}, f32) : Tensor();
+    const bool outT = colT && !in.out_staged;  // du / ddelta of the column directions go out transposed
+    // fp32 accumulators: du ([0]; with transposed column outputs [1] the columns' du, transposed;
+    // one zero-fill), dB and dC (separate tensors: the op's outputs must not share memory).
+    Tensor du_acc = omni ? at::zeros({outT ? 2 : 1, g.batch, g.d, g.H, g.W}, f32) : Tensor();
     Tensor du = omni ? du_acc[0] : at::empty_like(u);
     Tensor ddelta = at::empty_like(delta);
     Tensor dA = at::zeros(A.sizes(), f32);
-    Tensor dB = at::zeros(B.sizes(), f32);
-    Tensor dC = at::zeros(C.sizes(), f32);
+    // With transposed columns the transposes below write the column directions (1, 3) of dB / dC
+    // whole: only the row directions, which the kernel adds into, need zeroing.
+    auto grad_bc = [&](const Tensor& like) {
+        if (!colT) return at::zeros(like.sizes(), f32);
+        Tensor t = at::empty(like.sizes(), f32);
+        t.slice(1, 0, 4, 2).zero_();
+        return t;
+    };
+    Tensor dB = grad_bc(B);
+    Tensor dC = grad_bc(C);
     Tensor dD = D.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
     Tensor dbias = bias.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
     if (any) {
@@ -404,8 +445,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
         // column-only transposed tensors; they are put back below.
         Tensor dyT, ddeltaT, dBT, dCT;
         if (colT) {
-            dispatch(u.scalar_type(), [&](auto tag) { dyT = map_transposed<decltype(tag)>(dy); });
-            ddeltaT = at::empty_like(in.deltaT);
+            dispatch(u.scalar_type(), [&](auto tag) {
+                Transposes<decltype(tag), decltype(tag)> tr;
+                dyT = map_transposed(dy, tr);
+                tr.launch();
+            });
+            if (outT) ddeltaT = at::empty_like(in.deltaT);
             Tensor dbcT = at::zeros({2, in.BT.numel()}, f32);  // the columns' dB and dC, one zero-fill
             dBT = dbcT[0].view(in.BT.sizes());
             dCT = dbcT[1].view(in.CT.sizes());
@@ -426,25 +471,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
         if (colT) {
             set_column_inputs(p, in);
             p.dyT = dyT.data_ptr();
-            p.duT = du_acc[1].data_ptr();
-            p.ddeltaT = ddeltaT.data_ptr();
+            if (outT) {
+                p.duT = du_acc[1].data_ptr();
+                p.ddeltaT = ddeltaT.data_ptr();
+            }
             p.dBT = dBT.data_ptr<float>();
             p.dCT = dCT.data_ptr<float>();
         }
         p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.dy) &&
                 aligned16(p.du) && aligned16(p.ddelta) &&
-                (!colT || (aligned16(p.uT) && aligned16(p.deltaT) && aligned16(p.dyT) && aligned16(p.duT) &&
-                           aligned16(p.ddeltaT)));
+                (!colT || (aligned16(p.uT) && aligned16(p.deltaT) && aligned16(p.dyT) &&
+                           (!outT || (aligned16(p.duT) && aligned16(p.ddeltaT)))));
         auto stream = c10::cuda::getCurrentCUDAStream();
         dispatch(u.scalar_type(), [&](auto tag) { vss::launch_bwd<decltype(tag)>(p, omni, stream); });
-        if (colT) {
+        if (outT) {
             dispatch(u.scalar_type(), [&](auto tag) {
                 using T = decltype(tag);
                 du = merge_accumulators<T>(du_acc, u.scalar_type());
-                put_column_directions<T>(ddeltaT, ddelta);
+                Transposes<T, T> tr;
+                put_column_directions(ddeltaT, ddelta, tr);
+                tr.launch();
             });
-            put_column_directions<float>(dBT, dB);
-            put_column_directions<float>(dCT, dC);
+        }
+        if (colT) {
+            Transposes<float, float> tr;  // dB and dC in one launch
+            put_column_directions(dBT, dB, tr);
+            put_column_directions(dCT, dC, tr);
+            tr.launch();
         }
     } else {
         ddelta.zero_();

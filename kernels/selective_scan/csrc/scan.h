@@ -56,6 +56,11 @@ struct ScanParams {
     // g in slot g >> 1, and their x / y / dy / du the transposed tensors uT / yT / dyT / duT
     // (ops.cpp, kernel_inputs). The row directions use delta / B / C as given.
     bool colT = false;
+    // Omni, colT, "mixed" columns: the column directions write y / du / ddelta straight into the
+    // image layout (y, du, ddelta), staged row by row through shared memory as in the staged mode,
+    // instead of into yT / duT / ddeltaT that a transpose then puts back. Only where
+    // column_staged(1, H) holds (H divides kChunk: a chunk is whole columns).
+    bool col_out_staged = false;
 
     // inputs (dtype T unless float)
     const void* u = nullptr;      // plain (b, dim, L); omni x (b, d, L)
@@ -73,7 +78,7 @@ struct ScanParams {
 
     // forward outputs / workspaces
     void* y = nullptr;            // plain: T (b, dim, L); omni: float accumulator (b, d, L), zeroed
-    void* yT = nullptr;           // omni, colT: float accumulator (b, d, W, H) of the column directions, zeroed
+    void* yT = nullptr;           // omni, colT unless col_out_staged: float accumulator (b, d, W, H) of the column directions, zeroed
     float* states = nullptr;      // (b, dim, nchunks, N): state before each chunk's first position
     float* seg_S = nullptr;       // (b, dim, nseg): sum of dt over each segment
     float* seg_H = nullptr;       // (b, dim, nseg, N): segment summary (zero incoming state)
@@ -83,9 +88,9 @@ struct ScanParams {
     const void* dy = nullptr;     // plain T (b, dim, L); omni T (b, d, L)
     void* du = nullptr;           // plain T (b, dim, L); omni float accumulator (b, d, L), zeroed
     const void* dyT = nullptr;    // omni, colT: dy transposed, (b, d, W, H)
-    void* duT = nullptr;          // omni, colT: float accumulator (b, d, W, H), zeroed
+    void* duT = nullptr;          // omni, colT unless col_out_staged: float accumulator (b, d, W, H), zeroed
     void* ddelta = nullptr;       // T, delta's layout
-    void* ddeltaT = nullptr;      // omni, colT: T, deltaT's layout
+    void* ddeltaT = nullptr;      // omni, colT unless col_out_staged: T, deltaT's layout
     float* dBT = nullptr;         // omni, colT: BT's layout, zeroed
     float* dCT = nullptr;         // omni, colT: CT's layout, zeroed
     float* dA = nullptr;          // (dim, N), zeroed
@@ -94,6 +99,10 @@ struct ScanParams {
     float* dD = nullptr;          // (dim,) zeroed, or null
     float* dbias = nullptr;       // (dim,) zeroed, or null
 };
+
+// Can direction g of an H-row map stage its chunks row by row (a chunk is whole columns: H divides
+// kChunk)? Column directions only; see stage_slot (scan_common.cuh).
+__host__ __device__ inline bool column_staged(int g, int H) { return (g & 1) && H <= kChunk && kChunk % H == 0; }
 
 // T in {float, __nv_bfloat16, __half}; defined in fwd_*.cu / bwd_*.cu.
 template <typename T> void launch_fwd(const ScanParams& p, bool omni, cudaStream_t stream);
@@ -108,17 +117,35 @@ struct PassOccupancy {
 template <typename T> PassOccupancy fwd_occupancy(bool omni, int N);
 template <typename T> PassOccupancy bwd_occupancy(bool omni, int N);
 
-// Batched transposes of planes (transpose.cu): plane p of `planes` = (o, i) with i = p % inner,
-// at element offset off0 + o * outer + i * R * S of its tensor. Each src plane is R x S
-// (row-major); its dst plane is S x R with dst[s][r] = src[r][s] (+ add[s][r] when add is given,
-// an fp32 tensor laid out like dst). TS / TD: float, or both the scan's dtype, or float -> dtype.
+// Batched transposes of planes (transpose.cu). A job transposes `planes` planes in groups of
+// `inner`: plane p = (o, i) with i = p % inner sits at element offset off0 + o * outer + i * R * S
+// of its tensor. Each src plane is R x S (row-major); its dst plane is S x R with dst[s][r] =
+// src[r][s] (+ add[s][r] when add is given, an fp32 tensor laid out like dst). TS / TD: float, or
+// both the scan's dtype, or float -> dtype. Up to kMaxTransposeJobs jobs of the same plane size
+// run in one launch (fewer small launches, each with its ramp-up and tail).
 struct Planes {
     int64_t off0 = 0;
     int64_t outer = 0;
 };
 template <typename TS, typename TD>
-void launch_transpose(const TS* src, Planes sp, TD* dst, Planes dp, const float* add, Planes ap, int64_t planes,
-                      int64_t inner, int R, int S, cudaStream_t stream);
+struct TransposeJob {
+    const TS* src = nullptr;
+    Planes sp;
+    TD* dst = nullptr;
+    Planes dp;
+    const float* add = nullptr;
+    Planes ap;
+    int64_t planes = 0, inner = 1;
+};
+constexpr int kMaxTransposeJobs = 4;
+template <typename TS, typename TD>
+struct TransposeJobs {
+    TransposeJob<TS, TD> job[kMaxTransposeJobs];
+    int count = 0;
+    int R = 0, S = 0;  // the planes of every job are R x S
+};
+template <typename TS, typename TD>
+void launch_transposes(const TransposeJobs<TS, TD>& jobs, cudaStream_t stream);
 
 // Chains segment summaries into exact incoming carries (combine.cu).
 //   forward:  carry[0] = 0,        carry[s] = exp(A*S[s-1]) * carry[s-1] + H[s-1]

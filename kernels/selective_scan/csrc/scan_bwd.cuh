@@ -19,7 +19,8 @@ namespace vss {
 // kernel uses only the first part.
 //   Cs[NS][kChunk], rcarry[kWarps][NS] (lane 31 only), As[kWarps][NS]  | summary end
 //   Bs[NS][kChunk], red[2 buffers][dB, dC][kWarps][kChunk], dAs[kWarps][NS][32],
-//   and for the fused op Xs[3][kWarps][kChunk] (column directions: delta/u/dy in, du/ddelta out)
+//   and for the fused op Xs[3][kWarps][kChunk] (column directions: delta/u/dy in, du/ddelta out; with
+//   mixed columns du/ddelta out only)
 template <int NS, bool kOmni>
 struct BwdSmem {
     static constexpr int kCs = 0;
@@ -87,6 +88,9 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
     // moved by all threads in stage_slot's row-by-row order (a lane's own positions are W apart
     // in memory, so per-lane gathers would touch 32 rows per load).
     constexpr bool col_staged = kCol;
+    // Mixed columns (ScanParams::col_out_staged): a tcol block that reads the transposed copies but
+    // sends du / ddelta out through Xs like a col_staged block, straight into the image layout.
+    const bool out_staged = kOmni && !kSummary && tcol && p.col_out_staged;
     const int cl0 = (blockIdx.y - g * p.bpg) * kWarps;  // the block's first channel in its group
     // dB/dC leave as 8-byte reductions of 2 consecutive positions where memory has them in order.
     const bool vec_red = p.vec && !(kOmni && (gm & 1));
@@ -326,7 +330,7 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
         }
 
         if constexpr (!kSummary) {
-            if (valid || col_staged) {  // (col_staged: every thread joins the barrier below)
+            if (valid || col_staged || out_staged) {  // (staged: every thread joins the barrier below)
                 float duo[kK], ddo[kK];
 #pragma unroll
                 for (int i = 0; i < kK; ++i) {
@@ -339,15 +343,15 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
                         db_acc += ddo[i];
                     }
                 }
-                if (col_staged) {
+                if (col_staged || out_staged) {
                     store_smem_row(Xs[0][warp], lane, duo);  // this warp's own rows: read only by it so far
                     store_smem_row(Xs[1][warp], lane, ddo);
                     __syncthreads();
                     const int nrows = p.cpg - cl0;
-                    stage_rows_out<true>(static_cast<float*>(p.du) + ((int64_t)bi * p.cpg + cl0) * L, nrows, L, tin,
-                                         tpix, stid, Xs[0]);
-                    stage_rows_out<false>(static_cast<T*>(p.ddelta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L,
-                                          nrows, L, tin, tpix, stid, Xs[1]);
+                    stage_columns_out<true>(static_cast<float*>(p.du) + ((int64_t)bi * p.cpg + cl0) * L, nrows, g, tb,
+                                            tid, p.H, p.W, L, Xs[0]);
+                    stage_columns_out<false>(static_cast<T*>(p.ddelta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L,
+                                             nrows, g, tb, tid, p.H, p.W, L, Xs[1]);
                 } else if constexpr (kOmni) {
                     add_lane_omni(static_cast<float*>(tcol ? p.duT : p.du) + xrow * L, gm, t0, nv, p.vec, p.H, p.W, L,
                                   duo);

@@ -56,8 +56,6 @@ struct StageSlot {
     int pix;   // plain: tb + q; omni: the pixel of scan position tb + q in direction g
 };
 
-// Does direction g of an H-row map stage its chunks row by row (see stage_slot)?
-__host__ __device__ inline bool column_staged(int g, int H) { return (g & 1) && H <= kChunk && kChunk % H == 0; }
 
 // The direction whose memory order a block of direction g walks: g itself, or with transposed
 // columns (ScanParams::colT) the row direction of the same sense, since the column directions
@@ -267,6 +265,54 @@ __device__ __forceinline__ void load_smem_row(const float* __restrict__ row, int
 __device__ __forceinline__ void store_smem_row(float* __restrict__ row, int lane, const float (&v)[kK]) {
     reinterpret_cast<float4*>(row)[staged_half(lane, 0)] = make_float4(v[0], v[1], v[2], v[3]);
     reinterpret_cast<float4*>(row)[staged_half(lane, 1)] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Four values into p[0..3] (p 16-byte aligned for float, 8-byte for 16-bit types).
+template <typename T>
+__device__ __forceinline__ void store4(T* __restrict__ p, float a, float b, float c, float d) {
+    if constexpr (sizeof(T) == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+    } else {
+        union { uint2 r; T e[4]; } x;
+        x.e[0] = from_f<T>(a); x.e[1] = from_f<T>(b); x.e[2] = from_f<T>(c); x.e[3] = from_f<T>(d);
+        *reinterpret_cast<uint2*>(p) = x.r;
+    }
+}
+
+// A column direction's chunk (kChunk scan positions from tb of direction g, odd, H dividing kChunk:
+// whole columns) goes out of shared memory into the image layout: staged[k][staged_index(q)] holds
+// channel row k's value at scan position tb + q; row k is at base + k * L, rows from nrows on are
+// absent. Added atomically (kAdd, fp32 accumulators) or stored.
+// The chunk is kChunk / H whole columns. Where those come in groups of 4 (H <= 64) and W % 4 == 0,
+// each access moves 4 consecutive pixels of one image row (16-byte reductions / 4-element stores);
+// otherwise each thread moves one pixel of every row (stage_slot's row-by-row order).
+template <bool kAdd, typename T>
+__device__ __forceinline__ void stage_columns_out(T* __restrict__ base, int nrows, int g, int tb, int tid, int H, int W,
+                                                  int L, const float (*staged)[kChunk]) {
+    if (H <= kChunk / 4 && W % 4 == 0) {
+        // m: the chunk's positions in column-major image order (m = q, or reversed for g & 2), so
+        // that pixel column wbase + m / H, row m % H. wbase and W are multiples of 4, so each group
+        // of 4 columns lies wholly inside or wholly outside the image (the last chunk may be short).
+        const int wbase = (g & 2) ? (L - kChunk - tb) / H : tb / H;
+        constexpr int kUnits = kWarps * kChunk / 4;  // (row k, image row h, group of 4 columns)
+        for (int u = tid; u < kUnits; u += kThreads) {
+            const int k = u / (kChunk / 4), rest = u - k * (kChunk / 4);
+            const int h = rest % H, w0 = wbase + 4 * (rest / H);  // consecutive threads: consecutive h
+            if (k >= nrows || w0 < 0 || w0 >= W) continue;
+            float v[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int m = (w0 - wbase + j) * H + h;
+                v[j] = staged[k][staged_index((g & 2) ? kChunk - 1 - m : m)];
+            }
+            T* dst = base + (int64_t)k * L + (int64_t)h * W + w0;
+            if constexpr (kAdd) atomic_add4(dst, make_float4(v[0], v[1], v[2], v[3]));
+            else store4<T>(dst, v[0], v[1], v[2], v[3]);
+        }
+        return;
+    }
+    const StageSlot os = stage_slot<true>(g, tb, tid, H, W, L);
+    stage_rows_out<kAdd>(base, nrows, L, os.in, os.pix, staged_index(os.q), staged);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

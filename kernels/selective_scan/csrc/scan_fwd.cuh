@@ -15,15 +15,18 @@ namespace vss {
 constexpr int kFwdNP = 2;
 
 // Shared memory of the forward, in floats (dynamic: the double-buffered staging exceeds 48 KB).
-//   Bs[2][NS][kChunk], Cs[2][NS][kChunk] (not in the summary kernel), carry[kWarps][NS], A2s[kWarps][NS]
-template <int NS, bool kSummary>
+//   Bs[2][NS][kChunk], Cs[2][NS][kChunk] (not in the summary kernel), carry[kWarps][NS], A2s[kWarps][NS],
+//   and in the fused op's main pass Ys[kWarps][kChunk] (column directions' y, staged or mixed columns)
+template <int NS, bool kSummary, bool kOmni>
 struct FwdSmem {
     static constexpr int kBs = 0;
     static constexpr int kCs = kBs + 2 * NS * kChunk;
     static constexpr int kCarry = kCs + (kSummary ? 0 : 2 * NS * kChunk);
     static constexpr int kA2 = kCarry + kWarps * NS;
-    static constexpr int kEnd = kA2 + kWarps * NS;
+    static constexpr int kYs = kA2 + kWarps * NS;
+    static constexpr int kEnd = kYs + (kOmni && !kSummary ? kWarps * kChunk : 0);
     static constexpr int kBytes = kEnd * (int)sizeof(float);
+    static_assert(kYs % 4 == 0, "16-byte alignment of staged rows");
 };
 
 // One block = kWarps channels of one group, one segment of the sequence, one batch item.
@@ -48,7 +51,7 @@ struct FwdSmem {
 template <typename T, bool kOmni, bool kSummary, int kN, bool kCol>
 __device__ __forceinline__ void fwd_body(const ScanParams& p) {
     constexpr int NS = kN > 0 ? kN : kMaxN;  // staged rows (upper bound of N)
-    using Sm = FwdSmem<NS, kSummary>;
+    using Sm = FwdSmem<NS, kSummary, kOmni>;
     extern __shared__ float4 fwd_smem4[];
     float* smem = reinterpret_cast<float*>(fwd_smem4);
     float (*carry)[NS] = reinterpret_cast<float (*)[NS]>(smem + Sm::kCarry);  // touched by lane 0 only
@@ -78,12 +81,15 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
     // Fused op, column direction, main pass: delta/u come in and y goes out through shared
     // memory, moved by all threads in stage_slot's row-by-row order (a lane's own positions are W
     // apart in memory). Such blocks keep B/C in half 0 of the staging area and use half 1 for
-    // those rows (Xs: delta, u in B's half 1; Ys: y in C's half 1), with a second barrier per
-    // chunk before the staged y is read.
+    // delta and u (Xs, in B's half 1); y goes out through Ys, with a second barrier per chunk
+    // before the staged y is read.
     constexpr bool col_staged = kCol;
+    // Mixed columns (ScanParams::col_out_staged): this column-direction block reads the transposed
+    // copies like any tcol block but adds its y straight into the image layout, staged row by row
+    // through Ys (one more barrier per chunk), so no yT accumulator needs merging afterwards.
+    const bool out_staged = kOmni && !kSummary && tcol && p.col_out_staged;
     const int cl0 = (blockIdx.y - g * p.bpg) * kWarps;  // the block's first channel in its group
     auto Xs = [&](int a) { return reinterpret_cast<float (*)[kChunk]>(smem + Sm::kBs + NS * kChunk + a * kWarps * kChunk); };
-    auto Ys = [&]() { return reinterpret_cast<float (*)[kChunk]>(smem + Sm::kCs + NS * kChunk); };
     const int ch0 = seg * p.cps;
     const int ch1 = min(p.nchunks, ch0 + p.cps);
 
@@ -287,15 +293,15 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
         }
 
         if constexpr (!kSummary) {
-            if (col_staged) {
-                // Every warp has read its Xs rows (before its states) and has finished with B/C;
-                // each writes its own Ys row, one barrier, then all threads add y row by row.
-                store_smem_row(Ys()[warp], lane, yv);
+            if (col_staged || out_staged) {
+                // Every warp has read its inputs and has finished with B/C; each writes its own Ys
+                // row, one barrier, then all threads add y into the image layout (the next chunk's
+                // barrier orders these reads before Ys is written again).
+                float (*Ys)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kYs);
+                store_smem_row(Ys[warp], lane, yv);
                 __syncthreads();
-                // (The slot is recomputed rather than kept in registers across the states.)
-                const StageSlot os = stage_slot<kOmni>(gm, tb, tid, p.H, p.W, L);
-                stage_rows_out<true>(static_cast<float*>(p.y) + ((int64_t)bi * p.cpg + cl0) * L, p.cpg - cl0, L, os.in,
-                                     os.pix, staged_index(os.q), Ys());
+                stage_columns_out<true>(static_cast<float*>(p.y) + ((int64_t)bi * p.cpg + cl0) * L, p.cpg - cl0, g, tb,
+                                        tid, p.H, p.W, L, Ys);
             } else if (valid) {
                 if constexpr (kOmni) {
                     // Four directions add into the same pixel: fp32 atomics into a zeroed buffer.
@@ -343,7 +349,7 @@ static void launch_fwd_pass(const ScanParams& p, bool omni, cudaStream_t stream)
     dispatch_omni_n(omni, p.N, [&](auto omni_c, auto n_c) {
         constexpr bool kOmni = decltype(omni_c)::value;
         constexpr int kN = decltype(n_c)::value;
-        launch_scan_kernel<FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes>(
+        launch_scan_kernel<FwdSmem<(kN > 0 ? kN : kMaxN), kSummary, kOmni>::kBytes>(
             fwd_kernel<T, kOmni, kSummary, kN>, p, kSummary, stream);
     });
 }
@@ -352,7 +358,7 @@ template <typename T>
 struct FwdPass {
     template <bool kOmni, int kN, bool kSummary>
     struct Of {
-        static constexpr int kBytes = FwdSmem<(kN > 0 ? kN : kMaxN), kSummary>::kBytes;
+        static constexpr int kBytes = FwdSmem<(kN > 0 ? kN : kMaxN), kSummary, kOmni>::kBytes;
         static auto kernel() { return fwd_kernel<T, kOmni, kSummary, kN>; }
     };
 };

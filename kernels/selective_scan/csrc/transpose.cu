@@ -1,5 +1,5 @@
 // Batched plane transposes of the fused op's column directions (see launch_transpose in scan.h).
-// A 32 x 32 tile goes through shared memory, so that both the reads of src rows and the writes
+// A tile goes through shared memory, so that both the reads of src rows and the writes
 // of dst rows are coalesced (a plain strided copy makes one of the two hit a new row per thread).
 #include <c10/cuda/CUDAException.h>
 
@@ -9,55 +9,86 @@
 
 namespace vss {
 
-constexpr int kTile = 32;
-constexpr int kTileRows = 8;  // threads per tile column: each thread moves kTile / kTileRows elements
+constexpr int kTileRows = 8;  // threads per tile column (blockDim.y); blockDim.x = 32
 constexpr int kMaxGridZ = 65535;
 
-template <typename TS, typename TD>
-__global__ void __launch_bounds__(kTile * kTileRows)
-transpose_kernel(const TS* __restrict__ src, Planes sp, TD* __restrict__ dst, Planes dp, const float* __restrict__ add,
-                 Planes ap, int64_t planes, int64_t inner, int R, int S) {
-    __shared__ float tile[kTile][kTile + 1];  // +1: the column reads below are free of bank conflicts
+// kT x kT tiles (kT = 32 or 64): each thread moves (kT / kTileRows) * (kT / 32) elements, all its
+// loads issued before the barrier, so that enough bytes are in flight to keep HBM busy (a 32 x 32
+// tile has 4 per thread; planes of 64 x 64 and up take 64 x 64 tiles, 16 per thread). Grid z runs
+// over the planes of all jobs, job after job.
+template <typename TS, typename TD, int kT>
+__global__ void __launch_bounds__(32 * kTileRows)
+transpose_kernel(const TransposeJobs<TS, TD> jobs, int64_t total) {
+    constexpr int kRows = kT / kTileRows, kCols = kT / 32;
+    __shared__ float tile[kT][kT + 1];  // +1: the column reads below are free of bank conflicts
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const int r0 = blockIdx.y * kTile, s0 = blockIdx.x * kTile;
+    const int R = jobs.R, S = jobs.S;
+    const int r0 = blockIdx.y * kT, s0 = blockIdx.x * kT;
     const int64_t plane = (int64_t)R * S;
-    for (int64_t p = blockIdx.z; p < planes; p += gridDim.z) {
-        const int64_t o = p / inner, i = p - o * inner;
-        const TS* sp_ = src + sp.off0 + o * sp.outer + i * plane;
-        TD* dp_ = dst + dp.off0 + o * dp.outer + i * plane;
-        const float* ap_ = add ? add + ap.off0 + o * ap.outer + i * plane : nullptr;
+    for (int64_t z = blockIdx.z; z < total; z += gridDim.z) {
+        // This plane's job (selected with constant indices: a dynamic index into the kernel's
+        // parameters would copy them to local memory).
+        int64_t p = z;
+        TransposeJob<TS, TD> jb = jobs.job[0];
 #pragma unroll
-        for (int k = 0; k < kTile; k += kTileRows) {
-            const int r = r0 + ty + k, s = s0 + tx;
-            if (r < R && s < S) tile[ty + k][tx] = to_f<TS>(sp_[(int64_t)r * S + s]);
-        }
-        __syncthreads();
-#pragma unroll
-        for (int k = 0; k < kTile; k += kTileRows) {
-            const int s = s0 + ty + k, r = r0 + tx;
-            if (r < R && s < S) {
-                const int64_t at = (int64_t)s * R + r;
-                const float v = tile[tx][ty + k];
-                dp_[at] = from_f<TD>(ap_ ? v + ap_[at] : v);
+        for (int k = 1; k < kMaxTransposeJobs; ++k) {
+            if (k < jobs.count && p >= jb.planes) {
+                p -= jb.planes;
+                jb = jobs.job[k];
             }
         }
+        const int64_t o = p / jb.inner, i = p - o * jb.inner;
+        const TS* sp_ = jb.src + jb.sp.off0 + o * jb.sp.outer + i * plane;
+        TD* dp_ = jb.dst + jb.dp.off0 + o * jb.dp.outer + i * plane;
+        const float* ap_ = jb.add ? jb.add + jb.ap.off0 + o * jb.ap.outer + i * plane : nullptr;
+        float v[kRows][kCols];
+#pragma unroll
+        for (int k = 0; k < kRows; ++k)
+#pragma unroll
+            for (int j = 0; j < kCols; ++j) {
+                const int r = r0 + ty + k * kTileRows, s = s0 + tx + 32 * j;
+                v[k][j] = r < R && s < S ? to_f<TS>(sp_[(int64_t)r * S + s]) : 0.f;
+            }
+#pragma unroll
+        for (int k = 0; k < kRows; ++k)
+#pragma unroll
+            for (int j = 0; j < kCols; ++j) tile[ty + k * kTileRows][tx + 32 * j] = v[k][j];
+        __syncthreads();
+        // dst row s = src column s; the add operand (laid out like dst) is read first, all at once.
+#pragma unroll
+        for (int k = 0; k < kRows; ++k)
+#pragma unroll
+            for (int j = 0; j < kCols; ++j) {
+                const int s = s0 + ty + k * kTileRows, r = r0 + tx + 32 * j;
+                v[k][j] = ap_ && r < R && s < S ? ap_[(int64_t)s * R + r] : 0.f;
+            }
+#pragma unroll
+        for (int k = 0; k < kRows; ++k)
+#pragma unroll
+            for (int j = 0; j < kCols; ++j) {
+                const int s = s0 + ty + k * kTileRows, r = r0 + tx + 32 * j;
+                if (r < R && s < S) dp_[(int64_t)s * R + r] = from_f<TD>(tile[tx + 32 * j][ty + k * kTileRows] + v[k][j]);
+            }
         __syncthreads();  // the tile is refilled for the next plane
     }
 }
 
 template <typename TS, typename TD>
-void launch_transpose(const TS* src, Planes sp, TD* dst, Planes dp, const float* add, Planes ap, int64_t planes,
-                      int64_t inner, int R, int S, cudaStream_t stream) {
-    if (planes <= 0 || R <= 0 || S <= 0) return;
-    const dim3 grid((S + kTile - 1) / kTile, (R + kTile - 1) / kTile, (unsigned)std::min<int64_t>(planes, kMaxGridZ));
+void launch_transposes(const TransposeJobs<TS, TD>& jobs, cudaStream_t stream) {
+    int64_t total = 0;
+    for (int k = 0; k < jobs.count; ++k) total += jobs.job[k].planes;
+    const int R = jobs.R, S = jobs.S;
+    if (total <= 0 || R <= 0 || S <= 0) return;
+    const int t = R >= 64 && S >= 64 ? 64 : 32;
+    const dim3 grid((S + t - 1) / t, (R + t - 1) / t, (unsigned)std::min<int64_t>(total, kMaxGridZ));
     TORCH_CHECK(grid.y <= 65535, "vmambair_scan: a map of ", R, " rows is too tall to transpose");
-    transpose_kernel<TS, TD><<<grid, dim3(kTile, kTileRows), 0, stream>>>(src, sp, dst, dp, add, ap, planes, inner, R, S);
+    const dim3 block(32, kTileRows);
+    if (t == 64) transpose_kernel<TS, TD, 64><<<grid, block, 0, stream>>>(jobs, total);
+    else transpose_kernel<TS, TD, 32><<<grid, block, 0, stream>>>(jobs, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-#define VSS_TRANSPOSE(TS, TD)                                                                                    \
-    template void launch_transpose<TS, TD>(const TS*, Planes, TD*, Planes, const float*, Planes, int64_t, int64_t, \
-                                           int, int, cudaStream_t);
+#define VSS_TRANSPOSE(TS, TD) template void launch_transposes<TS, TD>(const TransposeJobs<TS, TD>&, cudaStream_t);
 VSS_TRANSPOSE(float, float)
 VSS_TRANSPOSE(__nv_bfloat16, __nv_bfloat16)
 VSS_TRANSPOSE(__half, __half)

@@ -59,10 +59,10 @@ def _omni_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, softplus, nseg=
 
 
 def transposed_columns() -> bool:
-    """Whether the fused op's column directions read transposed copies (VMAMBAIR_SCAN_COLUMNS unset or
-    'transposed'; 'staged' gathers in place). The extension reads the same variable; this mirrors it
-    for the fake kernel."""
-    return os.environ.get("VMAMBAIR_SCAN_COLUMNS", "") in ("", "transposed")
+    """Whether the fused op's column directions read transposed copies (VMAMBAIR_SCAN_COLUMNS unset,
+    'mixed' or 'transposed'; 'staged' gathers in place). The extension reads the same variable; this
+    mirrors it for the fake kernel."""
+    return os.environ.get("VMAMBAIR_SCAN_COLUMNS", "") in ("", "mixed", "transposed")
 
 
 @torch.library.register_fake("vmambair_scan::omni_fwd")
