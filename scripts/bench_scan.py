@@ -255,7 +255,7 @@ def main():
         f"- command: `{' '.join(['python'] + sys.argv)}`",
         f"- torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
         f"extension built with CUDA runtime {ext.ops._C.cuda_version()}; fused op's column directions: "
-        f"{os.environ.get('VMAMBAIR_SCAN_COLUMNS') or 'transposed (default)'} (VMAMBAIR_SCAN_COLUMNS)",
+        f"{os.environ.get('VMAMBAIR_SCAN_COLUMNS') or 'mixed (default)'} (VMAMBAIR_SCAN_COLUMNS)",
         (f"- GPU time of the kernels each op runs (torch.profiler), means over {args.reps} calls after "
          f"{args.warmup} warm-ups; the host's time is not counted" if args.kernel_time else
          f"- medians of {args.reps} CUDA-event timings after {args.warmup} warm-ups (pure-PyTorch backend: "

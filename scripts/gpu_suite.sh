@@ -11,7 +11,7 @@
 #   test   pytest -m cuda (kernel against the PyTorch reference, every dtype; network fast path)
 #   scan   scripts/bench_scan.py      -> benchmarks/gpu_scan.md (eager op time) and
 #          benchmarks/gpu_scan_kernel_time.md (GPU time of the ops' kernels, --kernel-time), and
-#          benchmarks/gpu_scan_fused_{staged,transposed}.md (the fused op with each column mode,
+#          benchmarks/gpu_scan_fused_{staged,transposed,mixed}.md (the fused op with each column mode,
 #          plus fused vs unfused inference from 64x64 to 2048x2048), and
 #          benchmarks/fused_vs_unfused.md (fused vs unfused at training batches, fwd + bwd)
 #   segments  scripts/sweep_segments.py -> benchmarks/scan_segments.md (forced segment counts)
@@ -51,7 +51,7 @@ for stage in "$@"; do
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py ${SCAN_ARGS:-} 2>&1 | tee "$LOGS/scan.log" | tail -60
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py --no-torch --kernel-time --reps 20 \
           --out benchmarks/gpu_scan_kernel_time.md 2>&1 | tee "$LOGS/scan_kernel_time.log" | tail -30
-      for cols in staged transposed; do
+      for cols in staged transposed mixed; do
         VMAMBAIR_SCAN_COLUMNS=$cols PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench_scan.py --no-torch \
             --kernel-time --reps 20 --fused-only --omni-sweep 64,128,256,512,1024,2048 \
             --out "benchmarks/gpu_scan_fused_$cols.md" 2>&1 | tee "$LOGS/scan_fused_$cols.log" | tail -20

@@ -9,7 +9,8 @@ The C++ extension (``_C``) defines four CUDA ops with ``TORCH_LIBRARY``:
   fused four-direction planar scan. Its column directions read transposed copies (x transposed,
   and delta / B / C of directions 1 and 3 as (b, 2, ., W, H)); with ``keep_columns`` the forward
   returns them (else, or with ``VMAMBAIR_SCAN_COLUMNS=staged``, empty (0,) tensors) so that the
-  backward need not transpose them again.
+  backward need not transpose them again. (The column directions' outputs go straight into the
+  image layout with the default ``mixed`` mode, or through transposed buffers with ``transposed``.)
 
 Here they get fake (meta) implementations, so ``torch.compile`` can trace them, and autograd
 formulas, so ``y.backward()`` works through them. ``states`` (fp32, (b, dim, ceil(L/256), N))
