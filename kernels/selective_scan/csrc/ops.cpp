@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "scan.h"
 
@@ -273,8 +274,8 @@ Tensor column_directions_transposed(const Tensor& t, Transposes<T, T>& tr) {
 }
 
 // The inverse into a full (b, 4, c, H, W) tensor: colT (b, 2, c, W, H) -> its directions 1 and 3.
-template <typename T>
-void put_column_directions(const Tensor& colT, Tensor& full, Transposes<T, T>& tr) {
+template <typename TS, typename TD>
+void put_column_directions(const Tensor& colT, Tensor& full, Transposes<TS, TD>& tr) {
     const int64_t b = full.size(0), c = full.size(2), H = full.size(3), W = full.size(4), L = H * W;
     tr.add(colT, {0, c * L}, full, {c * L, 2 * c * L}, nullptr, {}, b * 2 * c, c, W, H);
 }
@@ -349,6 +350,16 @@ KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, cons
     return in;
 }
 
+// 16-bit y / du accumulators (ScanParams::acc16): with mixed columns (every direction adds into the
+// image layout) and 16-bit inputs, on GPUs with native bf16x2 / f16x2 vector reductions (sm_90+).
+bool use_acc16(const KernelInputs& in, at::ScalarType dtype) {
+    if (!in.out_staged || dtype == at::kFloat) return false;
+    int dev = 0, major = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major >= 9;
+}
+
 void set_column_inputs(vss::ScanParams& p, const KernelInputs& in) {
     p.colT = true;
     p.col_out_staged = in.out_staged;
@@ -375,9 +386,11 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
     const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
     const bool colT = in.colT();
     const bool yT = colT && !in.out_staged;  // the column directions' y goes into a transposed buffer
-    // The fused op's directions add into fp32 accumulators: [0] in the image's layout, and with
-    // transposed column outputs [1] in the transposed one (one zero-fill for both).
-    Tensor acc = omni ? at::zeros({yT ? 2 : 1, g.batch, g.d, g.H, g.W}, f32) : Tensor();
+    const bool acc16 = omni && use_acc16(in, u.scalar_type());
+    // The fused op's directions add into accumulators: [0] in the image's layout, and with
+    // transposed column outputs [1] in the transposed one (one zero-fill for both); fp32, or
+    // (acc16) the inputs' dtype, which is then y itself.
+    Tensor acc = omni ? at::zeros({yT ? 2 : 1, g.batch, g.d, g.H, g.W}, acc16 ? u.options() : f32) : Tensor();
     Tensor y = omni ? acc[0] : at::empty_like(u);
     vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
     Tensor seg_S, seg_H, seg_carry;
@@ -388,6 +401,7 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
     if (colT) {
         set_column_inputs(p, in);
         if (yT) p.yT = acc[1].data_ptr();
+        p.acc16 = acc16;
     }
     p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y) &&
             (!colT || (aligned16(p.uT) && aligned16(p.deltaT) && (!yT || aligned16(p.yT))));
@@ -396,7 +410,7 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
     if (yT) {
         dispatch(u.scalar_type(), [&](auto tag) { y = merge_accumulators<decltype(tag)>(acc, u.scalar_type()); });
     } else if (omni && u.scalar_type() != at::kFloat) {
-        y = y.to(u.scalar_type());
+        y = y.to(u.scalar_type());  // (a no-op with acc16)
     }
     return {y, states, in};
 }
@@ -422,9 +436,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     const KernelInputs in = any ? kernel_inputs(omni, u, delta, B, C, kept) : KernelInputs();
     const bool colT = in.colT();
     const bool outT = colT && !in.out_staged;  // du / ddelta of the column directions go out transposed
-    // fp32 accumulators: du ([0]; with transposed column outputs [1] the columns' du, transposed;
-    // one zero-fill), dB and dC (separate tensors: the op's outputs must not share memory).
-    Tensor du_acc = omni ? at::zeros({outT ? 2 : 1, g.batch, g.d, g.H, g.W}, f32) : Tensor();
+    const bool acc16 = omni && any && use_acc16(in, u.scalar_type());
+    // Accumulators: du ([0]; with transposed column outputs [1] the columns' du, transposed; one
+    // zero-fill; fp32, or with acc16 the inputs' dtype), dB and dC (fp32; separate tensors: the
+    // op's outputs must not share memory).
+    Tensor du_acc = omni ? at::zeros({outT ? 2 : 1, g.batch, g.d, g.H, g.W}, acc16 ? u.options() : f32) : Tensor();
     Tensor du = omni ? du_acc[0] : at::empty_like(u);
     Tensor ddelta = at::empty_like(delta);
     Tensor dA = at::zeros(A.sizes(), f32);
@@ -470,6 +486,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
         p.dbias = bias.has_value() ? dbias.data_ptr<float>() : nullptr;
         if (colT) {
             set_column_inputs(p, in);
+            p.acc16 = acc16;
             p.dyT = dyT.data_ptr();
             if (outT) {
                 p.duT = du_acc[1].data_ptr();
@@ -494,10 +511,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
             });
         }
         if (colT) {
-            Transposes<float, float> tr;  // dB and dC in one launch
-            put_column_directions(dBT, dB, tr);
-            put_column_directions(dCT, dC, tr);
-            tr.launch();
+            // The column directions of dB and dC, in one launch. For 16-bit inputs straight into
+            // the returned tensors (cast as they are transposed); only the row directions, which
+            // the kernel added into the fp32 dB / dC, are then cast.
+            dispatch(u.scalar_type(), [&](auto tag) {
+                using T = decltype(tag);
+                if constexpr (std::is_same<T, float>::value) {
+                    Transposes<float, float> tr;
+                    put_column_directions(dBT, dB, tr);
+                    put_column_directions(dCT, dC, tr);
+                    tr.launch();
+                } else {
+                    Tensor dB16 = at::empty(B.sizes(), B.options()), dC16 = at::empty(C.sizes(), C.options());
+                    Transposes<float, T> tr;
+                    put_column_directions(dBT, dB16, tr);
+                    put_column_directions(dCT, dC16, tr);
+                    tr.launch();
+                    dB16.slice(1, 0, 4, 2).copy_(dB.slice(1, 0, 4, 2));
+                    dC16.slice(1, 0, 4, 2).copy_(dC.slice(1, 0, 4, 2));
+                    dB = dB16;
+                    dC = dC16;
+                }
+            });
         }
     } else {
         ddelta.zero_();
@@ -505,8 +540,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     }
     const auto dt = u.scalar_type();
     if (dt != at::kFloat) {
-        du = du.to(dt);  // (already dt when the transposed columns were merged: then a no-op)
-        dB = dB.to(dt);
+        du = du.to(dt);  // (a no-op when du is already dt: merged transposed columns, or acc16)
+        dB = dB.to(dt);  // (likewise with transposed columns)
         dC = dC.to(dt);
     }
     return {du, ddelta, dA, dB, dC, dD, dbias};

@@ -61,6 +61,11 @@ struct ScanParams {
     // instead of into yT / duT / ddeltaT that a transpose then puts back. Only where
     // column_staged(1, H) holds (H divides kChunk: a chunk is whole columns).
     bool col_out_staged = false;
+    // Omni, 16-bit inputs, col_out_staged, sm_90+: the y (forward) and du (backward) accumulators
+    // have the inputs' dtype T and the directions add into them with bf16x2 / f16x2 reductions, so
+    // no fp32 buffer needs a cast pass afterwards. Four roundings of a pixel's sum instead of one
+    // (the unfused path rounds each direction's output and then each partial sum: seven).
+    bool acc16 = false;
 
     // inputs (dtype T unless float)
     const void* u = nullptr;      // plain (b, dim, L); omni x (b, d, L)
@@ -77,7 +82,7 @@ struct ScanParams {
     const void* CT = nullptr;     // omni, colT: the same for C
 
     // forward outputs / workspaces
-    void* y = nullptr;            // plain: T (b, dim, L); omni: float accumulator (b, d, L), zeroed
+    void* y = nullptr;            // plain: T (b, dim, L); omni: accumulator (b, d, L), zeroed: float (acc16: T)
     void* yT = nullptr;           // omni, colT unless col_out_staged: float accumulator (b, d, W, H) of the column directions, zeroed
     float* states = nullptr;      // (b, dim, nchunks, N): state before each chunk's first position
     float* seg_S = nullptr;       // (b, dim, nseg): sum of dt over each segment
@@ -86,7 +91,7 @@ struct ScanParams {
 
     // backward
     const void* dy = nullptr;     // plain T (b, dim, L); omni T (b, d, L)
-    void* du = nullptr;           // plain T (b, dim, L); omni float accumulator (b, d, L), zeroed
+    void* du = nullptr;           // plain T (b, dim, L); omni accumulator (b, d, L), zeroed: float (acc16: T)
     const void* dyT = nullptr;    // omni, colT: dy transposed, (b, d, W, H)
     void* duT = nullptr;          // omni, colT unless col_out_staged: float accumulator (b, d, W, H), zeroed
     void* ddelta = nullptr;       // T, delta's layout

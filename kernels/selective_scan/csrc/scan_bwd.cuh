@@ -348,13 +348,14 @@ __device__ __forceinline__ void bwd_body(const ScanParams& p) {
                     store_smem_row(Xs[1][warp], lane, ddo);
                     __syncthreads();
                     const int nrows = p.cpg - cl0;
-                    stage_columns_out<true>(static_cast<float*>(p.du) + ((int64_t)bi * p.cpg + cl0) * L, nrows, g, tb,
-                                            tid, p.H, p.W, L, Xs[0]);
+                    with_acc<T>(p.acc16, p.du, ((int64_t)bi * p.cpg + cl0) * L, [&](auto* acc) {
+                        stage_columns_out<true>(acc, nrows, g, tb, tid, p.H, p.W, L, Xs[0]);
+                    });
                     stage_columns_out<false>(static_cast<T*>(p.ddelta) + ((int64_t)bi * p.dim + g * p.cpg + cl0) * L,
                                              nrows, g, tb, tid, p.H, p.W, L, Xs[1]);
                 } else if constexpr (kOmni) {
-                    add_lane_omni(static_cast<float*>(tcol ? p.duT : p.du) + xrow * L, gm, t0, nv, p.vec, p.H, p.W, L,
-                                  duo);
+                    with_acc<T>(p.acc16, tcol ? p.duT : p.du, xrow * L,
+                                [&](auto* acc) { add_lane_omni(acc, gm, t0, nv, p.vec, p.H, p.W, L, duo); });
                     store_lane_omni<T>(static_cast<T*>(tcol ? p.ddeltaT : p.ddelta) + dbase, gm, t0, nv, p.vec, p.H, p.W,
                                        L, ddo);
                 } else {

@@ -91,6 +91,105 @@ __device__ __forceinline__ StageSlot stage_slot(int g, int tb, int tid, int H, i
     return {q, in, in ? (kOmni ? omni_pixel(g, t, H, W, L) : t) : 0};
 }
 
+// dst[0..1] += v / dst[0..3] += v (dst 8- / 16-byte aligned): one vector reduction where the GPU
+// has them (sm_90+). Written as PTX `red`: atomicAdd(float2* / float4*) returns the old values,
+// which compiles to a returning `atom` that ties up registers until the reply.
+__device__ __forceinline__ void atomic_add2(float* dst, float2 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(v.x), "f"(v.y) : "memory");
+#else
+    atomicAdd(dst, v.x); atomicAdd(dst + 1, v.y);
+#endif
+}
+
+__device__ __forceinline__ void atomic_add4(float* dst, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+                 : "memory");
+#else
+    atomicAdd(dst, v.x); atomicAdd(dst + 1, v.y); atomicAdd(dst + 2, v.z); atomicAdd(dst + 3, v.w);
+#endif
+}
+
+// The fused op's y / du accumulators are fp32, or (ScanParams::acc16) the op's 16-bit dtype TA.
+// red_add1: *dst += v; red_add4: dst[0..3] += v (dst 16-byte aligned for fp32, 8-byte for 16-bit);
+// red_add8: dst[0..7] += v (16-byte aligned). 16-bit adds are hardware `red ... .noftz.bf16x2 /
+// .f16x2` (vector forms on sm_90+; other GPUs compile pairwise atomics, and the host enables
+// acc16 on sm_90+ only: bf16 atomics are a compare-and-swap loop before sm_90).
+template <typename TA>
+__device__ __forceinline__ void red_add1(TA* dst, float v) {
+    if constexpr (sizeof(TA) == 4) atomicAdd(dst, v);
+    else atomicAdd(dst, from_f<TA>(v));
+}
+
+template <typename TA>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+    union { uint32_t u; TA e[2]; } x;
+    x.e[0] = from_f<TA>(a);
+    x.e[1] = from_f<TA>(b);
+    return x.u;
+}
+
+template <typename TA>
+__device__ __forceinline__ void red_add_pairs(TA* dst, const uint32_t* w, int npairs) {
+    static_assert(sizeof(TA) == 2, "pairs of 16-bit values");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr bool kBf = std::is_same<TA, __nv_bfloat16>::value;
+    if (npairs == 4) {
+        if constexpr (kBf) asm volatile("red.global.add.noftz.v4.bf16x2 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(w[0]),
+                                        "r"(w[1]), "r"(w[2]), "r"(w[3]) : "memory");
+        else asm volatile("red.global.add.noftz.v4.f16x2 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(w[0]), "r"(w[1]),
+                          "r"(w[2]), "r"(w[3]) : "memory");
+    } else {
+        if constexpr (kBf) asm volatile("red.global.add.noftz.v2.bf16x2 [%0], {%1, %2};" ::"l"(dst), "r"(w[0]),
+                                        "r"(w[1]) : "memory");
+        else asm volatile("red.global.add.noftz.v2.f16x2 [%0], {%1, %2};" ::"l"(dst), "r"(w[0]), "r"(w[1]) : "memory");
+    }
+#else
+    using T2 = typename std::conditional<std::is_same<TA, __nv_bfloat16>::value, __nv_bfloat162, __half2>::type;
+    for (int i = 0; i < npairs; ++i) {
+        union { uint32_t u; T2 v; } x;
+        x.u = w[i];
+        atomicAdd(reinterpret_cast<T2*>(dst) + i, x.v);
+    }
+#endif
+}
+
+template <typename TA>
+__device__ __forceinline__ void red_add4(TA* dst, float a, float b, float c, float d) {
+    if constexpr (sizeof(TA) == 4) {
+        atomic_add4(dst, make_float4(a, b, c, d));
+    } else {
+        const uint32_t w[2] = {pack2<TA>(a, b), pack2<TA>(c, d)};
+        red_add_pairs(dst, w, 2);
+    }
+}
+
+template <typename TA>
+__device__ __forceinline__ void red_add8(TA* dst, const float (&v)[kK]) {
+    if constexpr (sizeof(TA) == 4) {
+        atomic_add4(dst, make_float4(v[0], v[1], v[2], v[3]));
+        atomic_add4(dst + 4, make_float4(v[4], v[5], v[6], v[7]));
+    } else {
+        const uint32_t w[4] = {pack2<TA>(v[0], v[1]), pack2<TA>(v[2], v[3]), pack2<TA>(v[4], v[5]),
+                               pack2<TA>(v[6], v[7])};
+        red_add_pairs(dst, w, 4);
+    }
+}
+
+// Calls f(acc + off) with the fused op's y / du accumulator as it is typed: T (16-bit) with
+// ScanParams::acc16, else float.
+template <typename T, typename F>
+__device__ __forceinline__ void with_acc(bool acc16, void* acc, int64_t off, F&& f) {
+    if constexpr (sizeof(T) == 2) {
+        if (acc16) {
+            f(static_cast<T*>(acc) + off);
+            return;
+        }
+    }
+    f(static_cast<float*>(acc) + off);
+}
+
 // Column-staged blocks of the fused op move their kWarps channel rows (row k at base + k*L; rows
 // from nrows on are absent) through shared memory, each thread at its stage_slot position
 // (pixel pix, staged index sidx, in = it exists). In: rows -> staged[k][sidx] (absent: 0).
@@ -104,7 +203,7 @@ __device__ __forceinline__ void stage_rows_in(const T* __restrict__ base, int nr
     for (int k = 0; k < kWarps; ++k) staged[k][sidx] = v[k];
 }
 
-// Out: staged[k][sidx] -> rows, added atomically (kAdd, fp32 accumulators) or stored.
+// Out: staged[k][sidx] -> rows, added atomically (kAdd: accumulators, fp32 or 16-bit) or stored.
 template <bool kAdd, typename T>
 __device__ __forceinline__ void stage_rows_out(T* __restrict__ base, int nrows, int L, bool in, int pix, int sidx,
                                                const float (*staged)[kChunk]) {
@@ -112,7 +211,7 @@ __device__ __forceinline__ void stage_rows_out(T* __restrict__ base, int nrows, 
 #pragma unroll
     for (int k = 0; k < kWarps; ++k) {
         if (k < nrows) {
-            if constexpr (kAdd) atomicAdd(base + (int64_t)k * L + pix, staged[k][sidx]);
+            if constexpr (kAdd) red_add1(base + (int64_t)k * L + pix, staged[k][sidx]);
             else base[(int64_t)k * L + pix] = from_f<T>(staged[k][sidx]);
         }
     }
@@ -160,26 +259,6 @@ __device__ __forceinline__ void store_row(T* __restrict__ p, int nvalid, bool ve
     }
 }
 
-// dst[0..1] += v / dst[0..3] += v (dst 8- / 16-byte aligned): one vector reduction where the GPU
-// has them (sm_90+). Written as PTX `red`: atomicAdd(float2* / float4*) returns the old values,
-// which compiles to a returning `atom` that ties up registers until the reply.
-__device__ __forceinline__ void atomic_add2(float* dst, float2 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(v.x), "f"(v.y) : "memory");
-#else
-    atomicAdd(dst, v.x); atomicAdd(dst + 1, v.y);
-#endif
-}
-
-__device__ __forceinline__ void atomic_add4(float* dst, float4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
-                 : "memory");
-#else
-    atomicAdd(dst, v.x); atomicAdd(dst + 1, v.y); atomicAdd(dst + 2, v.z); atomicAdd(dst + 3, v.w);
-#endif
-}
-
 // Omni: this lane's kK scan positions t0 .. t0+kK-1 (nv of them exist) of direction g, in a
 // row of length L = H*W laid out as the image. The row directions hold them in kK consecutive
 // elements (reversed for g = 2), read with vector loads when vec (L % kK == 0, 16-byte aligned
@@ -202,23 +281,26 @@ __device__ __forceinline__ void load_lane_omni(const T* __restrict__ row, int g,
     for (int i = 0; i < kK; ++i) v[i] = i < nv ? to_f<T>(row[omni_pixel(g, t0 + i, H, W, L)]) : 0.f;
 }
 
-// Omni: add this lane's kK values into an fp32 accumulator row (the four directions meet there),
-// the layout of load_lane_omni. Row directions use 16-byte atomics (atomic_add4).
-__device__ __forceinline__ void add_lane_omni(float* __restrict__ row, int g, int t0, int nv, bool vec, int H,
-                                              int W, int L, const float (&v)[kK]) {
+// Omni: add this lane's kK values into an accumulator row (fp32, or 16-bit with acc16; the four
+// directions meet there), the layout of load_lane_omni. Row directions use one or two 16-byte
+// reductions (red_add8).
+template <typename TA>
+__device__ __forceinline__ void add_lane_omni(TA* __restrict__ row, int g, int t0, int nv, bool vec, int H, int W,
+                                              int L, const float (&v)[kK]) {
     if (!(g & 1) && vec && nv == kK) {
         if (g & 2) {
-            atomic_add4(row + (L - kK - t0), make_float4(v[7], v[6], v[5], v[4]));
-            atomic_add4(row + (L - 4 - t0), make_float4(v[3], v[2], v[1], v[0]));
+            float r[kK];
+#pragma unroll
+            for (int i = 0; i < kK; ++i) r[i] = v[kK - 1 - i];
+            red_add8(row + (L - kK - t0), r);
         } else {
-            atomic_add4(row + t0, make_float4(v[0], v[1], v[2], v[3]));
-            atomic_add4(row + t0 + 4, make_float4(v[4], v[5], v[6], v[7]));
+            red_add8(row + t0, v);
         }
         return;
     }
 #pragma unroll
     for (int i = 0; i < kK; ++i)
-        if (i < nv) atomicAdd(row + omni_pixel(g, t0 + i, H, W, L), v[i]);
+        if (i < nv) red_add1(row + omni_pixel(g, t0 + i, H, W, L), v[i]);
 }
 
 // Omni: store this lane's kK values into a row of type T (the layout of load_lane_omni).
@@ -282,7 +364,7 @@ __device__ __forceinline__ void store4(T* __restrict__ p, float a, float b, floa
 // A column direction's chunk (kChunk scan positions from tb of direction g, odd, H dividing kChunk:
 // whole columns) goes out of shared memory into the image layout: staged[k][staged_index(q)] holds
 // channel row k's value at scan position tb + q; row k is at base + k * L, rows from nrows on are
-// absent. Added atomically (kAdd, fp32 accumulators) or stored.
+// absent. Added atomically (kAdd: accumulators, fp32 or 16-bit) or stored.
 // The chunk is kChunk / H whole columns. Where those come in groups of 4 (H <= 64) and W % 4 == 0,
 // each access moves 4 consecutive pixels of one image row (16-byte reductions / 4-element stores);
 // otherwise each thread moves one pixel of every row (stage_slot's row-by-row order).
@@ -306,7 +388,7 @@ __device__ __forceinline__ void stage_columns_out(T* __restrict__ base, int nrow
                 v[j] = staged[k][staged_index((g & 2) ? kChunk - 1 - m : m)];
             }
             T* dst = base + (int64_t)k * L + (int64_t)h * W + w0;
-            if constexpr (kAdd) atomic_add4(dst, make_float4(v[0], v[1], v[2], v[3]));
+            if constexpr (kAdd) red_add4(dst, v[0], v[1], v[2], v[3]);
             else store4<T>(dst, v[0], v[1], v[2], v[3]);
         }
         return;

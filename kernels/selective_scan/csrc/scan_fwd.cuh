@@ -300,13 +300,14 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
                 float (*Ys)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kYs);
                 store_smem_row(Ys[warp], lane, yv);
                 __syncthreads();
-                stage_columns_out<true>(static_cast<float*>(p.y) + ((int64_t)bi * p.cpg + cl0) * L, p.cpg - cl0, g, tb,
-                                        tid, p.H, p.W, L, Ys);
+                with_acc<T>(p.acc16, p.y, ((int64_t)bi * p.cpg + cl0) * L, [&](auto* acc) {
+                    stage_columns_out<true>(acc, p.cpg - cl0, g, tb, tid, p.H, p.W, L, Ys);
+                });
             } else if (valid) {
                 if constexpr (kOmni) {
-                    // Four directions add into the same pixel: fp32 atomics into a zeroed buffer.
-                    add_lane_omni(static_cast<float*>(tcol ? p.yT : p.y) + xrow * L, gm, t0, nv, p.vec, p.H, p.W, L,
-                                  yv);
+                    // Four directions add into the same pixel: atomics into a zeroed buffer.
+                    with_acc<T>(p.acc16, tcol ? p.yT : p.y, xrow * L,
+                                [&](auto* acc) { add_lane_omni(acc, gm, t0, nv, p.vec, p.H, p.W, L, yv); });
                 } else {
                     store_row<T>(static_cast<T*>(p.y) + row * L + t0, nv, p.vec, yv);
                 }
