@@ -23,7 +23,6 @@
 #include <optional>
 #include <string>
 #include <tuple>
-#include <type_traits>
 
 #include "scan.h"
 
@@ -274,8 +273,8 @@ Tensor column_directions_transposed(const Tensor& t, Transposes<T, T>& tr) {
 }
 
 // The inverse into a full (b, 4, c, H, W) tensor: colT (b, 2, c, W, H) -> its directions 1 and 3.
-template <typename TS, typename TD>
-void put_column_directions(const Tensor& colT, Tensor& full, Transposes<TS, TD>& tr) {
+template <typename T>
+void put_column_directions(const Tensor& colT, Tensor& full, Transposes<T, T>& tr) {
     const int64_t b = full.size(0), c = full.size(2), H = full.size(3), W = full.size(4), L = H * W;
     tr.add(colT, {0, c * L}, full, {c * L, 2 * c * L}, nullptr, {}, b * 2 * c, c, W, H);
 }
@@ -511,28 +510,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
             });
         }
         if (colT) {
-            // The column directions of dB and dC, in one launch. For 16-bit inputs straight into
-            // the returned tensors (cast as they are transposed); only the row directions, which
-            // the kernel added into the fp32 dB / dC, are then cast.
-            dispatch(u.scalar_type(), [&](auto tag) {
-                using T = decltype(tag);
-                if constexpr (std::is_same<T, float>::value) {
-                    Transposes<float, float> tr;
-                    put_column_directions(dBT, dB, tr);
-                    put_column_directions(dCT, dC, tr);
-                    tr.launch();
-                } else {
-                    Tensor dB16 = at::empty(B.sizes(), B.options()), dC16 = at::empty(C.sizes(), C.options());
-                    Transposes<float, T> tr;
-                    put_column_directions(dBT, dB16, tr);
-                    put_column_directions(dCT, dC16, tr);
-                    tr.launch();
-                    dB16.slice(1, 0, 4, 2).copy_(dB.slice(1, 0, 4, 2));
-                    dC16.slice(1, 0, 4, 2).copy_(dC.slice(1, 0, 4, 2));
-                    dB = dB16;
-                    dC = dC16;
-                }
-            });
+            Transposes<float, float> tr;  // dB and dC in one launch
+            put_column_directions(dBT, dB, tr);
+            put_column_directions(dCT, dC, tr);
+            tr.launch();
         }
     } else {
         ddelta.zero_();
@@ -541,7 +522,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     const auto dt = u.scalar_type();
     if (dt != at::kFloat) {
         du = du.to(dt);  // (a no-op when du is already dt: merged transposed columns, or acc16)
-        dB = dB.to(dt);  // (likewise with transposed columns)
+        dB = dB.to(dt);
         dC = dC.to(dt);
     }
     return {du, ddelta, dA, dB, dC, dD, dbias};
