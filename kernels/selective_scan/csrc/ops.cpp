@@ -219,9 +219,10 @@ void set_segments(vss::ScanParams& p, bool omni, int64_t nseg_req, const Tensor&
 // VMAMBAIR_SCAN_COLUMNS picks one of three modes (unset: kDefaultColumns):
 //   "transposed"  copies in, and the column directions' y / du / ddelta / dB / dC out into
 //                 transposed buffers that transposes merge or put back;
-//   "mixed"       copies in, but y / du / ddelta out straight into the image layout, staged row by
-//                 row through shared memory (ScanParams::col_out_staged) where H divides the chunk
-//                 (other H: as "transposed"); dB / dC as "transposed";
+//   "mixed"       copies in, but y / du / ddelta out straight into the image layout, staged
+//                 through shared memory 4 pixels of an image row at a time (ScanParams::col_out_staged)
+//                 where vss::column_quads(H, W) holds (other maps: as "transposed"); dB / dC as
+//                 "transposed";
 //   "staged"      no copies: gathers in and staged out, both row by row where H divides the chunk.
 // Measured on an H200 at (9, 96, 64x64), fwd + bwd GPU time, before the tiled transposes:
 // transposed vs staged fp32 1.281 vs 1.485 ms, bf16 1.317 vs 1.447 ms
@@ -330,7 +331,7 @@ KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, cons
     if (!omni) return in;
     const Columns mode = column_mode();
     if (mode == Columns::kStaged) return in;
-    const bool out_staged = mode == Columns::kMixed && vss::column_staged(1, (int)x.size(2));
+    const bool out_staged = mode == Columns::kMixed && vss::column_quads((int)x.size(2), (int)x.size(3));
     if (kept.xT.has_value() && kept.xT->defined() && kept.xT->numel() > 0) {
         const int64_t b = x.size(0), d = x.size(1), H = x.size(2), W = x.size(3), N = B.size(2);
         check_kept(kept.xT, "xT", x, {b, d, W, H});

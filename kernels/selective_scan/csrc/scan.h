@@ -59,7 +59,7 @@ struct ScanParams {
     // Omni, colT, "mixed" columns: the column directions write y / du / ddelta straight into the
     // image layout (y, du, ddelta), staged row by row through shared memory as in the staged mode,
     // instead of into yT / duT / ddeltaT that a transpose then puts back. Only where
-    // column_staged(1, H) holds (H divides kChunk: a chunk is whole columns).
+    // column_quads(H, W) holds.
     bool col_out_staged = false;
     // Omni, 16-bit inputs, col_out_staged, sm_90+: the y (forward) and du (backward) accumulators
     // have the inputs' dtype T and the directions add into them with bf16x2 / f16x2 reductions, so
@@ -108,6 +108,15 @@ struct ScanParams {
 // Can direction g of an H-row map stage its chunks row by row (a chunk is whole columns: H divides
 // kChunk)? Column directions only; see stage_slot (scan_common.cuh).
 __host__ __device__ inline bool column_staged(int g, int H) { return (g & 1) && H <= kChunk && kChunk % H == 0; }
+
+// Can a column direction's chunks go out into the image layout 4 pixels of an image row at a time
+// (stage_columns_out's 16-byte path)? Its kChunk / H whole columns must come in groups of 4 (H
+// divides kChunk / 4) and image rows must be whole groups (W % 4 == 0). Mixed columns
+// (ScanParams::col_out_staged) are used only then: one pixel per access was slower than
+// transposed outputs (H100, deraining 256x256, whose first levels have H = 256 and 128).
+__host__ __device__ inline bool column_quads(int H, int W) {
+    return H <= kChunk / 4 && (kChunk / 4) % H == 0 && W % 4 == 0;
+}
 
 // T in {float, __nv_bfloat16, __half}; defined in fwd_*.cu / bwd_*.cu.
 template <typename T> void launch_fwd(const ScanParams& p, bool omni, cudaStream_t stream);

@@ -371,7 +371,7 @@ __device__ __forceinline__ void store4(T* __restrict__ p, float a, float b, floa
 template <bool kAdd, typename T>
 __device__ __forceinline__ void stage_columns_out(T* __restrict__ base, int nrows, int g, int tb, int tid, int H, int W,
                                                   int L, const float (*staged)[kChunk]) {
-    if (H <= kChunk / 4 && W % 4 == 0) {
+    if (column_quads(H, W)) {
         // m: the chunk's positions in column-major image order (m = q, or reversed for g & 2), so
         // that pixel column wbase + m / H, row m % H. wbase and W are multiples of 4, so each group
         // of 4 columns lies wholly inside or wholly outside the image (the last chunk may be short).
