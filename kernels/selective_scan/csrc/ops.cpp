@@ -303,10 +303,12 @@ Tensor merge_accumulators(const Tensor& acc, at::ScalarType dtype) {
 
 // delta / B / C as the kernel reads them: as given, and with transposed columns (then xT is
 // defined) also the column directions' transposed copies and x transposed; out_staged: the
-// column directions write y / du / ddelta straight into the image layout (mixed columns).
+// column directions write y / du / ddelta straight into the image layout (mixed columns);
+// acc16: y / du accumulate in the inputs' 16-bit dtype (ScanParams::acc16).
 struct KernelInputs {
     Tensor deltaT, BT, CT, xT;
     bool out_staged = false;
+    bool acc16 = false;
     bool colT() const { return xT.defined(); }
 };
 
@@ -325,6 +327,16 @@ void check_kept(const OptTensor& t, const char* name, const Tensor& like, at::In
                 t->sizes());
 }
 
+// 16-bit y / du accumulators (ScanParams::acc16): with mixed columns (every direction adds into the
+// image layout) and 16-bit inputs, on GPUs with native bf16x2 / f16x2 vector reductions (sm_90+).
+bool use_acc16(bool out_staged, at::ScalarType dtype) {
+    if (!out_staged || dtype == at::kFloat) return false;
+    int dev = 0, major = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major >= 9;
+}
+
 KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, const Tensor& B, const Tensor& C,
                            const KeptColumns& kept = {}) {
     KernelInputs in;
@@ -332,37 +344,29 @@ KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, cons
     const Columns mode = column_mode();
     if (mode == Columns::kStaged) return in;
     const bool out_staged = mode == Columns::kMixed && vss::column_quads((int)x.size(2), (int)x.size(3));
+    const bool acc16 = use_acc16(out_staged, x.scalar_type());
     if (kept.xT.has_value() && kept.xT->defined() && kept.xT->numel() > 0) {
         const int64_t b = x.size(0), d = x.size(1), H = x.size(2), W = x.size(3), N = B.size(2);
         check_kept(kept.xT, "xT", x, {b, d, W, H});
         check_kept(kept.deltaT, "deltaT", x, {b, 2, d, W, H});
         check_kept(kept.BT, "BT", x, {b, 2, N, W, H});
         check_kept(kept.CT, "CT", x, {b, 2, N, W, H});
-        return {*kept.deltaT, *kept.BT, *kept.CT, *kept.xT, out_staged};
+        return {*kept.deltaT, *kept.BT, *kept.CT, *kept.xT, out_staged, acc16};
     }
     dispatch(x.scalar_type(), [&](auto tag) {
         using T = decltype(tag);
         Transposes<T, T> tr;  // the four copies in one launch
         in = {column_directions_transposed<T>(delta, tr), column_directions_transposed<T>(B, tr),
-              column_directions_transposed<T>(C, tr), map_transposed<T>(x, tr), out_staged};
+              column_directions_transposed<T>(C, tr), map_transposed<T>(x, tr), out_staged, acc16};
         tr.launch();
     });
     return in;
 }
 
-// 16-bit y / du accumulators (ScanParams::acc16): with mixed columns (every direction adds into the
-// image layout) and 16-bit inputs, on GPUs with native bf16x2 / f16x2 vector reductions (sm_90+).
-bool use_acc16(const KernelInputs& in, at::ScalarType dtype) {
-    if (!in.out_staged || dtype == at::kFloat) return false;
-    int dev = 0, major = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    return major >= 9;
-}
-
 void set_column_inputs(vss::ScanParams& p, const KernelInputs& in) {
     p.colT = true;
     p.col_out_staged = in.out_staged;
+    p.acc16 = in.acc16;
     p.uT = in.xT.data_ptr();
     p.deltaT = in.deltaT.data_ptr();
     p.BT = in.BT.data_ptr();
@@ -386,11 +390,10 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
     const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
     const bool colT = in.colT();
     const bool yT = colT && !in.out_staged;  // the column directions' y goes into a transposed buffer
-    const bool acc16 = omni && use_acc16(in, u.scalar_type());
     // The fused op's directions add into accumulators: [0] in the image's layout, and with
     // transposed column outputs [1] in the transposed one (one zero-fill for both); fp32, or
     // (acc16) the inputs' dtype, which is then y itself.
-    Tensor acc = omni ? at::zeros({yT ? 2 : 1, g.batch, g.d, g.H, g.W}, acc16 ? u.options() : f32) : Tensor();
+    Tensor acc = omni ? at::zeros({yT ? 2 : 1, g.batch, g.d, g.H, g.W}, in.acc16 ? u.options() : f32) : Tensor();
     Tensor y = omni ? acc[0] : at::empty_like(u);
     vss::ScanParams p = make_params(omni, g, u, delta, A, B, C, D, bias, softplus);
     Tensor seg_S, seg_H, seg_carry;
@@ -401,7 +404,6 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
     if (colT) {
         set_column_inputs(p, in);
         if (yT) p.yT = acc[1].data_ptr();
-        p.acc16 = acc16;
     }
     p.vec = g.L % vss::kK == 0 && aligned16(p.u) && aligned16(p.delta) && aligned16(p.y) &&
             (!colT || (aligned16(p.uT) && aligned16(p.deltaT) && (!yT || aligned16(p.yT))));
@@ -436,11 +438,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     const KernelInputs in = any ? kernel_inputs(omni, u, delta, B, C, kept) : KernelInputs();
     const bool colT = in.colT();
     const bool outT = colT && !in.out_staged;  // du / ddelta of the column directions go out transposed
-    const bool acc16 = omni && any && use_acc16(in, u.scalar_type());
     // Accumulators: du ([0]; with transposed column outputs [1] the columns' du, transposed; one
     // zero-fill; fp32, or with acc16 the inputs' dtype), dB and dC (fp32; separate tensors: the
     // op's outputs must not share memory).
-    Tensor du_acc = omni ? at::zeros({outT ? 2 : 1, g.batch, g.d, g.H, g.W}, acc16 ? u.options() : f32) : Tensor();
+    Tensor du_acc = omni ? at::zeros({outT ? 2 : 1, g.batch, g.d, g.H, g.W}, in.acc16 ? u.options() : f32) : Tensor();
     Tensor du = omni ? du_acc[0] : at::empty_like(u);
     Tensor ddelta = at::empty_like(delta);
     Tensor dA = at::zeros(A.sizes(), f32);
@@ -457,8 +458,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     Tensor dD = D.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
     Tensor dbias = bias.has_value() ? at::zeros({g.dim}, f32) : at::empty({0}, f32);
     if (any) {
-        // With transposed columns the kernel writes the column directions' ddelta / dB / dC into
-        // column-only transposed tensors; they are put back below.
+        // With transposed columns the kernel writes the column directions' dB / dC (and, unless
+        // their outputs are staged, ddelta) into column-only transposed tensors, put back below.
         Tensor dyT, ddeltaT, dBT, dCT;
         if (colT) {
             dispatch(u.scalar_type(), [&](auto tag) {
@@ -486,7 +487,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
         p.dbias = bias.has_value() ? dbias.data_ptr<float>() : nullptr;
         if (colT) {
             set_column_inputs(p, in);
-            p.acc16 = acc16;
             p.dyT = dyT.data_ptr();
             if (outT) {
                 p.duT = du_acc[1].data_ptr();

@@ -57,9 +57,9 @@ struct ScanParams {
     // (ops.cpp, kernel_inputs). The row directions use delta / B / C as given.
     bool colT = false;
     // Omni, colT, "mixed" columns: the column directions write y / du / ddelta straight into the
-    // image layout (y, du, ddelta), staged row by row through shared memory as in the staged mode,
-    // instead of into yT / duT / ddeltaT that a transpose then puts back. Only where
-    // column_quads(H, W) holds.
+    // image layout (y, du, ddelta), staged through shared memory 4 pixels of an image row at a time
+    // (stage_columns_out), instead of into yT / duT / ddeltaT that a transpose then puts back. Only
+    // where column_quads(H, W) holds.
     bool col_out_staged = false;
     // Omni, 16-bit inputs, col_out_staged, sm_90+: the y (forward) and du (backward) accumulators
     // have the inputs' dtype T and the directions add into them with bf16x2 / f16x2 reductions, so

@@ -56,7 +56,6 @@ struct StageSlot {
     int pix;   // plain: tb + q; omni: the pixel of scan position tb + q in direction g
 };
 
-
 // The direction whose memory order a block of direction g walks: g itself, or with transposed
 // columns (ScanParams::colT) the row direction of the same sense, since the column directions
 // then read the transposed map (tensors in which their scan order is row-major).

@@ -85,8 +85,8 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
     // before the staged y is read.
     constexpr bool col_staged = kCol;
     // Mixed columns (ScanParams::col_out_staged): this column-direction block reads the transposed
-    // copies like any tcol block but adds its y straight into the image layout, staged row by row
-    // through Ys (one more barrier per chunk), so no yT accumulator needs merging afterwards.
+    // copies like any tcol block but adds its y straight into the image layout through Ys
+    // (stage_columns_out; one more barrier per chunk), so no yT accumulator needs merging afterwards.
     const bool out_staged = kOmni && !kSummary && tcol && p.col_out_staged;
     const int cl0 = (blockIdx.y - g * p.bpg) * kWarps;  // the block's first channel in its group
     auto Xs = [&](int a) { return reinterpret_cast<float (*)[kChunk]>(smem + Sm::kBs + NS * kChunk + a * kWarps * kChunk); };

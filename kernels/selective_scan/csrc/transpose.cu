@@ -1,4 +1,4 @@
-// Batched plane transposes of the fused op's column directions (see launch_transpose in scan.h).
+// Batched plane transposes of the fused op's column directions (see launch_transposes in scan.h).
 // A tile goes through shared memory, so that both the reads of src rows and the writes
 // of dst rows are coalesced (a plain strided copy makes one of the two hit a new row per thread).
 #include <c10/cuda/CUDAException.h>
