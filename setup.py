@@ -10,7 +10,7 @@ requirements = [l.strip() for l in (here / "requirements.txt").read_text().split
 
 setup(
     name="vmambair",
-    version="0.1.0",
+    version="0.2.0",
     description="VmambaIR: visual state-space models for image restoration, on basicsr",
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

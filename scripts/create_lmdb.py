@@ -14,7 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vmambair.compat  # noqa: F401,E402  (before basicsr)
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs  # noqa: E402
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vmambair.data.image_io import DataError  # noqa: E402
 from vmambair.data.prep import list_image_files, run_image_jobs  # noqa: E402
 SCALES = (0.75, 0.5, 1 / 3)

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vmambair.data.image_io import DataError  # noqa: E402
 from vmambair.data.prep import list_image_files, run_image_jobs  # noqa: E402
 import vmambair.compat  # noqa: F401,E402  (before basicsr)

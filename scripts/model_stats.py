@@ -9,10 +9,8 @@ length L, state N) counts 9*b*d*L*N + b*d*L; normalisation, activations and elem
 operations are not counted. The input is (1, 3, size, size): the LQ size for SR networks.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import yaml  # noqa: E402
 

@@ -99,7 +99,14 @@ class TrainableDataset(Dataset):
     ``__getitem__`` accepts an index or ``(index, seed)`` (the seed drives all randomness of
     that item) and returns ``{'lq': (3,h,w), 'gt': (3,h*s,w*s), 'lq_path', 'gt_path'}``;
     ``set_patch_size`` changes the training crop (progressive training).
+
+    Class attributes read by options validation (``vmambair.config``):
     """
+
+    vmambair_dataset = True   # follows this protocol: options may name it
+    synthesizes_lq = False    # makes its inputs itself: no ``dataroot_lq`` needed
+    lq_only = False           # inputs only (e.g. NIQE test sets): no ``dataroot_gt`` needed
+    builds_data = False       # creates its folders on first use: they need not exist yet
 
     def set_patch_size(self, gt_size: int) -> None:
         raise NotImplementedError

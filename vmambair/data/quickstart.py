@@ -29,7 +29,7 @@ import numpy as np
 import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from vmambair.engine.checkpoint import atomic_write_bytes
+from vmambair.utils.fileio import atomic_write_bytes
 
 from .image_io import DataError
 from .paired_dataset import PairedImageFolderDataset, option_getter

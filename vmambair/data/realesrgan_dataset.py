@@ -18,7 +18,7 @@ from basicsr.data.transforms import augment
 from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from vmambair.engine.options import OptionsError
+from vmambair.config import OptionsError
 
 from .degradation import DegradationError, parse_degradation, sample_kernels, seeded_global_rngs
 from .image_io import DataError, is_image_file, read_image

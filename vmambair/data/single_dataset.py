@@ -14,7 +14,7 @@ import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from vmambair.engine.options import OptionsError
+from vmambair.config import OptionsError
 
 from .image_io import DataError, is_image_file, read_image
 from .paired_dataset import Item, TrainableDataset, option_getter

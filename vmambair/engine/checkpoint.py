@@ -1,98 +1,18 @@
-"""Saving and loading weights and training states, safely.
-
-Two rules hold everywhere in vmambair:
-
-* Every file is written atomically: the bytes go to a temporary file in the same folder, which
-  is flushed and fsync'ed and then ``os.replace``'d onto the final name (and the folder is
-  fsync'ed). A process killed at any instant leaves either the old file, the new file, or a
-  stray ``.tmp`` file that no loader ever looks at; never a truncated file under a real name.
-* Every file is read without unpickling arbitrary objects: ``torch.load(weights_only=True)``
-  for ``.pth``/``.state`` and safetensors for ``.safetensors``. A checkpoint that needs more
-  (e.g. a pickled ``argparse.Namespace``) is refused with a message saying how to convert it.
-  Training states therefore hold only tensors, numbers, strings, lists, tuples and dicts.
-"""
+"""Saving and loading weights and training states (atomic writes and safe reads: see
+``vmambair.utils.fileio``)."""
 from __future__ import annotations
 
-import io
 import os
 import re
-import signal
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
 import torch
 
+from ..utils.fileio import CheckpointError, atomic_torch_save, atomic_write_bytes, safe_torch_load  # noqa: F401
+
 TRAINING_STATE_SUFFIX = ".state"
 _STATE_NAME = re.compile(r"^(\d+)\.state$")
-
-# Fault injection for the kill-during-save test: when this environment variable holds an
-# iteration number, the training state of that iteration is written half-way and then the
-# process SIGKILLs itself, exactly as if it had been killed mid-write.
-FAULT_KILL_DURING_SAVE_ENV = "VMAMBAIR_FAULT_KILL_DURING_SAVE"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or not loadable safely."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) do not allow opening a folder
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike, _kill_after_half: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + os.replace + dir fsync)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        if _kill_after_half:
-            f.write(data[: len(data) // 2])
-            f.flush()
-            os.fsync(f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike, _kill_after_half: bool = False) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(buffer.getvalue(), path, _kill_after_half=_kill_after_half)
-
-
-def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Load a ``.pth``/``.state`` file with ``weights_only=True``; refuse pickled objects clearly."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint file '{path}' does not exist.")
-    try:
-        return torch.load(str(path), map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            raise CheckpointError(
-                f"Checkpoint '{path}' contains pickled Python objects beyond tensors and plain "
-                f"containers, and vmambair only loads checkpoints safely (weights_only=True). "
-                f"If you trust the file, convert it once: "
-                f"sd = torch.load(path, weights_only=False); torch.save({{'params': "
-                f"sd['params']}}, 'clean.pth') (or save it as .safetensors). Detail: "
-                f"{text.splitlines()[0]}") from None
-        raise CheckpointError(f"Checkpoint '{path}' could not be read ({type(err).__name__}: "
-                              f"{text.splitlines()[0] if text else 'no detail'}); it may be "
-                              f"truncated or not a PyTorch file.") from None
 
 
 def _strip_module_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -200,8 +120,7 @@ def save_training_state(state: Dict[str, Any], folder: str | os.PathLike, iterat
                         keep_last: Optional[int] = None) -> Path:
     """Atomically write ``state`` as ``<folder>/<iteration>.state``; optionally prune old ones."""
     path = training_state_path(folder, iteration)
-    kill = os.environ.get(FAULT_KILL_DURING_SAVE_ENV) == str(iteration)
-    atomic_torch_save(state, path, _kill_after_half=kill)
+    atomic_torch_save(state, path)
     if keep_last:
         for old in list_training_states(folder)[:-keep_last]:
             try:

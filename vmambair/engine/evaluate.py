@@ -5,7 +5,7 @@ Used for periodic validation during training and by ``test.py``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from basicsr.utils import imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 
 from .inference import autocast_context, restore_image
-from .options import ValOptions
+from ..config import ValOptions
 
 
 def build_eval_loader(dataset) -> DataLoader:

@@ -8,10 +8,12 @@ only numbers in their ``state_dict`` (safe to resume with ``weights_only=True``)
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence
+from typing import Sequence
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
+
+from ..config.registry import SCHEDULER_REGISTRY
 
 
 class CosineAnnealingRestartCyclicLR(LRScheduler):
@@ -56,16 +58,14 @@ class CosineAnnealingRestartCyclicLR(LRScheduler):
                 for base in self.base_lrs]
 
 
-def _schedulers() -> Dict[str, type]:
-    import vmambair  # noqa: F401  (compat shim before basicsr)
+def _register_schedulers() -> None:
     from basicsr.models.lr_scheduler import CosineAnnealingRestartLR, MultiStepRestartLR
     from torch.optim import lr_scheduler as torch_sched
-    table = {"CosineAnnealingRestartCyclicLR": CosineAnnealingRestartCyclicLR,
-             "CosineAnnealingRestartLR": CosineAnnealingRestartLR,
-             "MultiStepRestartLR": MultiStepRestartLR}
-    for name in ("MultiStepLR", "CosineAnnealingLR", "StepLR", "ExponentialLR", "ConstantLR", "LinearLR"):
-        table[name] = getattr(torch_sched, name)
-    return table
+    for cls in (CosineAnnealingRestartCyclicLR, CosineAnnealingRestartLR, MultiStepRestartLR,
+                *(getattr(torch_sched, n) for n in ("MultiStepLR", "CosineAnnealingLR", "StepLR",
+                                                    "ExponentialLR", "ConstantLR", "LinearLR"))):
+        if cls.__name__ not in SCHEDULER_REGISTRY._obj_map:
+            SCHEDULER_REGISTRY._do_register(cls.__name__, cls)
 
 
-SCHEDULERS: Dict[str, type] = _schedulers()
+_register_schedulers()

@@ -1,6 +1,6 @@
 """GPU kernel-time summaries from torch.profiler: where a step's GPU time goes.
 
-Used by ``scripts/bench_model.py --profile`` and by the trainer's ``logger.profile_iters``.
+Used by ``scripts/bench/bench_model.py --profile`` and by the trainer's ``logger.profile_iters``.
 """
 from __future__ import annotations
 
@@ -101,6 +101,6 @@ class IterationProfiler:
         text = summarize(self._prof, iters, wall_ms, f"{self.label}: iterations {self.first}-{self.last}",
                          unit="iteration")
         self._prof = None
-        from .checkpoint import atomic_write_bytes
+        from ..utils.fileio import atomic_write_bytes
         atomic_write_bytes(text.encode(), self.path)
         logger.info(f"Profile of iterations {self.first}-{self.last} written to {self.path}.")

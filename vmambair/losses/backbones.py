@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vmambair.engine.checkpoint import CheckpointError
+from vmambair.utils.fileio import CheckpointError
 
 # torchvision's ImageNet weights: file name in the hub cache and download URL.
 TORCHVISION_WEIGHTS = {

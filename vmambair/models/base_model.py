@@ -2,7 +2,7 @@
 
 A model owns any number of networks (``net_g``; a GAN adds ``net_d``), each with its optimizer
 and scheduler, and knows how to (de)serialise all of it into a training state made only of
-tensors and primitives. The trainer (vmambair.engine.trainer) drives it through:
+tensors and primitives. The trainer (vmambair.apps.train) drives it through:
 
     model.feed_data(batch)                   # {'lq': (b,3,h,w), 'gt': (b,3,h*s,w*s), ...}
     losses = model.optimize_parameters(it)   # {'l_pix': tensor, ...} (detached, not yet synced)
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vmambair.engine.checkpoint import load_into_network, save_network
 from vmambair.engine.dist import DistContext
-from vmambair.engine.options import Options, build_from_spec
+from vmambair.config import Options, build_from_spec
 
 
 class ModelEMA:
@@ -65,6 +65,8 @@ class BaseModel:
         opt: validated options.
         ctx: distributed context (device, rank, world size).
     """
+
+    vmambair_model = True  # drives our trainer loop: options may name it
 
     def __init__(self, opt: Options, ctx: DistContext):
         self.opt = opt

@@ -25,7 +25,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from vmambair.data.degradation import (DegradationError, RealESRGANDegradation, TrainingPairPool,
                                        degrade_batch, parse_degradation, seeded_global_rngs)
 from vmambair.engine.dist import DistContext
-from vmambair.engine.options import Options, OptionsError
+from vmambair.config import Options, OptionsError
 
 from .restoration_model import ImageRestorationModel
 from .sr_gan_model import SRGANRestorationModel

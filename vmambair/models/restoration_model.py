@@ -17,7 +17,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from vmambair.engine.cuda_graph import GraphedLossAndGrad, GraphRecordingError
 from vmambair.engine.dist import DistContext
 from vmambair.engine.inference import autocast_context
-from vmambair.engine.options import Options, OptionsError, build_from_spec
+from vmambair.config import Options, OptionsError, build_from_spec
 
 from .base_model import BaseModel
 

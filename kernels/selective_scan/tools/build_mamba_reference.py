@@ -10,7 +10,7 @@ then, on the GPU machine:
 
     TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python kernels/selective_scan/tools/build_mamba_reference.py \
         mamba_ssm-2.3.2.post1 --out build_mamba
-    PYTHONPATH=build_mamba python scripts/bench_scan.py
+    PYTHONPATH=build_mamba python scripts/bench/bench_scan.py
 
 Only the real-weight kernels the benchmark uses are compiled (forward fp32/bf16, backward
 fp32/bf16); the other template instantiations that mamba's C++ entry points reference are

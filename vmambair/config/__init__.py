@@ -1,0 +1,7 @@
+"""The options layer: schema, errors, registries and loading. It imports nothing above it."""
+from .errors import OptionsError, close_match  # noqa: F401
+from .schema import (DatasetOptions, DistOptions, LoggerOptions, Options, PathOptions,  # noqa: F401
+                     TrainOptions, ValOptions, describe_options, opt)
+from .registry import (SCHEDULER_REGISTRY, build_from_spec, check_registry_name, registry,  # noqa: F401
+                       validate_registry_spec)
+from .loading import apply_overrides, dataset_phase, load_options, read_yaml, resolve_data_path  # noqa: F401
