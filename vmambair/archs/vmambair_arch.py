@@ -270,18 +270,91 @@ class ChannelScan(nn.Module):
         return self.norm(out).view(b, d, 1, 1)
 
 
+class LiftedChannelScan(nn.Module):
+    """The deraining code's channel scan (the authors' Mamber32 / Mamber33): (b, d, h, w) -> (b, d, 1, 1).
+
+    The pooled map, a length-d sequence of one feature, is lifted to ``inner`` features per
+    position by a 1x1 convolution with bias (``lift``, 1 -> inner), scanned forward and backward
+    with its own rank and state size (two groups of ``inner`` channels each), summed, brought back
+    to one feature by another 1x1 convolution with bias (``merge``, inner -> 1), then LayerNorm
+    over d. ``inner`` is 2 in Mamber33 and 4 in Mamber32; rank 6 and state 16 in both.
+    """
+
+    def __init__(self, d: int, inner: int, rank: int = 6, d_state: int = 16, backend: Optional[str] = None):
+        super().__init__()
+        self.inner = inner
+        self.lift = nn.Conv2d(1, inner, 1, bias=True)
+        self.ssm = SSMParams(2, inner, rank, d_state)
+        # The authors initialise this scan's parameters differently from the planar ones:
+        # dt weights and biases from a plain normal, A = -exp(randn), D = 1.
+        with torch.no_grad():
+            self.ssm.dt_projs_weight.normal_()
+            self.ssm.dt_projs_bias.normal_()
+            self.ssm.A_logs.normal_()
+        self.merge = nn.Conv2d(inner, 1, 1, bias=True)
+        self.norm = nn.LayerNorm(d)
+        self.backend = backend
+
+    def forward(self, y):
+        b, d = y.shape[:2]
+        e = self.inner
+        pooled = y.mean((2, 3)).unsqueeze(1)                  # (b, 1, d)
+        # 1x1 convolution 1 -> e along the sequence: (b, e, d)
+        seq = pooled * self.lift.weight.view(1, e, 1) + self.lift.bias.view(1, e, 1)
+        xs = torch.stack([seq, seq.flip(-1)], dim=1)          # (b, 2, e, d)
+        delta, B, C = self.ssm.project(xs)
+        out = ops.selective_scan(xs.reshape(b, 2 * e, d), delta.reshape(b, 2 * e, d), self.ssm.A(), B, C,
+                                 self.ssm.Ds.float(), self.ssm.dt_projs_bias.float().view(-1),
+                                 delta_softplus=True, backend=self.backend).view(b, 2, e, d)
+        out = out[:, 0] + out[:, 1].flip(-1)                  # (b, e, d)
+        # 1x1 convolution e -> 1: (b, d)
+        out = (out * self.merge.weight.view(1, e, 1)).sum(1) + self.merge.bias
+        return self.norm(out).view(b, d, 1, 1)
+
+
+# channel_scan choices: which channel scan an OSS module has and how its result is combined
+# with the planar result y ("gate": y * c + y; "add": y + c). "sr" is the paper's and the authors'
+# SR code's; "mamber33" / "mamber32" are the authors' deraining code's (docs/authors_code.md).
+CHANNEL_SCANS = {
+    "sr": dict(inner=None, combine="gate"),
+    "mamber33": dict(inner=2, combine="gate"),
+    "mamber32": dict(inner=4, combine="add"),
+}
+
+
+def channel_scan_kind(value: Union[bool, str, None]) -> Optional[str]:
+    """channel_scan's value -> a key of CHANNEL_SCANS, or None for no channel scan
+    (true = "sr", false / null / "none" = none)."""
+    if value is True:
+        return "sr"
+    if value is False or value is None or value == "none":
+        return None
+    if value not in CHANNEL_SCANS:
+        raise ValueError(f"VmambaIR: channel_scan must be true, false or one of {list(CHANNEL_SCANS) + ['none']}; "
+                         f"got {value!r}. \"sr\" is the paper's channel scan (also the authors' SR code), "
+                         f"\"mamber33\" / \"mamber32\" the authors' deraining code's.")
+    return value
+
+
 class OSSModule(nn.Module):
     """Omni selective scan module (expansion 1): (b, c, h, w) -> same."""
 
-    def __init__(self, c: int, d_state: int = 16, scan_directions: int = 4, channel_scan: bool = True,
+    def __init__(self, c: int, d_state: int = 16, scan_directions: int = 4, channel_scan: Union[bool, str] = True,
                  linear_proj: bool = False, scan_backend: Optional[str] = None):
         super().__init__()
         rank = math.ceil(c / 16)
+        kind = channel_scan_kind(channel_scan)
         self.in_proj = Pointwise(c, 2 * c, bias=True, linear=linear_proj)
         self.dwconv = nn.Conv2d(c, c, 3, padding=1, groups=c, bias=True)
         self.planar_scan = PlanarScan(c, rank, d_state, scan_directions, scan_backend)
         self.out_norm = LayerNorm2d(c)
-        self.channel_scan = ChannelScan(c, rank, d_state, scan_backend) if channel_scan else None
+        if kind is None:
+            self.channel_scan = None
+        elif kind == "sr":
+            self.channel_scan = ChannelScan(c, rank, d_state, scan_backend)
+        else:
+            self.channel_scan = LiftedChannelScan(c, CHANNEL_SCANS[kind]["inner"], backend=scan_backend)
+        self.channel_combine = CHANNEL_SCANS[kind]["combine"] if kind else None
         self.out_proj = Pointwise(c, c, bias=True, linear=linear_proj)
 
     def forward(self, x):
@@ -289,7 +362,8 @@ class OSSModule(nn.Module):
         x = F.silu(self.dwconv(x))
         y = self.out_norm(self.planar_scan(x)) * F.silu(z)
         if self.channel_scan is not None:
-            y = y * self.channel_scan(y) + y
+            c = self.channel_scan(y)
+            y = y + c if self.channel_combine == "add" else y * c + y
         return self.out_proj(y)
 
 
@@ -366,7 +440,11 @@ class VmambaIR(nn.Module):
         scale: 1 for same-size restoration (residual tail), or 2, 3, 4, 8 for super-resolution.
         d_state: SSM state size N.
         scan_directions: planar scan directions (4 in the paper; 1 for ablation V1).
-        channel_scan / effn / linear_proj: the paper's ablations (V1/V2, V3, V4).
+        channel_scan: which channel scan each OSS module has: true or "sr" (the paper's, as in the
+            authors' SR code), "mamber33" / "mamber32" (the authors' deraining code: a lifted
+            channel sequence, combined as y * c + y / y + c; docs/authors_code.md), false or
+            "none" (ablations V1/V2).
+        effn / linear_proj: the paper's ablations V3, V4.
         ablation: shortcut for the paper's Table-4 variants, "V1".."V4".
         scan_backend: force a selective-scan backend (None: automatic).
         activation_checkpointing: recompute activations in the backward pass to save memory:
@@ -379,7 +457,7 @@ class VmambaIR(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, dim: int = 48,
                  num_blocks: Sequence[int] = (4, 4, 6, 8), num_refinement_blocks: int = 2, scale: int = 1,
                  ffn_expansion_factor: float = 2.66, d_state: int = 16, scan_directions: int = 4,
-                 channel_scan: bool = True, effn: bool = True, linear_proj: bool = False,
+                 channel_scan: Union[bool, str] = True, effn: bool = True, linear_proj: bool = False,
                  ablation: Optional[str] = None, scan_backend: Optional[str] = None,
                  activation_checkpointing: Union[bool, str] = False, identity_init: bool = False):
         super().__init__()
@@ -395,6 +473,7 @@ class VmambaIR(nn.Module):
             cfg.update(ABLATIONS[ablation])
             scan_directions, channel_scan, effn, linear_proj = (cfg[k] for k in
                                                                 ("scan_directions", "channel_scan", "effn", "linear_proj"))
+        channel_scan_kind(channel_scan)  # a wrong value fails here, with the choices
         self.scale = scale
         self.residual = scale == 1 and in_channels == out_channels
         kw = dict(ffn_expansion_factor=ffn_expansion_factor, effn=effn, d_state=d_state,
