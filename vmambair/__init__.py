@@ -15,3 +15,7 @@ from . import engine  # noqa: F401,E402  (registers the schedulers)
 from . import models  # noqa: F401,E402  (registers the models)
 
 __version__ = "0.2.0"
+
+# The Python API (vmambair.load_model, vmambair.restore); last, since it sits above every layer.
+from .api import load_model, restore  # noqa: F401,E402
+
