@@ -1,10 +1,16 @@
 #!/usr/bin/env python
-"""Time VmambaIR training steps and inference on the GPU: our fast path against our reference path.
+"""Time VmambaIR training steps and inference on the GPU: the authors' own code against our paths.
 
-    python scripts/bench/bench_model.py -opt options/realsr_x4_gan.yml --train-batch 9 --train-size 64 \
-        --infer-sizes 256 512 1024 --out benchmarks/model_realsr_x4.md
+    python scripts/bench/bench_model.py -opt options/derain.yml --original .authors/VmambaIR \
+        --paths authors reference graphed --checkpointing ffn --train-batch 8 --train-size 128 \
+        --infer-sizes 256 1024 2048 --stages
 
-Both paths run in this one process on the same GPU, so their ratio is meaningful.
+All paths run in this one process on the same GPU, so their ratios are meaningful; the ratios are
+stated against the first path given (the authors' code when --original is given).
+  authors:   the authors' network (their arch file, e.g. Mamber33 / MambaRealSR11, imported from
+             their checkout by scripts/bench/authors_code.py) with their compiled
+             selective_scan_cuda_core kernel (scripts/bench/build_authors_kernel.sh), fp32 as they
+             train, unfused Adam; never recomputes activations.
   reference: fp32 everywhere, the projections as rank-R einsums per direction, the four scan
              directions as materialised permuted copies -> the plain selective scan -> merge
              (the original implementation's execution strategy).
@@ -16,17 +22,24 @@ Both paths run in this one process on the same GPU, so their ratio is meaningful
              then the fused Adam step; inference as one graph per input size.
 A training step is forward + L1 loss + backward + Adam step. Peak memory is
 torch.cuda.max_memory_allocated with cudnn.benchmark off (no workspace trials).
+--stages also times one training step per progressive stage of the recipe (patch size and batch
+of each stage of datasets.train) on the --stage-paths, for scripts/bench/time_to_train.py.
+Writes a JSON record under benchmarks/data/ (scripts/bench/bench_record.py) and, with --out, the
+old Markdown table.
 """
 import argparse
 import contextlib
 import datetime
 import os
 import platform
+import re
 import sys
 import time
 
 
 import torch  # noqa: E402
+import authors_code  # noqa: E402  (scripts/bench, this script's folder)
+import bench_record  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
@@ -44,13 +57,35 @@ def execution_path(name: str, plain_backend: str):
     if name == "reference":
         with ops.fused_omni_scan(False), ops.use_backend(plain_backend), original_projections():
             yield contextlib.nullcontext
+    elif name == "authors":  # fp32, as the authors train; their scan is bound in their module
+        yield contextlib.nullcontext
     else:  # fast and compiled
         yield lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-PATH_TITLES = {"reference": "reference (fp32, unfused)", "fast": "fast (bf16, fused)",
+PATH_TITLES = {"authors": "authors' code (fp32, their kernel)", "reference": "reference (fp32, unfused)", "fast": "fast (bf16, fused)",
                "compiled": "compiled (fast + torch.compile)", "graphed": "graphed (compiled + CUDA graphs)"}
 COMPILE_KWARGS: dict = {}  # --compile-mode
+AUTHORS: dict = {}  # --original / --authors-family: {"original": path, "family": name}
+# network_g keys that the authors' constructors take under the same names
+AUTHORS_KEYS = ("dim", "num_blocks", "num_refinement_blocks", "ffn_expansion_factor")
+
+
+def authors_family(net_opt: dict) -> str:
+    """The authors' network matching ``net_opt``: MambaRealSR11 for x4, else the deraining
+    Mamber33 (or Mamber32 when our channel_scan says so)."""
+    if net_opt.get("scale", 1) != 1:
+        return "realsr"
+    return "derain32" if net_opt.get("channel_scan") == "mamber32" else "derain"
+
+
+def build_for_path(net_opt: dict, path: str):
+    """The network a path runs, on the GPU: the authors' class for "authors", ours otherwise."""
+    if path == "authors":
+        kwargs = {k: net_opt[k] for k in AUTHORS_KEYS if k in net_opt}
+        return authors_code.load_authors_network(AUTHORS["original"], AUTHORS["family"], scan="kernel",
+                                                 **kwargs).cuda()
+    return build_network(net_opt).cuda()
 
 
 def for_path(net, path: str):
@@ -63,7 +98,7 @@ def for_path(net, path: str):
 
 def make_optimizer(net, path: str):
     """Adam; the fast paths use its fused CUDA kernel (one launch), as the trainer does on CUDA."""
-    return torch.optim.Adam(net.parameters(), lr=1e-4, fused=path != "reference")
+    return torch.optim.Adam(net.parameters(), lr=1e-4, fused=path not in ("reference", "authors"))
 
 
 def timed(fn, warmup: int, iters: int):
@@ -83,7 +118,7 @@ def timed(fn, warmup: int, iters: int):
 def make_train_step(net_opt, scale, batch, size, path, amp):
     """A closure running one training step (fwd + L1 + bwd + Adam) of a freshly seeded network."""
     torch.manual_seed(0)
-    net = for_path(build_network(net_opt).cuda().train(), path)
+    net = for_path(build_for_path(net_opt, path).train(), path)
     opt = make_optimizer(net, path)
     x = torch.rand(batch, 3, size, size, device="cuda")
     y = torch.rand(batch, 3, size * scale, size * scale, device="cuda")
@@ -103,7 +138,7 @@ def make_train_step(net_opt, scale, batch, size, path, amp):
 def make_inference(net_opt, size, path, amp):
     """A closure restoring one random size x size image with a freshly seeded network."""
     torch.manual_seed(0)
-    net = for_path(build_network(net_opt).cuda().eval(), path)
+    net = for_path(build_for_path(net_opt, path).eval(), path)
     if path == "graphed":
         net = GraphedForward(net)
     x = torch.rand(1, 3, size, size, device="cuda")
@@ -169,8 +204,8 @@ def train_runs(args) -> dict:
 
 def train_net_opt(net_opt: dict, mode: str, path: str) -> dict:
     """network_g's options for a training row: activation_checkpointing ``mode``, except on the
-    reference path, which never recomputes."""
-    return dict(net_opt, activation_checkpointing="none" if path == "reference" else mode)
+    reference path, which never recomputes (nor do the authors, who have no such option)."""
+    return dict(net_opt, activation_checkpointing="none" if path in ("reference", "authors") else mode)
 
 
 def write_profile(args, net_opt, scale, plain) -> int:
@@ -200,59 +235,109 @@ def fmt(r):
     return "OOM" if r is None else f"{r[0]:.1f} ms, {r[2]:.2f} GB"
 
 
+def recipe_stages(opt: dict) -> list:
+    """The training stages of a recipe: [(batch, gt_size, iterations)], one per progressive stage
+    (datasets.train mini_batch_sizes / mini_gt_sizes / iters), else one stage of
+    batch_size_per_gpu x gt_size for train.total_iter."""
+    tr = opt.get("datasets", {}).get("train", {})
+    if tr.get("mini_batch_sizes"):
+        return list(zip(tr["mini_batch_sizes"], tr["mini_gt_sizes"], tr["iters"]))
+    return [(tr["batch_size_per_gpu"], tr["gt_size"], opt["train"]["total_iter"])]
+
+
+def result_dict(r):
+    return None if r is None else {"ms": round(r[0], 3), "peak_gb": round(r[2], 3), "extra_gb": round(r[1], 3)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-opt", required=True)
+    p.add_argument("--original", default=None, metavar="PATH",
+                   help="the authors' checkout (github AlphacatPlus/VmambaIR, e.g. .authors/VmambaIR): adds the "
+                        "'authors' path, timed first; every ratio is then against it")
+    p.add_argument("--authors-family", default=None, choices=sorted(authors_code.FAMILIES),
+                   help="the authors' network to time (default: realsr for x4, derain (Mamber33) for x1)")
+    p.add_argument("--authors-kernel-dir", default=None,
+                   help="folder of their built selective_scan_cuda_core*.so (default .authors/kernel_build)")
     p.add_argument("--train-batch", type=int, default=8, help="training-step batch (0: no training step)")
     p.add_argument("--train-size", type=int, default=128)
     p.add_argument("--infer-sizes", type=int, nargs="*", default=[256, 512, 1024])
-    p.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=list(PATH_TITLES),
-                   help="reference: fp32 + unfused scan; fast: bf16 + fused; compiled: fast under torch.compile; "
-                        "graphed: compiled + CUDA graphs")
+    p.add_argument("--paths", nargs="+", default=None, choices=list(PATH_TITLES),
+                   help="authors: their code (needs --original); reference: fp32 + unfused scan; fast: bf16 + "
+                        "fused; compiled: fast under torch.compile; graphed: compiled + CUDA graphs "
+                        "(default: authors graphed with --original, else reference fast)")
     p.add_argument("--checkpointing", nargs="*", default=[], choices=list(CHECKPOINTING_MODES),
-                   help="time the training step of the paths other than reference once per activation_checkpointing "
+                   help="time the training step of our non-reference paths once per activation_checkpointing "
                         "mode given (none, block: recompute whole OSS blocks, ffn: recompute their EFFNs), one table "
                         "row each; default: none")
+    p.add_argument("--stages", action="store_true",
+                   help="also time one training step per stage of the recipe (progressive patch sizes and batches) "
+                        "on --stage-paths, with the first --checkpointing mode, for time_to_train.py")
+    p.add_argument("--stage-paths", nargs="+", default=["graphed"], choices=list(PATH_TITLES))
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode of the compiled and graphed paths (default: torch's default)")
     p.add_argument("--plain-backend", default=None,
                    help="scan backend of the reference path (default: mamba_ssm if available, else cuda)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--out", default=None, help="Markdown file to write (default: benchmarks/model_<name>.md)")
+    p.add_argument("--json", default=None,
+                   help="JSON record to write (default: benchmarks/data/model_<opt name>_<gpu>.json)")
+    p.add_argument("--out", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="instead of timing, profile each path's training step and the first inference size "
                         "with torch.profiler and write a kernel-time summary (by category and top kernels) to FILE")
     p.add_argument("--profile-top", type=int, default=25, help="kernels listed per profile")
     args = p.parse_args(argv)
+    if args.paths is None:
+        args.paths = ["authors", "graphed"] if args.original else ["reference", "fast"]
     if not torch.cuda.is_available():
         print("error: bench_model.py needs a CUDA GPU.", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = False
     if args.compile_mode:
         COMPILE_KWARGS["mode"] = args.compile_mode
-    with open(args.opt) as f:
-        opt = yaml.safe_load(f)
-    net_opt = opt["network_g"]
+    try:
+        with open(args.opt) as f:
+            opt = yaml.safe_load(f)
+        net_opt = opt["network_g"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        print(f"error: -opt {args.opt}: cannot read network_g from it ({e}); pass a training option file "
+              f"such as options/derain.yml", file=sys.stderr)
+        return 2
     scale = net_opt.get("scale", 1)
+    if "authors" in args.paths or args.original:
+        if not args.original:
+            print("error: --paths authors needs --original PATH (the authors' checkout)", file=sys.stderr)
+            return 2
+        if "authors" not in args.paths:
+            args.paths = ["authors"] + args.paths
+        args.paths = ["authors"] + [q for q in args.paths if q != "authors"]  # the baseline first
+        try:
+            authors_code.checkout_root(args.original)
+            authors_code.load_authors_kernel(args.authors_kernel_dir)
+        except authors_code.AuthorsCodeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        AUTHORS.update(original=args.original, family=args.authors_family or authors_family(net_opt))
     avail = ops.available_backends("cuda")
     plain = args.plain_backend or ("mamba_ssm" if "mamba_ssm" in avail else avail[0])
     if args.profile:
         return write_profile(args, net_opt, scale, plain)
-    rows = []
+    base = args.paths[0]
     results = {}
     runs = train_runs(args)
-    ref_train = None  # the reference path's step (it never recomputes): measured once, in every row
+    ref_train = {}  # paths that never recompute (reference, authors): measured once, in every row
     for key, mode in runs.items():
         for path in args.paths:
-            if path == "reference" and ref_train is not None:
-                results[(key, path)] = ref_train
+            if path in ref_train:
+                results[(key, path)] = ref_train[path]
                 continue
             train_net = train_net_opt(net_opt, mode, path)
             r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
                       path, plain, args.warmup, args.iters)
             results[(key, path)] = r
-            ref_train = r if path == "reference" else ref_train
+            if path in ("reference", "authors"):
+                ref_train[path] = r
             print(f"{key}  {path:9s} batch {args.train_batch} x {args.train_size}^2: {fmt(r)}", flush=True)
     for s in args.infer_sizes:
         for path in args.paths:
@@ -260,41 +345,91 @@ def main(argv=None):
                       max(1, args.warmup // 2), max(2, args.iters // 2))
             results[(f"infer {s}", path)] = r
             print(f"infer  {path:9s} {s}x{s}: {fmt(r)}", flush=True)
-    others = [p for p in args.paths if p != "reference"]
-    for key in list(runs) + [f"infer {s}" for s in args.infer_sizes]:
-        ref = results.get((key, "reference"))
-        cells = [fmt(results.get((key, p))) for p in args.paths]
-        for p in others:
-            r = results.get((key, p))
+    stages = []
+    if args.stages:
+        mode = (args.checkpointing or ["none"])[0]
+        for batch, gt, iters in recipe_stages(opt):
+            size = gt // scale
+            row = {"batch": batch, "gt_size": gt, "input_size": size, "iters": iters, "paths": {}}
+            for path in args.stage_paths:
+                first = next(iter(runs), None)  # the train row of the same activation_checkpointing mode
+                if first and (batch, size) == (args.train_batch, args.train_size) and results.get((first, path)):
+                    r = results[(first, path)]  # the same step was just measured
+                else:
+                    train_net = train_net_opt(net_opt, mode, path)
+                    t0 = time.perf_counter()
+                    r = bench(lambda amp: make_train_step(train_net, scale, batch, size, path, amp),
+                              path, plain, args.warmup, args.iters)
+                    row.setdefault("setup_s", {})[path] = round(time.perf_counter() - t0, 1)
+                row["paths"][path] = result_dict(r)
+                print(f"stage  {path:9s} batch {batch} x {size}^2 ({iters} iters): {fmt(r)}", flush=True)
+            stages.append(row)
+
+    others = [q for q in args.paths if q != base]
+    columns = ["what"] + [PATH_TITLES[q] for q in args.paths] + [f"{q} vs {base} (speed-up, memory ratio)"
+                                                                  for q in others]
+    rows = []
+    keys = list(runs) + [f"infer {s}" for s in args.infer_sizes]
+    for key in keys:
+        ref = results.get((key, base))
+        cells = [fmt(results.get((key, q))) for q in args.paths]
+        for q in others:
+            r = results.get((key, q))
             cells.append(f"{ref[0] / r[0]:.2f}x, mem {r[2] / ref[2]:.2f}" if ref and r else "-")
-        rows.append(f"| {key} | " + " | ".join(cells) + " |")
+        label = (f"{key}, batch {args.train_batch} x {args.train_size}" if key in runs
+                 else f"{key}x{key.split()[-1]}" + (f" -> {int(key.split()[-1]) * scale}" if scale != 1 else ""))
+        rows.append([label] + cells)
     name = os.path.splitext(os.path.basename(args.opt))[0]
-    out = args.out or os.path.join("benchmarks", f"model_{name}.md")
-    head = [f"# Model benchmark: {name}", "",
-            *provenance(),
-            (f"- train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam"
-             + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on every path but reference (whose "
-                "one measurement is repeated in each train row)" if set(runs) - {"train"} else "")
-             if runs else "- train step: not measured (--train-batch 0)"),
-            f"- inference: batch 1, input size as given; reference scan backend: {plain}; "
-            f"fused op available: {'cuda' in avail}", "",
-            "| what | " + " | ".join(PATH_TITLES[p] for p in args.paths)
-            + "".join(f" | {p} vs reference (speed-up, memory ratio)" for p in others) + " |",
-            "|---" * (1 + len(args.paths) + len(others)) + "|"]
-    if len(args.infer_sizes) > 1:  # linear complexity: time per pixel should not grow with the size
-        rows += ["", "Inference time per megapixel of input (ms/MP):", "",
-                 "| path | " + " | ".join(f"{s}x{s}" for s in args.infer_sizes) + " | largest / smallest |",
-                 "|---" * (len(args.infer_sizes) + 2) + "|"]
-        for p in args.paths:
-            per = [results.get((f"infer {s}", p)) for s in args.infer_sizes]
-            per = [r[0] / (s * s / 1e6) if r else None for r, s in zip(per, args.infer_sizes)]
-            ratio = f"{per[-1] / per[0]:.2f}" if per[0] and per[-1] else "-"
-            rows.append(f"| {p} | " + " | ".join(f"{v:.0f}" if v else "-" for v in per) + f" | {ratio} |")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        f.write("\n".join(head + rows) + "\n")
-    print("\n".join(head + rows))
-    print(f"wrote {out}")
+    gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name().lower()).strip("_")
+    gpu_short = next((g for g in ("h200", "h100", "a100", "l40s", "l4", "v100") if g in gpu), gpu[:16])
+    notes = [(f"train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam"
+              + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on our non-reference paths (the "
+                 "authors' and the reference path never recompute; their one measurement is repeated)"
+                 if set(runs) - {"train"} else "")) if runs else "train step: not measured",
+             f"inference: batch 1; reference scan backend: {plain}; cudnn.benchmark off; peak memory is "
+             f"torch.cuda.max_memory_allocated",
+             ]
+    if AUTHORS:
+        notes.append(f"authors' network: {authors_code.FAMILIES[AUTHORS['family']][1]} from their checkout, "
+                     f"with {', '.join(f'{k}={net_opt[k]}' for k in AUTHORS_KEYS if k in net_opt)}")
+    tables = [{"title": f"{name}: time and peak memory per step / restore", "columns": columns, "rows": rows,
+               "notes": notes}]
+    charts = [{"title": f"{name}: time per step / restore (ms)", "kind": "bar", "ylabel": "ms", "logy": True,
+               "x": [r[0] for r in rows],
+               "series": {q: [results[(k, q)][0] if results.get((k, q)) else None for k in keys]
+                          for q in args.paths}}]
+    if stages:
+        tables.append({"title": f"{name}: one training step per recipe stage",
+                       "columns": ["stage", "batch x input", "iterations"] + [PATH_TITLES[q] for q in args.stage_paths],
+                       "rows": [[str(i + 1), f"{st['batch']} x {st['input_size']}", st["iters"]]
+                                + [fmt(None if st["paths"][q] is None else
+                                       (st["paths"][q]["ms"], 0, st["paths"][q]["peak_gb"])) for q in args.stage_paths]
+                                for i, st in enumerate(stages)],
+                       "notes": [f"activation_checkpointing: {(args.checkpointing or ['none'])[0]}"]})
+    figures = {"recipe": args.opt, "scale": scale, "paths": args.paths, "baseline": base,
+               "train": {"batch": args.train_batch, "size": args.train_size,
+                         "rows": {k: {q: result_dict(results.get((k, q))) for q in args.paths} for k in runs}},
+               "infer": {str(s): {q: result_dict(results.get((f"infer {s}", q))) for q in args.paths}
+                         for s in args.infer_sizes},
+               "stages": stages, "authors": dict(AUTHORS)}
+    rec = bench_record.make_record(f"model_{name}_{gpu_short}", f"Whole network, {name}: authors' code vs ours"
+                                   if AUTHORS else f"Whole network, {name}", tables, section="Whole network",
+                                   charts=charts, figures=figures)
+    out_json = bench_record.write_record(rec, args.json)
+    for t in tables:
+        print("\n| " + " | ".join(t["columns"]) + " |")
+        for r in t["rows"]:
+            print("| " + " | ".join(str(c) for c in r) + " |")
+    print(f"wrote {out_json}")
+    if args.out:
+        md = [f"# Model benchmark: {name}", "", *provenance(), ""]
+        for t in tables:
+            md += ["| " + " | ".join(t["columns"]) + " |", "|---" * len(t["columns"]) + "|"]
+            md += ["| " + " | ".join(str(c) for c in r) + " |" for r in t["rows"]] + [""]
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write("\n".join(md))
+        print(f"wrote {args.out}")
     return 0
 
 
