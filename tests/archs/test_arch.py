@@ -8,7 +8,7 @@ import yaml
 import vmambair  # noqa: F401
 from vmambair.archs import ARCH_REGISTRY, VmambaIR, build_network
 from vmambair.archs.vmambair_arch import ChannelScan, OSSModule, PlanarScan
-from vmambair.utils.flops import count_flops, count_params
+from vmambair.apps.model_stats import count_flops, count_params
 
 TASKS = {
     "derain": dict(num_blocks=[4, 4, 6, 8], num_refinement_blocks=2, scale=1),
@@ -191,6 +191,7 @@ def test_planar_projections_as_convolutions_match_the_original_einsums():
 
 def test_effn_aligned_execution_is_the_same_function():
     """EFFN on zero-padded (aligned) weights gives the unpadded layer's output and gradients."""
+    from vmambair import runtime
     from vmambair.archs.vmambair_arch import EFFN
 
     torch.manual_seed(0)
@@ -198,12 +199,9 @@ def test_effn_aligned_execution_is_the_same_function():
     x = torch.randn(2, 12, 5, 6, dtype=torch.float64, requires_grad=True)
     results = []
     for align in (8, 0):
-        EFFN.align = align
-        try:
+        with runtime.use(effn_align=align):
             out = ffn(x)
             results.append((out, torch.autograd.grad((out ** 2).sum(), [x] + list(ffn.parameters()))))
-        finally:
-            EFFN.align = 8
     (o1, g1), (o2, g2) = results
     torch.testing.assert_close(o1, o2)
     for a, b in zip(g1, g2):
@@ -214,11 +212,12 @@ def test_effn_aligned_execution_is_the_same_function():
 def test_effn_depthwise_slices_are_the_same_function(monkeypatch, align):
     """Maps over DEPTHWISE_MAX_ELEMENTS run the depthwise convolution per gate half and in channel
     slices (cuDNN's 64-bit-index kernel is ~100x slower): same output and gradients as one call."""
+    from vmambair import runtime
     from vmambair.archs import vmambair_arch as arch
 
     torch.manual_seed(0)
     ffn = arch.EFFN(12).double()  # hidden 31 (padded to 32 with align 8)
-    monkeypatch.setattr(arch.EFFN, "align", align)
+    monkeypatch.setattr(runtime.get(), "effn_align", align)
     x = torch.randn(2, 12, 5, 6, dtype=torch.float64, requires_grad=True)
     results = []
     calls = []

@@ -168,24 +168,28 @@ def test_omni_scan_unfused_matches_per_direction_loop():
 
 
 def test_fused_omni_scan_only_up_to_the_pixel_limit(monkeypatch):
-    """The fused kernel (a spy here) runs for batches of at most VMAMBAIR_FUSED_MAX_PIXELS pixels, else the unfused path."""
+    """The fused kernel (a spy here) runs for batches of at most runtime.fused_max_pixels pixels, else the
+    unfused path, and gets the runtime column mode."""
+    from vmambair import runtime
     from vmambair.ops import omni_scan
 
     calls = []
-    monkeypatch.setitem(omni_scan._FUSED, "torch", lambda x, *a: calls.append(x.shape[-2:]) or torch.zeros_like(x))
+    modes = []
+    monkeypatch.setitem(omni_scan._FUSED, "torch", lambda x, *a, columns: calls.append(x.shape[-2:])
+                        or modes.append(columns) or torch.zeros_like(x))
     g = torch.Generator().manual_seed(0)
 
     def inputs(h, w, d=3, n=2, b=1):
         r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
         return (r(b, d, h, w), r(b, 4, d, h, w), -torch.rand(4 * d, n), r(b, 4, n, h, w), r(b, 4, n, h, w))
 
-    monkeypatch.setenv("VMAMBAIR_FUSED_MAX_PIXELS", "64")
-    small = ops.planar_omni_scan(*inputs(8, 8), backend="torch")
-    assert calls == [(8, 8)] and not small.any()  # the spy's zeros came back
-    big = ops.planar_omni_scan(*inputs(8, 9), backend="torch")
-    assert calls == [(8, 8)] and big.abs().sum() > 0  # 72 pixels: unfused, a real result
-    batch = ops.planar_omni_scan(*inputs(4, 4, b=5), backend="torch")
-    assert calls == [(8, 8)] and batch.abs().sum() > 0  # 5 x 16 = 80 pixels in the batch: unfused
-    monkeypatch.setenv("VMAMBAIR_FUSED_MAX_PIXELS", "lots")
-    with pytest.raises(ValueError, match="VMAMBAIR_FUSED_MAX_PIXELS"):
-        ops.planar_omni_scan(*inputs(8, 8), backend="torch")
+    with runtime.use(fused_max_pixels=64, scan_columns="staged"):
+        small = ops.planar_omni_scan(*inputs(8, 8), backend="torch")
+        assert calls == [(8, 8)] and modes == ["staged"] and not small.any()  # the spy's zeros came back
+        big = ops.planar_omni_scan(*inputs(8, 9), backend="torch")
+        assert calls == [(8, 8)] and big.abs().sum() > 0  # 72 pixels: unfused, a real result
+        batch = ops.planar_omni_scan(*inputs(4, 4, b=5), backend="torch")
+        assert calls == [(8, 8)] and batch.abs().sum() > 0  # 5 x 16 = 80 pixels in the batch: unfused
+    assert runtime.get().fused_max_pixels == 256 * 256  # restored after the block
+    with pytest.raises(ValueError, match="fused_max_pixels must be a non-negative integer"):
+        runtime.set_fused_max_pixels("lots")

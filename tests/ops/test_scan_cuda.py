@@ -168,18 +168,17 @@ OMNI_CASES += [(dt, 16, hw) for dt in DTYPES for hw in ((32, 9), (8, 37), (64, 6
 @pytest.mark.parametrize("columns", ["transposed", "mixed", "staged"])
 @pytest.mark.parametrize("dtype,N,hw", OMNI_CASES,
                          ids=[f"{str(d)[6:]}-N{N}-{h}x{w}" for d, N, (h, w) in OMNI_CASES])
-def test_omni_fused_matches_unfused(dtype, N, hw, columns, monkeypatch):
-    """Every way of reading and writing the column directions (VMAMBAIR_SCAN_COLUMNS): transposed
+def test_omni_fused_matches_unfused(dtype, N, hw, columns):
+    """Every way of reading and writing the column directions (the op's ``columns`` mode): transposed
     copies in and out; transposed copies in, outputs staged row by row into the image layout where H
     divides the chunk (mixed); or gathers in and staged outputs (staged)."""
-    monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", columns)
     H, W = hw
     i = OMNI_CASES.index((dtype, N, hw))
     d = 6 if i % 2 else 9
     nseg = [0, 1, 3][i % 3]
     low, ref = make_omni_inputs(2, d, H, W, N, dtype, seed=100 + i)
     w = torch.randn(2, d, H, W, device="cuda")
-    y, grads = run_with_grads(lambda *t: ext.planar_omni_scan(*t, nseg=nseg), low, w.to(dtype))
+    y, grads = run_with_grads(lambda *t: ext.planar_omni_scan(*t, nseg=nseg, columns=columns), low, w.to(dtype))
     # Reference: permuted copies -> sequential fp64 scan -> merge (the unfused path), in fp64.
     backend = "reference" if H * W <= 500 else "torch"
     y_ref, grads_ref = run_with_grads(lambda *t: planar_omni_scan_unfused(*t, backend=backend), ref,
@@ -190,25 +189,25 @@ def test_omni_fused_matches_unfused(dtype, N, hw, columns, monkeypatch):
 
 @pytest.mark.cuda
 @needs_gpu
-def test_omni_fused_with_more_planes_than_a_grid_dimension(monkeypatch):
+def test_omni_fused_with_more_planes_than_a_grid_dimension():
     """The column directions' transposes run one plane per (batch, channel) on the grid's z axis,
     which holds 65535: more planes than that loop over it. 2 x 34000 channel planes here (and
     twice that for delta), on a map whose sides are no multiple of the 32-pixel tile."""
-    monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", "transposed")
     low, ref = make_omni_inputs(2, 34000, 3, 5, 1, torch.float32, seed=7)
     w = torch.randn(2, 34000, 3, 5, device="cuda")
-    y, grads = run_with_grads(ext.planar_omni_scan, low, w)
+    y, grads = run_with_grads(lambda *t: ext.planar_omni_scan(*t, columns="transposed"), low, w)
     y_ref, grads_ref = run_with_grads(lambda *t: planar_omni_scan_unfused(*t, backend="torch"), ref, w.double())
     check_close(y, grads, y_ref, grads_ref, torch.float32, "34000 channels, 3x5")
 
 
 @pytest.mark.cuda
 @needs_gpu
-def test_unknown_column_mode_is_refused(monkeypatch):
+def test_unknown_column_mode_is_refused():
     low, _ = make_omni_inputs(1, 4, 8, 8, 4, torch.float32, seed=3)
-    monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", "diagonal")
-    with pytest.raises(RuntimeError, match="VMAMBAIR_SCAN_COLUMNS=diagonal is not a column mode"):
-        ext.planar_omni_scan(*low)
+    with pytest.raises(ValueError, match="column mode 'diagonal' is not one of"):
+        ext.planar_omni_scan(*low, columns="diagonal")
+    with pytest.raises(RuntimeError, match="columns=7 is not a column mode"):
+        torch.ops.vmambair_scan.omni_fwd(*low, True, 0, False, 7)
 
 
 @pytest.mark.cuda
@@ -221,7 +220,7 @@ def test_network_path_uses_fused_and_matches_unfused_path(monkeypatch):
     fused = _FUSED["cuda"]
     # (Not torch.equal against a second fused call: the four directions meet in fp32 atomics,
     # whose order, and so the last bits, vary from run to run.)
-    monkeypatch.setitem(_FUSED, "cuda", lambda *a: calls.append(1) or fused(*a))
+    monkeypatch.setitem(_FUSED, "cuda", lambda *a, **k: calls.append(1) or fused(*a, **k))
     low, _ = make_omni_inputs(2, 8, 24, 20, 16, torch.float32, seed=5)
     y_fused = vops.planar_omni_scan(*low)
     assert calls == [1]
@@ -267,13 +266,13 @@ def test_opcheck_custom_ops():
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("columns", ["transposed", "mixed", "staged"])
-def test_omni_backward_reuses_the_forwards_column_copies(columns, monkeypatch):
+def test_omni_backward_reuses_the_forwards_column_copies(columns):
     """omni_fwd(keep_columns=True) returns the column copies its kernel read (none when staged), the
     autograd wrapper keeps them when gradients are needed, and omni_bwd given them computes what
     it computes making its own."""
-    monkeypatch.setenv("VMAMBAIR_SCAN_COLUMNS", columns)
+    code = ext.column_mode_code(columns)
     low, _ = make_omni_inputs(2, 6, 13, 29, 16, torch.bfloat16, seed=11)
-    y, states, *cols = torch.ops.vmambair_scan.omni_fwd(*low, True, 0, True)
+    y, states, *cols = torch.ops.vmambair_scan.omni_fwd(*low, True, 0, True, code)
     b, d, H, W = low[0].shape
     if columns == "staged":
         assert all(c.numel() == 0 for c in cols)
@@ -283,8 +282,8 @@ def test_omni_backward_reuses_the_forwards_column_copies(columns, monkeypatch):
     torch.testing.assert_close(cols[1], low[1][:, 1::2].transpose(3, 4), rtol=0, atol=0)
     torch.testing.assert_close(cols[3], low[4][:, 1::2].transpose(3, 4), rtol=0, atol=0)
     dy = torch.randn_like(y)
-    given = torch.ops.vmambair_scan.omni_bwd(dy, *low, states, True, 0, *cols)
-    made = torch.ops.vmambair_scan.omni_bwd(dy, *low, states, True, 0)
+    given = torch.ops.vmambair_scan.omni_bwd(dy, *low, states, True, 0, *cols, code)
+    made = torch.ops.vmambair_scan.omni_bwd(dy, *low, states, True, 0, None, None, None, None, code)
     for g, m in zip(given, made):
         torch.testing.assert_close(g, m)  # (fp32 atomics add in any order: not bit-equal)
     with pytest.raises(RuntimeError, match="omni_bwd got some of the forward's column copies but not deltaT"):

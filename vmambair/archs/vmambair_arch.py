@@ -18,8 +18,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .. import ops
-from ..utils import flops
+from .. import ops, runtime
 from ..utils.padding import pad_to_multiple
 
 ABLATIONS = {
@@ -91,12 +90,11 @@ class EFFN(nn.Module):
 
     hidden = int(c * 2.66) is odd or not a multiple of 8 at every level (127, 255, 510, 1021 for
     C = 48), which sends the 1x1 convolutions to slow unaligned GEMM kernels. With ``align`` > 0
-    the layer runs on weights zero-padded to a multiple of ``align`` hidden channels: the padded
+    the layer runs on weights zero-padded to a multiple of ``align`` hidden channels (the runtime
+    switch ``effn_align``, default 8): the padded
     channels are gelu(0) * 0 = 0 and meet zero columns of project_out, so the function, the
     parameters and their gradients are exactly those of the unpadded layer.
     """
-
-    align = 8  # class-wide; 0 runs the convolutions at their natural width
 
     def __init__(self, c: int, expansion: float = 2.66, linear_proj: bool = False):
         super().__init__()
@@ -115,7 +113,8 @@ class EFFN(nn.Module):
 
     def _forward(self, x):
         h = self.hidden
-        hp = -(-h // self.align) * self.align if self.align else h
+        align = runtime.get().effn_align  # 0 runs the convolutions at their natural width
+        hp = -(-h // align) * align if align else h
         if hp == h or self.project_in.linear:
             a, b = self._gate_inputs(self.project_in(x), self.dwconv.weight)
             return self.project_out(F.gelu(a) * b)
@@ -170,8 +169,6 @@ class SSMParams(nn.Module):
         The original's formulation: a rank-R x projection, then the dt projection, per direction
         (used on sequences, and by the reference execution path on the planar maps).
         """
-        b, K, d, L = xs.shape
-        self.count_flops(b * L)
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dt, B, C = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=2)
         return torch.einsum("bkrl,kdr->bkdl", dt, self.dt_projs_weight), B, C
@@ -186,7 +183,6 @@ class SSMParams(nn.Module):
         """
         b, d, H, W = x.shape
         K, R, N = self.K, self.rank, self.d_state
-        self.count_flops(b * H * W)
         with torch.autocast(x.device.type, enabled=False):  # the product of weights stays fp32
             w_delta = torch.bmm(self.dt_projs_weight, self.x_proj_weight[:, :R]).reshape(K * d, d, 1, 1)
         w_b = self.x_proj_weight[:, R:R + N].reshape(K * N, d, 1, 1)
@@ -194,31 +190,17 @@ class SSMParams(nn.Module):
         return (F.conv2d(x, w_delta).view(b, K, d, H, W), F.conv2d(x, w_b).view(b, K, N, H, W),
                 F.conv2d(x, w_c).view(b, K, N, H, W))
 
-    def count_flops(self, positions: int) -> None:
-        """The paper's FLOPs of the projections (low-rank form), however they are executed."""
-        flops.add(positions * self.K * (self.d * (self.rank + 2 * self.d_state) + self.rank * self.d))
-
     def A(self):
         return -torch.exp(self.A_logs.float())
-
-
-_original_projections = False
 
 
 @contextlib.contextmanager
 def original_projections(enabled: bool = True):
     """Compute the planar scans' projections the original's way (rank-R einsums per direction)
-    instead of as 1x1 convolutions; same function, for the reference execution path."""
-    global _original_projections
-    old, _original_projections = _original_projections, enabled
-    try:
+    instead of as 1x1 convolutions; same function, for the reference execution path. A shorthand
+    for ``runtime.use(original_projections=enabled)``."""
+    with runtime.use(original_projections=enabled):
         yield
-    finally:
-        _original_projections = old
-
-
-def original_projections_enabled() -> bool:
-    return _original_projections
 
 
 class PlanarScan(nn.Module):
@@ -234,7 +216,7 @@ class PlanarScan(nn.Module):
     def forward(self, x):
         b, d, H, W = x.shape
         K = self.ssm.K
-        if original_projections_enabled():
+        if runtime.get().original_projections:
             # The original's execution: project each direction's (materialised) sequence.
             delta, B, C = self.ssm.project(x.reshape(b, 1, d, H * W).expand(b, K, d, H * W))
             delta, B, C = delta.view(b, K, d, H, W), B.view(b, K, -1, H, W), C.view(b, K, -1, H, W)
@@ -549,9 +531,9 @@ class VmambaIR(nn.Module):
         compile time, and the same fusions (LayerNorm with its permutes, the permuted scan copies,
         the gates). The convolutions between levels stay eager.
         """
-        import torch._dynamo
         # train and eval graphs for each of the 4 widths, and a dynamic-shape graph per width
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        # (the runtime switch recompile_limit, default 32)
+        runtime.apply_compile_settings()
         # Resolve (import) the scan backends now: an import inside traced code breaks the graph.
         ops.available_backends(next(self.parameters()).device)
         for m in self.modules():

@@ -6,12 +6,12 @@ Each direction has its own delta/B/C (given per pixel, in the natural layout) an
 A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
 
 ``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
-run, and the batch holds at most ``fused_max_pixels()`` pixels (batch * H * W); otherwise the
+run, and the batch holds at most ``runtime.get().fused_max_pixels`` pixels (batch * H * W); otherwise the
 unfused path: permute copies -> selective_scan -> merge. Measured on an H200: the op alone is
 faster fused at every size (benchmarks/fused_vs_unfused.md: 1.15-1.35x from 256x256 to 2048x2048,
 1.27-1.48x forward + backward on training batches), but inside the compiled network the unfused path's permute copies
 fuse into the neighbouring kernels while the fused op's transposed column copies
-(VMAMBAIR_SCAN_COLUMNS) do not: deraining a 1024x1024 image (compiled, CUDA graphs) took 237 ms
+(the runtime switch scan_columns) do not: deraining a 1024x1024 image (compiled, CUDA graphs) took 237 ms
 with the fused op at every level (benchmarks/model_derain_fused_inference.md) and 215 ms with
 this limit in an earlier run that still had the older, slower summary pass
 (benchmarks/model_derain_infer_limit.md). So the limit counts the whole batch: the fused op wins
@@ -20,42 +20,23 @@ came out level on an H100 (fused at every size 1-2 % faster at 1024x1024 and 204
 processes, for 8 % more memory: benchmarks/fused_limit_h100.md), so the limit stays.
 """
 import contextlib
-import os
 from typing import Callable, Optional
 
 import torch
 
-from ..utils import flops
+from .. import runtime
 from .selective_scan import resolve_backend, selective_scan
 
-# name of the scan backend -> fused implementation with planar_omni_scan's signature
+# name of the scan backend -> fused implementation with planar_omni_scan's signature, called as
+# fn(x, delta, A, B, C, D, delta_bias, columns=<the runtime column mode>)
 _FUSED: dict[str, Callable] = {}
-_fused_enabled = True
-FUSED_MAX_PIXELS_ENV = "VMAMBAIR_FUSED_MAX_PIXELS"
-_DEFAULT_FUSED_MAX_PIXELS = 256 * 256
-
-
-def fused_max_pixels() -> int:
-    """Largest batch*H*W for which the fused kernel is used (env ``VMAMBAIR_FUSED_MAX_PIXELS``; default 65536)."""
-    raw = os.environ.get(FUSED_MAX_PIXELS_ENV)
-    if raw is None:
-        return _DEFAULT_FUSED_MAX_PIXELS
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{FUSED_MAX_PIXELS_ENV}={raw!r} is not an integer; set it to the largest batch*H*W "
-                         "(e.g. 65536) that should use the fused omni-scan kernel, or unset it.") from None
 
 
 @contextlib.contextmanager
 def fused_omni_scan(enabled: bool):
     """Allow (default) or forbid the fused kernels, e.g. to time the unfused execution strategy."""
-    global _fused_enabled
-    old, _fused_enabled = _fused_enabled, enabled
-    try:
+    with runtime.use(fused_omni_scan=enabled):
         yield
-    finally:
-        _fused_enabled = old
 
 
 def register_fused_omni_scan(backend_name: str, fn: Callable) -> None:
@@ -117,8 +98,8 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     bk = resolve_backend(x.device, backend)
     fused = _FUSED.get(bk.name)
     b, d, H, W = x.shape
-    if (fused is not None and _fused_enabled and delta.shape[1] == 4 and b * H * W <= fused_max_pixels()
-            and not flops.shapes_only()):
-        flops.add_scan(b, 4 * d, H * W, A.shape[1])
-        return fused(x, delta, A, B, C, D, delta_bias)
+    settings = runtime.get()
+    if (fused is not None and settings.fused_omni_scan and delta.shape[1] == 4
+            and b * H * W <= settings.fused_max_pixels):
+        return fused(x, delta, A, B, C, D, delta_bias, columns=settings.scan_columns)
     return planar_omni_scan_unfused(x, delta, A, B, C, D, delta_bias, backend=bk.name)

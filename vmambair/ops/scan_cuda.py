@@ -62,8 +62,8 @@ def _cuda_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False)
     return _ext().selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-def _cuda_omni(x, delta, A, B, C, D=None, delta_bias=None):
-    return _ext().planar_omni_scan(x, delta, A, B, C, D, delta_bias)
+def _cuda_omni(x, delta, A, B, C, D=None, delta_bias=None, columns: str = "mixed"):
+    return _ext().planar_omni_scan(x, delta, A, B, C, D, delta_bias, columns=columns)
 
 
 register_backend("cuda", _cuda_scan, devices=("cuda",), priority=20, unavailable_reason=_cuda_reason,

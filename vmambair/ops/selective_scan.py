@@ -11,21 +11,21 @@ normalised inputs: ``u, delta`` (b, d, L) contiguous; ``A`` (d, N); ``B, C`` (b,
 contiguous; ``D, delta_bias`` (d,) or None; all of one floating dtype from the backend's
 ``dtypes``. It returns (b, d, L) in that dtype and supports autograd for every tensor input.
 
-Which backend runs: the ``backend=`` argument, else :func:`set_backend` / :func:`use_backend`,
-else the ``VMAMBAIR_SCAN_BACKEND`` environment variable, else the best available one for the
-device (highest ``priority``). Forcing a backend that is not available raises
+Which backend runs: the ``backend=`` argument, else the runtime switch ``scan_backend``
+(:func:`set_backend` / :func:`use_backend` here, ``vmambair.runtime``, the options' ``runtime:``
+section, or the ``VMAMBAIR_SCAN_BACKEND`` environment variable at start-up), else the best
+available one for the device (highest ``priority``). Forcing a backend that is not available raises
 :class:`BackendUnavailableError`; there is no silent fallback.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
-from ..utils import flops
+from .. import runtime
 
 ENV_VAR = "VMAMBAIR_SCAN_BACKEND"
 
@@ -54,7 +54,6 @@ class ScanBackend:
 
 
 _BACKENDS: dict[str, ScanBackend] = {}
-_forced: Optional[str] = None
 
 
 def register_backend(name: str, fn: Callable, *, devices=("cpu", "cuda"), priority: int = 0,
@@ -80,24 +79,18 @@ def backend_status() -> dict[str, str]:
 
 def set_backend(name: Optional[str]) -> None:
     """Force one backend for every later call (``None`` or 'auto' restores the automatic choice)."""
-    global _forced
-    if name in (None, "", "auto"):
-        _forced = None
-        return
-    _check_name(name)
-    _forced = name
+    if name not in (None, "", "auto"):
+        _check_name(name)
+    runtime.set_scan_backend(name)
 
 
 @contextlib.contextmanager
 def use_backend(name: Optional[str]):
     """Context manager form of :func:`set_backend`."""
-    global _forced
-    old = _forced
-    set_backend(name)
-    try:
+    if name not in (None, "", "auto"):
+        _check_name(name)
+    with runtime.use(scan_backend=name or "auto"):
         yield
-    finally:
-        _forced = old
 
 
 def _check_name(name: str) -> ScanBackend:
@@ -111,7 +104,7 @@ def _check_name(name: str) -> ScanBackend:
 
 def resolve_backend(device: torch.device, name: Optional[str] = None) -> ScanBackend:
     """The backend a call on ``device`` will use (see the module docstring for the order)."""
-    name = name or _forced or os.environ.get(ENV_VAR) or "auto"
+    name = name or runtime.get().scan_backend
     if name != "auto":
         b = _check_name(name)
         why = b.reason()
@@ -165,9 +158,6 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             raise ValueError(f"selective_scan: {name} must be (dim={d},); got {tuple(t.shape)}")
 
     bk = resolve_backend(u.device, backend)
-    flops.add_scan(b, d, L, N)
-    if flops.shapes_only():
-        return u.new_zeros(u.shape)
     out_dtype = u.dtype
     compute = u.dtype if u.dtype in bk.dtypes else torch.float32
     # Parameters (A, D, delta_bias) are always used in fp32 or better.

@@ -216,7 +216,7 @@ void set_segments(vss::ScanParams& p, bool omni, int64_t nseg_req, const Tensor&
 // transposed (x, dy), and delta / B / C of directions 1 and 3 only, transposed into column-only
 // tensors (b, 2, c, W, H); the row directions read delta / B / C as given. The copies are tiled
 // transposes (transpose.cu), and the column directions' outputs come back the same way.
-// VMAMBAIR_SCAN_COLUMNS picks one of three modes (unset: kDefaultColumns):
+// The op argument `columns` picks one of three modes (-1: kDefaultColumns):
 //   "transposed"  copies in, and the column directions' y / du / ddelta / dB / dC out into
 //                 transposed buffers that transposes merge or put back;
 //   "mixed"       copies in, but y / du / ddelta out straight into the image layout, staged
@@ -227,18 +227,16 @@ void set_segments(vss::ScanParams& p, bool omni, int64_t nseg_req, const Tensor&
 // Measured on an H200 at (9, 96, 64x64), fwd + bwd GPU time, before the tiled transposes:
 // transposed vs staged fp32 1.281 vs 1.485 ms, bf16 1.317 vs 1.447 ms
 // (benchmarks/gpu_scan_fused_transposed.md / _staged.md of that date).
-enum class Columns { kStaged, kTransposed, kMixed };
+enum class Columns { kStaged = 0, kTransposed = 1, kMixed = 2 };
 constexpr Columns kDefaultColumns = Columns::kMixed;
 
-Columns column_mode() {
-    const char* v = std::getenv("VMAMBAIR_SCAN_COLUMNS");
-    if (v == nullptr || *v == 0) return kDefaultColumns;
-    const std::string s(v);
-    if (s == "transposed") return Columns::kTransposed;
-    if (s == "mixed") return Columns::kMixed;
-    TORCH_CHECK(s == "staged", "vmambair_scan: VMAMBAIR_SCAN_COLUMNS=", s,
-                " is not a column mode; set it to 'transposed', 'mixed' or 'staged', or unset it");
-    return Columns::kStaged;
+// The mode comes from the caller (the op's `columns` argument: 0 staged, 1 transposed, 2 mixed,
+// -1 the default), so one process can time several modes and nothing reads the environment.
+Columns column_mode(int64_t columns) {
+    if (columns < 0) return kDefaultColumns;
+    TORCH_CHECK(columns <= 2, "vmambair_scan: columns=", columns,
+                " is not a column mode; pass 0 (staged), 1 (transposed), 2 (mixed) or -1 (default)");
+    return static_cast<Columns>(columns);
 }
 
 template <typename T> T* ptr(const Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
@@ -338,10 +336,10 @@ bool use_acc16(bool out_staged, at::ScalarType dtype) {
 }
 
 KernelInputs kernel_inputs(bool omni, const Tensor& x, const Tensor& delta, const Tensor& B, const Tensor& C,
-                           const KeptColumns& kept = {}) {
+                           int64_t columns, const KeptColumns& kept = {}) {
     KernelInputs in;
     if (!omni) return in;
-    const Columns mode = column_mode();
+    const Columns mode = column_mode(columns);
     if (mode == Columns::kStaged) return in;
     const bool out_staged = mode == Columns::kMixed && vss::column_quads((int)x.size(2), (int)x.size(3));
     const bool acc16 = use_acc16(out_staged, x.scalar_type());
@@ -376,7 +374,7 @@ void set_column_inputs(vss::ScanParams& p, const KernelInputs& in) {
 // y, states, and (fused op, transposed columns) the column copies the kernel read.
 std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, const Tensor& delta, const Tensor& A,
                                       const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& bias,
-                                      bool softplus, int64_t nseg) {
+                                      bool softplus, int64_t nseg, int64_t columns = -1) {
     const Geometry g = check_shapes(omni, u, delta, A, B, C);
     check_param(D, "D", u, g.dim);
     check_param(bias, "delta_bias", u, g.dim);
@@ -387,7 +385,7 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
     if (g.batch == 0 || g.dim == 0 || g.L == 0) {
         return {omni ? at::zeros({g.batch, g.d, g.H, g.W}, u.options()) : at::empty_like(u), states, KernelInputs()};
     }
-    const KernelInputs in = kernel_inputs(omni, u, delta, B, C);
+    const KernelInputs in = kernel_inputs(omni, u, delta, B, C, columns);
     const bool colT = in.colT();
     const bool yT = colT && !in.out_staged;  // the column directions' y goes into a transposed buffer
     // The fused op's directions add into accumulators: [0] in the image's layout, and with
@@ -420,7 +418,7 @@ std::tuple<Tensor, Tensor, KernelInputs> fwd_common(bool omni, const Tensor& u, 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     bool omni, const Tensor& dy, const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
     const Tensor& C, const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg,
-    const KeptColumns& kept = {}) {
+    int64_t columns = -1, const KeptColumns& kept = {}) {
     const Geometry g = check_shapes(omni, u, delta, A, B, C);
     check_param(D, "D", u, g.dim);
     check_param(bias, "delta_bias", u, g.dim);
@@ -435,7 +433,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd_common(
     c10::cuda::CUDAGuard guard(u.device());
     auto f32 = u.options().dtype(at::kFloat);
     const bool any = g.batch > 0 && g.dim > 0 && g.L > 0;
-    const KernelInputs in = any ? kernel_inputs(omni, u, delta, B, C, kept) : KernelInputs();
+    const KernelInputs in = any ? kernel_inputs(omni, u, delta, B, C, columns, kept) : KernelInputs();
     const bool colT = in.colT();
     const bool outT = colT && !in.out_staged;  // du / ddelta of the column directions go out transposed
     // Accumulators: du ([0]; with transposed column outputs [1] the columns' du, transposed; one
@@ -543,12 +541,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scan_bwd(
 }
 
 // keep_columns: also return the column copies the kernel read (xT, deltaT, BT, CT; empty (0,)
-// tensors when there are none, i.e. with VMAMBAIR_SCAN_COLUMNS=staged), for the backward to reuse
+// tensors when there are none, i.e. with columns=staged), for the backward to reuse
 // instead of transposing again: memory for time, asked for only when gradients will be needed.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> omni_fwd(
     const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C, const OptTensor& D,
-    const OptTensor& bias, bool softplus, int64_t nseg, bool keep_columns) {
-    auto [y, states, in] = fwd_common(true, x, delta, A, B, C, D, bias, softplus, nseg);
+    const OptTensor& bias, bool softplus, int64_t nseg, bool keep_columns, int64_t columns) {
+    auto [y, states, in] = fwd_common(true, x, delta, A, B, C, D, bias, softplus, nseg, columns);
     if (keep_columns && in.colT()) return {y, states, in.xT, in.deltaT, in.BT, in.CT};
     const Tensor none = at::empty({0}, x.options());
     return {y, states, none, none.clone(), none.clone(), none.clone()};
@@ -557,8 +555,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> omni_fwd(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> omni_bwd(
     const Tensor& dy, const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
     const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg, const OptTensor& xT,
-    const OptTensor& deltaT, const OptTensor& BT, const OptTensor& CT) {
-    return bwd_common(true, dy, x, delta, A, B, C, D, bias, states, softplus, nseg, {xT, deltaT, BT, CT});
+    const OptTensor& deltaT, const OptTensor& BT, const OptTensor& CT, int64_t columns) {
+    return bwd_common(true, dy, x, delta, A, B, C, D, bias, states, softplus, nseg, columns, {xT, deltaT, BT, CT});
 }
 
 }  // namespace
@@ -570,10 +568,10 @@ TORCH_LIBRARY(vmambair_scan, m) {
           "Tensor? delta_bias, Tensor states, bool softplus, int nseg=0) "
           "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
     m.def("omni_fwd(Tensor x, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, "
-          "bool softplus, int nseg=0, bool keep_columns=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+          "bool softplus, int nseg=0, bool keep_columns=False, int columns=-1) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
     m.def("omni_bwd(Tensor dy, Tensor x, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
           "Tensor? delta_bias, Tensor states, bool softplus, int nseg=0, Tensor? xT=None, Tensor? deltaT=None, "
-          "Tensor? BT=None, Tensor? CT=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+          "Tensor? BT=None, Tensor? CT=None, int columns=-1) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(vmambair_scan, CUDA, m) {

@@ -18,7 +18,6 @@ is the state at the start of every 256-position chunk; the backward recomputes t
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -55,23 +54,33 @@ torch.library.register_fake("vmambair_scan::scan_bwd")(_bwd_fake)
 
 @torch.library.register_fake("vmambair_scan::omni_bwd")
 def _omni_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, softplus, nseg=0, xT=None, deltaT=None, BT=None,
-                   CT=None):
+                   CT=None, columns=-1):
     return _bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, softplus, nseg)
 
 
-def transposed_columns() -> bool:
-    """Whether the fused op's column directions read transposed copies (VMAMBAIR_SCAN_COLUMNS unset,
-    'mixed' or 'transposed'; 'staged' gathers in place). The extension reads the same variable; this
-    mirrors it for the fake kernel."""
-    return os.environ.get("VMAMBAIR_SCAN_COLUMNS", "") in ("", "mixed", "transposed")
+# The fused op's column modes (the ops' `columns` argument); see csrc/ops.cpp.
+COLUMN_MODES = {"staged": 0, "transposed": 1, "mixed": 2}
+
+
+def column_mode_code(mode: str) -> int:
+    """The ``columns`` argument of omni_fwd / omni_bwd for a mode name ('mixed', 'transposed', 'staged')."""
+    if mode not in COLUMN_MODES:
+        raise ValueError(f"vmambair_scan: column mode {mode!r} is not one of {sorted(COLUMN_MODES)}")
+    return COLUMN_MODES[mode]
+
+
+def transposed_columns(columns: int) -> bool:
+    """Whether the fused op's column directions read transposed copies (mixed, transposed or the
+    default -1); 'staged' (0) gathers in place."""
+    return columns != 0
 
 
 @torch.library.register_fake("vmambair_scan::omni_fwd")
-def _omni_fwd_fake(x, delta, A, B, C, D, delta_bias, softplus, nseg=0, keep_columns=False):
+def _omni_fwd_fake(x, delta, A, B, C, D, delta_bias, softplus, nseg=0, keep_columns=False, columns=-1):
     b, d, H, W = x.shape
     N = B.shape[2]
     y, states = torch.empty_like(x), x.new_empty((b, 4 * d, _nchunks(H * W), A.shape[1]), dtype=torch.float32)
-    if keep_columns and transposed_columns() and b * d * H * W > 0:
+    if keep_columns and transposed_columns(columns) and b * d * H * W > 0:
         return y, states, x.new_empty((b, d, W, H)), x.new_empty((b, 2, d, W, H)), x.new_empty((b, 2, N, W, H)), \
             x.new_empty((b, 2, N, W, H))
     return (y, states) + tuple(x.new_empty((0,)) for _ in range(4))
@@ -93,7 +102,8 @@ def _setup(ctx, inputs, output, extra=()):
 def _setup_omni(ctx, inputs, output):
     # The column copies the forward kept (keep_columns, transposed columns): the backward reuses
     # them (an empty map's are empty, and the backward then makes its own, which is nothing).
-    ctx.kept = len(inputs) > 9 and bool(inputs[9]) and transposed_columns()
+    ctx.columns = int(inputs[10]) if len(inputs) > 10 else -1
+    ctx.kept = len(inputs) > 9 and bool(inputs[9]) and transposed_columns(ctx.columns)
     _setup(ctx, inputs, output, tuple(output[2:6]) if ctx.kept else ())
 
 
@@ -102,9 +112,11 @@ def _make_backward(bwd_op):
         u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors[:8]
         if dy is None:
             return (None,) * ctx.ninputs
-        kept = ctx.saved_tensors[8:12] if getattr(ctx, "kept", False) else ()
+        omni = hasattr(ctx, "columns")
+        kept = tuple(ctx.saved_tensors[8:12]) if getattr(ctx, "kept", False) else (None,) * 4
+        extra = (*kept, ctx.columns) if omni else ()
         du, ddelta, dA, dB, dC, dD, dbias = bwd_op(dy.contiguous().to(u.dtype), u, delta, A, B, C, D, delta_bias,
-                                                   states, ctx.softplus, ctx.nseg, *kept)
+                                                   states, ctx.softplus, ctx.nseg, *extra)
         grads = (du, ddelta, dA, dB, dC, dD if ctx.has_D else None, dbias if ctx.has_bias else None)
         return grads + (None,) * (ctx.ninputs - len(grads))
     return backward
@@ -150,7 +162,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 
 def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                      D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
-                     nseg: int = 0) -> torch.Tensor:
+                     nseg: int = 0, columns: str = "mixed") -> torch.Tensor:
     """Fused four-direction planar scan with softplus on delta (``vmambair.ops.planar_omni_scan``).
 
     Args:
@@ -158,6 +170,9 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
         delta: (b, 4, d, H, W) per-direction step sizes before bias and softplus.
         A: (4d, N); direction k uses rows k*d .. k*d+d-1 (likewise D, delta_bias: (4d,)).
         B, C: (b, 4, N, H, W).
+        columns: how the column directions move data: 'mixed' (transposed copies in, y / du / ddelta
+            straight into the image layout where H divides 64 and W % 4 == 0), 'transposed' (copies in
+            and out), 'staged' (no copies). See the package README.
     Returns:
         (b, d, H, W): the four directions (row-major, column-major, both reversed), each mapped back
         to its pixel, summed; in x's dtype. No permuted copy of anything is made.
@@ -167,5 +182,5 @@ def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
     y = _ops.omni_fwd(x.to(dt).contiguous(), delta.to(dt).contiguous(), A.float().contiguous(),
                       B.to(dt).contiguous(), C.to(dt).contiguous(), _param(D), _param(delta_bias), True, int(nseg),
-                      keep)[0]
+                      keep, column_mode_code(columns))[0]
     return y if y.dtype == x.dtype else y.to(x.dtype)

@@ -1,0 +1,59 @@
+"""The runtime switches: one module, setters that check their values, environment variables as
+initial values only, ``use`` restoring everything, and the FLOP counter independent of them."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vmambair import runtime
+
+
+def test_use_restores_every_switch_and_rejects_unknown_names():
+    before = runtime.get()
+    snapshot = (before.scan_backend, before.fused_max_pixels, before.scan_columns, before.effn_align)
+    with runtime.use(scan_backend="torch", fused_max_pixels=5, scan_columns="transposed", effn_align=0):
+        s = runtime.get()
+        assert (s.scan_backend, s.fused_max_pixels, s.scan_columns, s.effn_align) == ("torch", 5, "transposed", 0)
+    s = runtime.get()
+    assert (s.scan_backend, s.fused_max_pixels, s.scan_columns, s.effn_align) == snapshot
+    with pytest.raises(ValueError, match="Unknown runtime switch 'fused_pixels'"):
+        runtime.configure(fused_pixels=3)
+    with pytest.raises(ValueError, match="not a column mode"):
+        runtime.set_scan_columns("diagonal")
+
+
+def test_environment_gives_initial_values_and_bad_ones_name_the_variable():
+    code = "from vmambair import runtime; s = runtime.get(); print(s.scan_backend, s.fused_max_pixels, s.scan_columns)"
+    env = {"VMAMBAIR_SCAN_BACKEND": "reference", "VMAMBAIR_FUSED_MAX_PIXELS": "123", "VMAMBAIR_SCAN_COLUMNS": "staged",
+           "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["reference", "123", "staged"], out.stderr[-2000:]
+    env["VMAMBAIR_FUSED_MAX_PIXELS"] = "lots"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "VMAMBAIR_FUSED_MAX_PIXELS='lots' is not an integer" in bad.stderr
+
+
+def test_ops_backend_follows_the_runtime_switch():
+    from vmambair import ops
+    with ops.use_backend("reference"):
+        assert runtime.get().scan_backend == "reference"
+        assert ops.resolve_backend(torch.device("cpu")).name == "reference"
+    assert runtime.get().scan_backend == "auto"
+    with pytest.raises(ops.BackendUnavailableError, match="Unknown selective-scan backend 'nope'"):
+        ops.set_backend("nope")
+
+
+def test_flop_count_does_not_depend_on_execution_switches():
+    """The counter computes FLOPs from shapes (hooks), so EFFN alignment or the projections'
+    execution do not change it; and the network runs real scans while counting."""
+    from vmambair.apps.model_stats import count_flops
+    from vmambair.archs import VmambaIR
+
+    net = VmambaIR(dim=12, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+    counts = set()
+    for align in (8, 0):
+        for original in (False, True):
+            with runtime.use(effn_align=align, original_projections=original):
+                counts.add(count_flops(net, (1, 3, 16, 16)))
+    assert len(counts) == 1 and counts.pop() > 0
