@@ -15,6 +15,7 @@ import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils import imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 
+from .compiling import validation_stance
 from .inference import autocast_context, restore_image
 from ..config import ValOptions
 
@@ -30,7 +31,7 @@ def _restore_with_oom_fallback(net, lq: torch.Tensor, val: ValOptions, scale: in
     tile = val.tile
     while True:
         try:
-            with autocast_context(device, bf16):
+            with autocast_context(device, bf16), validation_stance(net):  # eager: no compile per image size
                 return restore_image(net, lq, scale=scale, tile=tile, overlap=val.tile_overlap,
                                      multiple=val.pad_multiple, self_ensemble=val.self_ensemble)
         except torch.cuda.OutOfMemoryError:
