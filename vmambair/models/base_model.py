@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vmambair.engine.checkpoint import load_into_network, save_network
+from vmambair.engine.compiling import compile_network
 from vmambair.engine.dist import DistContext
 from vmambair.config import Options, build_from_spec
 
@@ -106,7 +107,7 @@ class BaseModel:
         """
         net = self.networks[name]
         if name == "net_g" and self.opt.train is not None and self.opt.train.compile and self.device.type == "cuda":
-            net.compile_blocks() if hasattr(net, "compile_blocks") else net.compile()
+            compile_network(net, training=True)  # batch/height/width dynamic: no recompile per stage
         if self.ctx.distributed and name == "net_g" and self.uses_cuda_graph:
             # DDP's gradient hooks cannot run inside a recorded graph: start from rank 0's weights
             # as DDP would, and average the gradients after each replay (ImageRestorationModel).
