@@ -64,6 +64,9 @@ def run_benchmark(argv: Optional[List[str]] = None) -> int:
             rows.append((ds_opt.name, n, means))
             text = ", ".join(f"{m} {v:.4f}" for m, v in means.items())
             print(f"{ds_opt.name}: {n} images, {text} ({time.time() - start:.1f} s)")
+    except OptionsError as err:  # e.g. strict_load_g: false with the weights of another network
+        print(f"error in options ({args.opt}): {err}", file=sys.stderr)
+        return 2
     except (DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

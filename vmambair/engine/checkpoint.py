@@ -1,14 +1,19 @@
 """Saving and loading weights and training states (atomic writes and safe reads: see
-``vmambair.utils.fileio``)."""
+``vmambair.utils.fileio``). Checkpoints of the authors' code are converted on load
+(``vmambair.archs.authors``)."""
 from __future__ import annotations
 
 import os
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 
+from ..archs.authors import ConvertedCheckpoint, convert_state_dict, is_authors_layout
+from ..config.errors import OptionsError
 from ..utils.fileio import CheckpointError, atomic_torch_save, atomic_write_bytes, safe_torch_load  # noqa: F401
 
 TRAINING_STATE_SUFFIX = ".state"
@@ -90,25 +95,131 @@ def save_network(nets: Dict[str, torch.nn.Module] | torch.nn.Module, path: str |
         atomic_write_bytes(st_save(flat), Path(path).with_suffix(".safetensors"))
 
 
-def load_into_network(net: torch.nn.Module, path: str | os.PathLike, key: Optional[str] = "params",
-                      strict: bool = True) -> None:
-    """Load weights from ``path`` into ``net`` with a readable message on mismatch."""
+class PartialLoadError(CheckpointError, OptionsError):
+    """Non-strict loading would leave most of the network untouched (an options problem: the
+    network does not match the weights). Both a CheckpointError and an OptionsError, so the
+    apps exit with status 2."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_into_network` did.
+
+    Attributes:
+        loaded: tensors copied into the network.
+        total: tensors the network has.
+        authors: the conversion applied when the file came from the authors' code, else None.
+        note: the one-line note that was logged (conversion and/or partial load), or "".
+    """
+
+    loaded: int
+    total: int
+    authors: Optional[ConvertedCheckpoint] = None
+    note: str = ""
+
+
+def _print_note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def read_network_weights(path: str | os.PathLike, key: Optional[str] = "params",
+                         ) -> Tuple[Dict[str, torch.Tensor], Optional[ConvertedCheckpoint]]:
+    """:func:`load_network_weights`, then the authors' layout converted to ours.
+
+    Returns:
+        (state dict under our names, the conversion or None when the file was already ours).
+    Raises:
+        CheckpointError: unreadable file, or a checkpoint of the authors' code that cannot be
+            converted (the message names the keys).
+    """
     state = load_network_weights(path, key=key)
-    net = getattr(net, "module", net)
+    if not is_authors_layout(state):
+        return state, None
     try:
-        result = net.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches raise even with strict=False
-        shapes = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        converted = convert_state_dict(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"Weight file '{path}': {err}") from None
+    return converted.state_dict, converted
+
+
+def _differences(net_state: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]):
+    missing = [k for k in net_state if k not in state]
+    unexpected = [k for k in state if k not in net_state]
+    shapes = [f"{k}: file {tuple(state[k].shape)}, network {tuple(v.shape)}"
+              for k, v in net_state.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    return missing, unexpected, shapes
+
+
+def _first(items, n: int = 5) -> str:
+    return f"{items[:n]}{'...' if len(items) > n else ''}"
+
+
+def load_into_network(net: torch.nn.Module, path: str | os.PathLike, key: Optional[str] = "params",
+                      strict: bool = True, log: Optional[Callable[[str], None]] = None) -> LoadReport:
+    """Load weights from ``path`` into ``net`` with a readable message on mismatch.
+
+    A checkpoint written by the authors' code (MambaRealSR11, Mamber33, Mamber32; see
+    ``vmambair.archs.authors``) is converted to our names on load, with a one-line note.
+
+    Args:
+        net: the network (a DDP wrapper is unwrapped).
+        path: ``.pth`` or ``.safetensors`` weights.
+        key: entry of the file (see :func:`load_network_weights`).
+        strict: every tensor of the network and of the file must match by name and shape.
+            Without it, the tensors that match are loaded and the count is logged; fewer than half
+            of the network's tensors matching is refused (PartialLoadError), never a silently
+            random network.
+        log: where notes go (default: one line on stderr).
+
+    Raises:
+        CheckpointError: unreadable file, mismatch under ``strict``; PartialLoadError (also an
+            OptionsError) when a non-strict load would fill fewer than half of the tensors.
+    """
+    log = log or _print_note
+    state, converted = read_network_weights(path, key=key)
+    notes = []
+    if converted is not None:
+        notes.append(f"note: '{path}' is a checkpoint of the authors' code, {converted.summary()}; "
+                     f"converted to our layout on load ({converted.renamed} tensors renamed).")
+    net = getattr(net, "module", net)
+    net_state = net.state_dict()
+    missing, unexpected, shapes = _differences(net_state, state)
+    hint = ""
+    if converted is not None:
+        spec = {k: v for k, v in converted.network_g.items()}
+        hint = f" The file holds {converted.summary()}; build it with network_g: {spec}."
+    if strict and (missing or unexpected or shapes):
+        for n in notes:
+            log(n)
+        if shapes:
+            raise CheckpointError(
+                f"Weights in '{path}' do not match {type(net).__name__}: {len(shapes)} tensor(s) differ in shape, "
+                f"e.g. {shapes[0]}. Check network_g (dim, num_blocks, scale...) against the network the weights "
+                f"were trained with.{hint}")
         raise CheckpointError(
-            f"Weights in '{path}' do not match {type(net).__name__}: {len(shapes)} tensor(s) differ in shape, "
-            f"e.g. {shapes[0] if shapes else str(err).splitlines()[0]} Check network_g (dim, num_blocks, "
-            f"scale...) against the network the weights were trained with.") from None
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise CheckpointError(
-            f"Weights in '{path}' do not match {type(net).__name__}: missing "
-            f"{result.missing_keys[:5]}{'...' if len(result.missing_keys) > 5 else ''}, unexpected "
-            f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}. "
-            f"Check network_g against the checkpoint, or set path.strict_load_g: false.")
+            f"Weights in '{path}' do not match {type(net).__name__}: missing {_first(missing)}, unexpected "
+            f"{_first(unexpected)}. Check network_g against the checkpoint, or set path.strict_load_g: false.{hint}")
+    matching = {k: v for k, v in state.items() if k in net_state and tuple(v.shape) == tuple(net_state[k].shape)}
+    total = len(net_state)
+    if not strict and len(matching) * 2 < total:
+        for n in notes:
+            log(n)
+        raise PartialLoadError(
+            f"Weights in '{path}' fill only {len(matching)} of the {total} tensors of {type(net).__name__} "
+            f"({len(missing)} missing from the file, {len(shapes)} of another shape, {len(unexpected)} in the "
+            f"file but not in the network, e.g. {_first(missing or unexpected, 3)}); loading them with "
+            f"strict_load_g: false would leave a mostly random network. Check network_g (dim, num_blocks, "
+            f"channel_scan, scale...) against the network the weights were trained with.{hint}")
+    net.load_state_dict(matching, strict=False)
+    if not strict and len(matching) < total:
+        notes.append(f"note: loaded {len(matching)} of the {total} tensors of {type(net).__name__} from '{path}' "
+                     f"(strict_load_g: false; {len(missing)} not in the file, {len(shapes)} of another shape, "
+                     f"{len(unexpected)} of the file unused).")
+    elif not strict:
+        notes.append(f"note: loaded all {total} tensors of {type(net).__name__} from '{path}'.")
+    for n in notes:
+        log(n)
+    return LoadReport(loaded=len(matching), total=total, authors=converted, note=" ".join(notes))
 
 
 def training_state_path(folder: str | os.PathLike, iteration: int) -> Path:
