@@ -57,3 +57,17 @@ def test_flop_count_does_not_depend_on_execution_switches():
             with runtime.use(effn_align=align, original_projections=original):
                 counts.add(count_flops(net, (1, 3, 16, 16)))
     assert len(counts) == 1 and counts.pop() > 0
+
+
+def test_options_runtime_section_sets_the_switches(tmp_path):
+    from vmambair.config import OptionsError, load_options
+    from tests.helpers import tiny_options
+
+    opt = tiny_options(tmp_path)
+    with runtime.use():  # restores the switches afterwards
+        load_options(opt, ["runtime.fused_max_pixels=1024", "runtime.scan_columns=transposed"])
+        assert runtime.get().fused_max_pixels == 1024 and runtime.get().scan_columns == "transposed"
+        with pytest.raises(OptionsError, match="section 'runtime': scan_columns='diagonal' is not a column mode"):
+            load_options(opt, ["runtime.scan_columns=diagonal"])
+        with pytest.raises(OptionsError, match="Unknown option 'runtime.columns'"):
+            load_options(opt, ["runtime.columns=mixed"])

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from .. import runtime
 from .errors import OptionsError, close_match
 from .registry import check_registry_name, dataset_class, validate_registry_spec
 from .schema import Options, _type_name
@@ -175,9 +176,10 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
                                f"(e.g. val_1, test_rain100h). {close_match(key, ['train', 'val', 'test'])}")
         ds = opts.datasets[key]
         ds.phase, ds.scale = phase, opts.scale
-        if ds.io_backend.get("type", "disk") != "disk":
-            raise OptionsError(f"Option 'datasets.{key}.io_backend.type' is {ds.io_backend.get('type')!r}; "
-                               f"only 'disk' is supported.")
+        backend = ds.io_backend.get("type", "disk")
+        if backend not in ("disk", "lmdb"):
+            raise OptionsError(f"Option 'datasets.{key}.io_backend.type' is {backend!r}; use 'disk' (image folders) "
+                               f"or 'lmdb' (databases written by scripts/create_lmdb.py).")
         if ds.prefetch_mode not in (None, "cpu"):
             raise OptionsError(f"Option 'datasets.{key}.prefetch_mode' must be null.")
         ds.dataroot_gt = resolve_data_path(ds.dataroot_gt, opts)
@@ -196,6 +198,14 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
                    if getattr(ds, k) is not None and not builds and not Path(getattr(ds, k)).is_dir()]
         if ds.meta_info_file and not Path(ds.meta_info_file).is_file():
             missing.append(("meta_info_file", ds.meta_info_file))
+        if backend == "lmdb" and not missing:
+            for k in ("dataroot_gt", "dataroot_lq"):
+                root = getattr(ds, k)
+                if root is not None and not builds and not (Path(root) / "data.mdb").is_file():
+                    raise OptionsError(f"Option 'datasets.{key}.{k}': '{root}' is not an LMDB folder (no data.mdb) "
+                                       f"but io_backend.type is 'lmdb'. Pack the images with `python "
+                                       f"scripts/create_lmdb.py -i <image folder> -o {root}`, or set "
+                                       f"io_backend: {{type: disk}} for an image folder.")
         if missing:
             if phase == "test" and not is_train:
                 missing_test_sets.append(f"{ds.name} ({missing[0][1]})")
@@ -229,12 +239,52 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
             raise OptionsError("Option 'train.total_iter' must be positive.")
         if opts.val and any(dataset_phase(k) == "val" for k in opts.datasets) and opts.val.val_freq <= 0:
             raise OptionsError("Option 'val.val_freq' must be positive.")
+    if opts.train is not None:
+        _check_train(opts.train)
+    _check_wandb(opts.logger.wandb)
     pi = opts.logger.profile_iters
     if pi is not None and (len(pi) != 2 or not 1 <= pi[0] <= pi[1]):
         raise OptionsError(f"Option 'logger.profile_iters' is {pi}; give [first, last] iteration numbers with "
                            f"1 <= first <= last (e.g. [200, 210]), or null.")
     if isinstance(opts.num_gpu, str) and opts.num_gpu != "auto":
         raise OptionsError(f"Option 'num_gpu' must be an integer or 'auto', got {opts.num_gpu!r}.")
+
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+WANDB_KEYS = ("project", "entity", "name", "resume_id")
+
+
+def _check_train(t) -> None:
+    """Resolve ``train.precision`` against its old spelling ``train.bf16`` (both kept consistent
+    afterwards: ``bf16`` is true exactly when precision is bf16), and check the step options."""
+    if t.precision is not None and t.precision not in PRECISIONS:
+        raise OptionsError(f"Option 'train.precision' is {t.precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if t.precision is not None and t.bf16 is not None and t.bf16 != (t.precision == "bf16"):
+        raise OptionsError(f"Options 'train.precision: {t.precision}' and 'train.bf16: {str(t.bf16).lower()}' "
+                           f"disagree; 'bf16' is the old spelling of precision (true = bf16, false = fp32): "
+                           f"remove train.bf16 and keep train.precision.")
+    if t.precision is None:
+        t.precision = "fp32" if t.bf16 is False else "bf16"
+    t.bf16 = t.precision == "bf16"
+    if t.accumulate < 1:
+        raise OptionsError(f"Option 'train.accumulate' must be >= 1 (micro-batches per optimizer step), "
+                           f"got {t.accumulate}.")
+    if t.max_nonfinite_steps < 0:
+        raise OptionsError(f"Option 'train.max_nonfinite_steps' must be >= 0 (0: never stop), "
+                           f"got {t.max_nonfinite_steps}.")
+
+
+def _check_wandb(wandb) -> None:
+    """``logger.wandb``: only the keys wandb logging reads, each a string or null (a null
+    ``project``, basicsr's default, leaves wandb off)."""
+    if wandb is None:
+        return
+    for k, v in wandb.items():
+        if k not in WANDB_KEYS:
+            raise OptionsError(f"Unknown option 'logger.wandb.{k}'. {close_match(k, WANDB_KEYS)} "
+                               f"(logger.wandb takes {', '.join(WANDB_KEYS)}).")
+        if v is not None and not isinstance(v, str):
+            raise OptionsError(f"Option 'logger.wandb.{k}' must be a string, got {v!r}.")
 
 
 def load_options(path: str | os.PathLike, overrides: Optional[List[str]] = None, is_train: bool = True,
@@ -249,6 +299,7 @@ def load_options(path: str | os.PathLike, overrides: Optional[List[str]] = None,
 
     Returns:
         The validated :class:`Options` tree, with dataset paths resolved and experiment paths set.
+        Its ``runtime:`` section is applied to ``vmambair.runtime`` (process-wide switches).
 
     Raises:
         OptionsError: with one paragraph naming the offending key.
@@ -263,4 +314,8 @@ def load_options(path: str | os.PathLike, overrides: Optional[List[str]] = None,
     opts.path.root = str(root)
     opts.path.experiments_root = str(root / "experiments" / opts.name)
     opts.path.results_root = str(root / "results" / opts.name)
+    try:
+        runtime.configure(**opts.runtime.changes())
+    except ValueError as err:
+        raise OptionsError(f"Options file '{path}', section 'runtime': {err}") from None
     return opts

@@ -41,7 +41,9 @@ class DatasetOptions:
                                      "(omitted by datasets that synthesise inputs, e.g. RealESRGANGTDataset).")
     meta_info_file: Optional[str] = opt(None, "Optional text file listing GT file names (first token per line), basicsr style.")
     filename_tmpl: str = opt("{}", "LQ file stem template from the GT stem, e.g. '{}_x4'.")
-    io_backend: Dict[str, Any] = opt({"type": "disk"}, "basicsr FileClient backend; only {type: disk} is supported here.")
+    io_backend: Dict[str, Any] = opt({"type": "disk"}, "Where images are read from: {type: disk} (image folders) or "
+                                     "{type: lmdb} (dataroot_gt / dataroot_lq are .lmdb folders written by "
+                                     "scripts/create_lmdb.py, basicsr's layout).")
     use_hflip: bool = opt(True, "Random horizontal flips (training only).")
     use_rot: bool = opt(True, "Random vertical flips and 90-degree rotations (training only).")
     gt_size: Optional[int] = opt(None, "GT patch size for training crops (the largest one when training progressively).")
@@ -89,7 +91,14 @@ class TrainOptions:
     net_d_init_iters: int = opt(0, "Iterations that train only network_d at the start (GAN models).")
     ema_decay: float = opt(0.0, "Exponential moving average of network_g weights (0: off, e.g. 0.999).")
     clip_grad_norm: Optional[float] = opt(None, "Clip the gradient norm of network_g to this value (null: off).")
-    bf16: bool = opt(True, "bf16 autocast on CUDA devices that support it (CPU always runs fp32).")
+    precision: Optional[str] = opt(None, "Autocast precision of network_g on CUDA: bf16 (default; Ampere or newer), "
+                                   "fp16 (with a gradient scaler; V100 / T4 / RTX 20xx) or fp32. CPU always runs fp32.")
+    bf16: Optional[bool] = opt(None, "Old spelling of precision: true = bf16, false = fp32 (set automatically from "
+                               "train.precision; giving both with different meanings is an error).")
+    accumulate: int = opt(1, "Gradient accumulation: micro-batches per optimizer step (global batch = batch x GPUs x "
+                             "accumulate). Iterations count optimizer steps.")
+    max_nonfinite_steps: int = opt(10, "Stop training with an error after this many optimizer steps in a row were "
+                                       "skipped for a non-finite loss or gradient (0: never stop).")
     deterministic: bool = opt(False, "Deterministic algorithms (bit-exact resume on CPU; slower on GPU).")
     compile: bool = opt(False, "torch.compile network_g for training on CUDA (the first iterations, and each new "
                                 "patch size, spend time compiling).")
@@ -123,13 +132,31 @@ class LoggerOptions:
     save_safetensors: bool = opt(False, "Also write .safetensors weights beside the .pth ones.")
     profile_iters: Optional[List[int]] = opt(None, "[first, last]: profile these training iterations with "
                                              "torch.profiler (rank 0) into experiments/<name>/profile_iters.md.")
-    wandb: Optional[Dict[str, Any]] = opt(None, "basicsr compatibility; not used.")
+    wandb: Optional[Dict[str, Any]] = opt(None, "Weights & Biases logging: {project, entity, name, resume_id} "
+                                          "(needs pip install -e \".[wandb]\"; WANDB_MODE=offline works without "
+                                          "network; a resumed run continues the same wandb run).")
 
 
 @dataclass(kw_only=True)
 class DistOptions:
     backend: Optional[str] = opt(None, "Process-group backend (default: nccl on GPU, gloo on CPU).")
-    port: int = opt(29500, "basicsr compatibility; torchrun sets the address itself.")
+    port: int = opt(29500, "Master port under SLURM srun when MASTER_PORT is not set (torchrun sets its own).")
+
+
+@dataclass(kw_only=True)
+class RuntimeOptions:
+    """Performance switches (vmambair.runtime) for this run; null leaves a switch as it is."""
+
+    scan_backend: Optional[str] = opt(None, "Selective-scan backend: auto, cuda, mamba_ssm, cpu, torch or reference "
+                                      "(null: automatic, or VMAMBAIR_SCAN_BACKEND).")
+    fused_max_pixels: Optional[int] = opt(None, "Largest batch*H*W that uses the fused four-direction scan (default 65536).")
+    scan_columns: Optional[str] = opt(None, "The fused scan's column mode: mixed (default), transposed or staged.")
+    effn_align: Optional[int] = opt(None, "Pad EFFN hidden layers to a multiple of this many channels (default 8; 0: off).")
+    recompile_limit: Optional[int] = opt(None, "torch.compile recompiles allowed per function (default 32).")
+
+    def changes(self) -> Dict[str, Any]:
+        """The switches this section sets: ``{name: value}`` without the nulls."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(kw_only=True)
@@ -147,6 +174,8 @@ class Options:
     val: Optional[ValOptions] = opt(None, "Validation / test settings.")
     logger: LoggerOptions = opt(help="Logging and checkpointing.", factory=LoggerOptions)
     dist_params: DistOptions = opt(help="Distributed settings.", factory=DistOptions)
+    runtime: RuntimeOptions = opt(help="Performance switches (scan backend, fused-scan limits, ...).",
+                                  factory=RuntimeOptions)
     is_train: bool = opt(False, "Set automatically (True under train.py).")
 
     def to_dict(self) -> Dict[str, Any]:
