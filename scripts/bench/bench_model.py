@@ -281,7 +281,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", default=None,
-                   help="JSON record to write (default: benchmarks/data/model_<opt name>_<gpu>.json)")
+                   help="JSON record to write, or a folder for <folder>/<id>.json (default: "
+                        "benchmarks/data/model_<opt name>_<gpu>.json)")
     p.add_argument("--out", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="instead of timing, profile each path's training step and the first inference size "
@@ -415,7 +416,10 @@ def main(argv=None):
     rec = bench_record.make_record(f"model_{name}_{gpu_short}", f"Whole network, {name}: authors' code vs ours"
                                    if AUTHORS else f"Whole network, {name}", tables, section="Whole network",
                                    charts=charts, figures=figures)
-    out_json = bench_record.write_record(rec, args.json)
+    dest = args.json
+    if dest and (dest.endswith("/") or os.path.isdir(dest)):  # a folder: <folder>/<id>.json
+        dest = os.path.join(dest, rec["id"] + ".json")
+    out_json = bench_record.write_record(rec, dest)
     for t in tables:
         print("\n| " + " | ".join(t["columns"]) + " |")
         for r in t["rows"]:

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Estimated wall time of each recipe's full training schedule on 1 and on 8 GPUs, summed from
+measured per-stage step times (the JSON records of ``bench_model.py --stages``).
+
+    python scripts/bench/time_to_train.py benchmarks/data/model_derain_h100.json \
+        benchmarks/data/model_realsr_x4_psnr_h100.json
+
+For each record and each path timed per stage (e.g. authors, graphed):
+  1 GPU, options as written   sum over stages of (step time x iterations): the per-GPU batch of
+                              the options, so one GPU sees 1/8 of the paper's images per iteration
+  8 GPUs (the paper's setup)  the same iterations, 8x the images each (global batch 8 x per-GPU
+                              batch), each iteration the 1-GPU step time / the DDP scaling
+                              efficiency measured on 4 GPUs (benchmarks/data/ddp_scaling_4gpu.json,
+                              or --ddp-efficiency), assumed to hold at 8
+  1 GPU, the paper's batch    8 accumulated micro-batches per iteration: 8x the first figure
+Step times exclude data loading (measured at < 1 ms per iteration in the DDP runs), validation
+and checkpointing. Prints a table and writes a record (default benchmarks/data/time_to_train.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import bench_record  # noqa: E402  (scripts/bench)
+
+DDP_RECORD = bench_record.DATA_DIR / "ddp_scaling_4gpu.json"
+
+
+def ddp_efficiency(override=None) -> tuple[float, str]:
+    """The data-parallel scaling efficiency to assume at 8 GPUs, and where it comes from."""
+    if override is not None:
+        return override, "--ddp-efficiency"
+    try:
+        rec = json.loads(DDP_RECORD.read_text())
+        return float(rec["figures"]["scaling_efficiency"]), f"{DDP_RECORD.name} ({rec['machine']}, {rec['date'][:10]})"
+    except (OSError, KeyError, ValueError, TypeError):
+        return 1.0, "no DDP record found: perfect scaling assumed"
+
+
+def schedule_hours(stages: list, path: str) -> tuple[float | None, list]:
+    """Hours of one GPU for the stages' iterations at the measured step time of ``path``."""
+    total_s, parts = 0.0, []
+    for st in stages:
+        r = st["paths"].get(path)
+        if r is None:
+            return None, parts
+        s = r["ms"] / 1000 * st["iters"]
+        parts.append({"batch": st["batch"], "input_size": st["input_size"], "iters": st["iters"],
+                      "step_ms": r["ms"], "hours": round(s / 3600, 2)})
+        total_s += s
+    return total_s / 3600, parts
+
+
+def fmt_h(h):
+    return "-" if h is None else (f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days ({h:.0f} h)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("records", nargs="+", help="bench_model.py --stages JSON records")
+    p.add_argument("--ddp-efficiency", type=float, default=None,
+                   help="scaling efficiency at 8 GPUs (default: the 4-GPU figure in benchmarks/data)")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--json", default=None, help="record to write (default benchmarks/data/time_to_train.json)")
+    args = p.parse_args(argv)
+    eff, eff_src = ddp_efficiency(args.ddp_efficiency)
+    rows, figures, machines = [], {}, set()
+    for path in args.records:
+        try:
+            rec = json.loads(Path(path).read_text())
+            stages = rec["figures"]["stages"]
+            recipe = rec["figures"]["recipe"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: {path}: not a bench_model.py --stages record ({e})", file=sys.stderr)
+            return 2
+        if not stages:
+            print(f"error: {path}: no per-stage timings; run bench_model.py with --stages", file=sys.stderr)
+            return 2
+        m = rec["machine"]
+        machines.add(m.get("gpu", str(m)) if isinstance(m, dict) else m)
+        for tpath in stages[0]["paths"]:
+            h1, parts = schedule_hours(stages, tpath)
+            h8 = None if h1 is None else h1 / eff
+            figures[f"{recipe}:{tpath}"] = {"one_gpu_hours": h1, f"{args.gpus}_gpu_hours": h8,
+                                            "one_gpu_paper_batch_hours": None if h1 is None else args.gpus * h1,
+                                            "stages": parts, "source": path}
+            iters = sum(st["iters"] for st in stages)
+            rows.append([recipe, tpath, f"{len(stages)} stage(s), {iters} iterations", fmt_h(h1), fmt_h(h8),
+                         fmt_h(None if h1 is None else args.gpus * h1)])
+    columns = ["recipe", "path", "schedule", "1 GPU (options' per-GPU batch)",
+               f"{args.gpus} GPUs (paper's global batch)", "1 GPU with the paper's global batch"]
+    notes = [f"per-stage step times from {', '.join(args.records)}; GPUs: {', '.join(sorted(machines))}",
+             f"{args.gpus}-GPU figure: 1-GPU step time / scaling efficiency {eff:.2f} ({eff_src})",
+             "excludes data loading, validation and checkpoint writing; the GAN recipe's step "
+             "(discriminator, perceptual loss) is not what bench_model times"]
+    print("| " + " | ".join(columns) + " |")
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+    for n in notes:
+        print(f"- {n}")
+    rec = bench_record.make_record("time_to_train", "Time to train each recipe's full schedule",
+                                   [{"columns": columns, "rows": rows, "notes": notes}], section="Time to train",
+                                   figures={"ddp_efficiency": eff, "ddp_efficiency_source": eff_src, "recipes": figures},
+                                   machine=", ".join(sorted(machines)) or "unknown")
+    print(f"wrote {bench_record.write_record(rec, args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
