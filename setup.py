@@ -21,5 +21,6 @@ setup(
     extras_require={
         "mamba": ["mamba-ssm"],
         "test": ["pytest"],
+        "plots": ["matplotlib"],   # scripts/study.py's curves, bar charts and image grids
     },
 )
