@@ -5,6 +5,12 @@ same code: the distributed context comes from the environment. Re-running the sa
 resumes from the newest complete training state (pass ``--no-resume`` to start over; the old
 experiment folder is then archived, basicsr style).
 
+Robustness (docs/training.md): SIGTERM / SIGINT finish the current iteration, save a training state
+at it and exit 143 / 130 (every rank at the same iteration); a non-finite loss or gradient skips
+the optimizer step, and ``train.max_nonfinite_steps`` of them in a row stop the run with an error
+(exit 1), leaving the last good checkpoint as the newest one. ``train.accumulate`` = K feeds K
+micro-batches per iteration (one optimizer step); checkpoints fall between iterations only.
+
 Experiment layout (basicsr's)::
 
     experiments/<name>/models/net_g_<iter>.pth, net_g_latest.pth   ({'params', 'params_ema'})
@@ -21,6 +27,7 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,8 +42,8 @@ from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
 from vmambair.data.image_io import DataError
 
-from ..engine.checkpoint import (CheckpointError, load_latest_training_state, remove_stale_temp_files,
-                         safe_torch_load, save_training_state)
+from ..engine.checkpoint import (CheckpointError, list_training_states, load_latest_training_state,
+                                 remove_stale_temp_files, safe_torch_load, save_training_state)
 from ..engine.dist import DistContext, init_dist_from_env, shutdown_dist
 from ..engine.evaluate import build_eval_loader, evaluate_dataset
 from ..config import Options, OptionsError, dataset_phase, describe_options, load_options
@@ -44,6 +51,98 @@ from ..engine.profiling import IterationProfiler
 
 STATE_FORMAT = "vmambair-training-state-1"
 logger = logging.getLogger("vmambair")
+
+# Exit codes of a run stopped by a signal after saving (128 + the signal number, as a shell
+# reports a process killed by it, so schedulers and scripts read them the usual way).
+SIGNAL_EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM / SIGINT stopped the run after the training state of ``iteration`` was saved."""
+
+    def __init__(self, signum: int, iteration: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at iteration {iteration}")
+        self.signum, self.iteration = signum, iteration
+        self.exit_code = SIGNAL_EXIT_CODES.get(signum, 1)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+class StopSignals:
+    """Turns SIGTERM / SIGINT into a request to stop after the current iteration.
+
+    The first signal only sets :attr:`signum`; the trainer finishes the iteration, saves and
+    exits. A second SIGINT (Ctrl+C twice) restores Python's default and interrupts at once.
+    Installed in the main thread only (Python delivers signals there).
+    """
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning(f"Received {signal.Signals(signum).name}: finishing this iteration, then saving a "
+                       f"training state and exiting (the same command resumes){'; Ctrl+C again aborts without saving' if signum == signal.SIGINT else ''}.")
+
+    def __enter__(self) -> "StopSignals":
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNAL_EXIT_CODES:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def _ignore_stop_signals_in_worker(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGINT to the main process (a terminal's Ctrl+C and
+    SLURM's scancel reach the whole process group): the main process stops cleanly, then ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class WandbLogger:
+    """``logger.wandb``: losses, learning rate, metrics and validation images in a Weights & Biases
+    run (rank 0 only). The run id is kept in the training state, so a resumed run continues the
+    same wandb run; ``WANDB_MODE=offline`` logs to files without network (``wandb sync`` later)."""
+
+    def __init__(self, settings: Dict[str, Any], opt: Options, run_id: Optional[str], folder: Path):
+        wandb = import_wandb()
+        self.wandb = wandb
+        run_id = run_id or settings.get("resume_id") or wandb.util.generate_id()
+        self.run = wandb.init(project=settings["project"], entity=settings.get("entity"),
+                              name=settings.get("name") or opt.name, id=run_id, resume="allow",
+                              config=opt.to_dict(), dir=str(folder))
+        self.run_id = self.run.id
+
+    def log(self, values: Dict[str, float], iteration: int) -> None:
+        self.run.log(dict(values), step=iteration)
+
+    def log_images(self, name: str, images: List[np.ndarray], iteration: int) -> None:
+        """``images``: HxWx3 uint8 RGB strips (input | restored | target)."""
+        if images:
+            self.run.log({f"val/{name}": [self.wandb.Image(img) for img in images]}, step=iteration)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def import_wandb():
+    """The ``wandb`` module, or an OptionsError that names the extra to install."""
+    try:
+        import wandb
+    except ImportError:
+        raise OptionsError("Option 'logger.wandb' needs the wandb package: pip install -e \".[wandb]\" "
+                           "(or remove logger.wandb).") from None
+    return wandb
 
 
 # ----------------------------------------------------------------------------- progressive
@@ -155,6 +254,9 @@ class Trainer:
                                   f"(format {state.get('format')!r}).")
 
         t = opt.train
+        self.wandb_settings = opt.logger.wandb if (opt.logger.wandb or {}).get("project") else None
+        if self.wandb_settings is not None:
+            import_wandb()  # a missing package fails here, before any expensive work
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -170,8 +272,10 @@ class Trainer:
 
         self.model = MODEL_REGISTRY.get(opt.model_type)(opt, ctx)
         self.iteration, self.epoch, self.epoch_offset = 0, 0, 0
+        self.nonfinite_total, self.nonfinite_streak, self.fp16_overflows = 0, 0, 0
         if state is not None:
             self.model.load_state_dict(state["model"])
+            self.nonfinite_total = int(state.get("nonfinite_steps", 0))
             self.iteration, self.epoch, self.epoch_offset = state["iter"], state["epoch"], state["epoch_offset"]
             if state["world_size"] != ctx.world_size:
                 # Data order depends on the world size; continue at the start of the next epoch.
@@ -187,6 +291,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(self.tb_dir))
         self.jsonl = open(exp / "train_log.jsonl", "a") if ctx.is_main else None
+        self.wandb = None
+        if ctx.is_main and self.wandb_settings is not None:
+            self.wandb = WandbLogger(self.wandb_settings, opt, state.get("wandb_run_id") if state else None, exp)
+            logger.info(f"Logging to wandb run {self.wandb.run_id} (project {self.wandb_settings['project']}).")
 
     # ------------------------------------------------------------------ data
     def _make_loader(self, stage: int):
@@ -203,16 +311,20 @@ class Trainer:
         workers = ds_opt.num_worker_per_gpu
         loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
                             pin_memory=ds_opt.pin_memory and self.ctx.device.type == "cuda",
-                            persistent_workers=False)
+                            persistent_workers=False,
+                            worker_init_fn=_ignore_stop_signals_in_worker if workers > 0 else None)
         return iter(loader), batch
 
     # ------------------------------------------------------------------ state
     def training_state(self) -> Dict[str, Any]:
         return {"format": STATE_FORMAT, "iter": self.iteration, "epoch": self.epoch,
                 "epoch_offset": self.epoch_offset, "stage": self.schedule.stage_at(self.iteration),
-                "world_size": self.ctx.world_size, "model": self.model.state_dict(), "rng": capture_rng_state()}
+                "world_size": self.ctx.world_size, "model": self.model.state_dict(), "rng": capture_rng_state(),
+                "nonfinite_steps": self.nonfinite_total,
+                **({"wandb_run_id": self.wandb.run_id} if self.wandb is not None else {})}
 
     def save(self) -> None:
+        self.saved_at = self.iteration
         if self.ctx.is_main:
             lg = self.opt.logger
             self.model.save_weights(self.models_dir, self.iteration, safetensors=lg.save_safetensors)
@@ -227,13 +339,13 @@ class Trainer:
         if self.ctx.is_main and self.val_sets and self.opt.val is not None:
             val = self.opt.val
             net = self.model.inference_network(use_ema=val.use_ema)
-            bf16 = self.opt.train.bf16
+            bf16 = self.model.autocast_bf16
             for key, ds in self.val_sets.items():
                 name = self.opt.datasets[key].name
                 save_dir = self.vis_dir / name if val.save_img else None
                 means, n, samples = evaluate_dataset(net, build_eval_loader(ds), val, self.opt.scale,
                                                      self.ctx.device, bf16, save_dir, suffix=str(self.iteration),
-                                                     num_samples=val.num_tb_images if self.tb else 0)
+                                                     num_samples=val.num_tb_images if self.tb or self.wandb else 0)
                 results[name] = means
                 text = ", ".join(f"{m} {v:.4f}" for m, v in means.items())
                 logger.info(f"Validation {name} ({n} images) at iteration {self.iteration}: {text}")
@@ -242,6 +354,9 @@ class Trainer:
                         self.tb.add_scalar(f"metrics/{name}/{m}", v, self.iteration)
                     for i, img in enumerate(samples):
                         self.tb.add_image(f"val/{name}/{i}", img, self.iteration, dataformats="HWC")
+                if self.wandb:
+                    self.wandb.log({f"metrics/{name}/{m}": v for m, v in means.items()}, self.iteration)
+                    self.wandb.log_images(name, samples, self.iteration)
                 self._jsonl({"iter": self.iteration, "val": name, **means})
         self.ctx.barrier()
         return results
@@ -257,7 +372,7 @@ class Trainer:
             for key, ds in self.val_sets.items():
                 name = self.opt.datasets[key].name
                 rows = compare_with_inputs(net, ds, self.opt.val, self.opt.scale, self.ctx.device,
-                                           self.opt.train.bf16, self.vis_dir / name / "compare")
+                                           self.model.autocast_bf16, self.vis_dir / name / "compare")
                 if not rows:
                     continue
                 text, means = format_comparison(rows, name)
@@ -278,79 +393,159 @@ class Trainer:
             self.jsonl.flush()
 
     # ------------------------------------------------------------------ loop
+    def _next_micro_batches(self, loader, stage: int, count: int):
+        """``count`` batches of this stage (crossing into the next epoch when one ends); returns
+        (loader, batches) and advances epoch / epoch_offset past them."""
+        batches = []
+        while len(batches) < count:
+            if loader is None:
+                loader, _ = self._make_loader(stage)
+            try:
+                batches.append(next(loader))
+            except StopIteration:
+                self.epoch, self.epoch_offset, loader = self.epoch + 1, 0, None
+                continue
+            self.epoch_offset += self.schedule.batch_sizes[stage]
+        return loader, batches
+
+    def _after_step(self, losses: Dict[str, torch.Tensor]) -> None:
+        """NaN guard bookkeeping of the step just taken: count, log, stop after too many in a row."""
+        if not self.model.step_skipped:
+            self.nonfinite_streak = 0
+            return
+        if self.model.fp16_overflow:  # the scaler lowered the loss scale; not a NaN-guard event
+            self.fp16_overflows += 1
+            return
+        self.nonfinite_total += 1
+        self.nonfinite_streak += 1
+        limit = self.opt.train.max_nonfinite_steps
+        values = ", ".join(f"{k} {v.float().item():.4g}" for k, v in losses.items())
+        logger.warning(f"Iteration {self.iteration}: non-finite loss or gradient ({values}); optimizer step "
+                       f"skipped ({self.nonfinite_streak} in a row{f' of at most {limit}' if limit else ''}, "
+                       f"{self.nonfinite_total} in this run).")
+        self._jsonl({"iter": self.iteration, "nonfinite_step": True, "streak": self.nonfinite_streak})
+        if limit and self.nonfinite_streak >= limit:
+            newest = list_training_states(self.states_dir)
+            where = f"the newest training state, {newest[-1]}, was saved before them" if newest else \
+                "no training state was saved yet"
+            raise NonFiniteTrainingError(
+                f"Training stopped at iteration {self.iteration}: {self.nonfinite_streak} optimizer steps in a row "
+                f"had a non-finite loss or gradient (train.max_nonfinite_steps = {limit}); {where}. Lower the "
+                f"learning rate (train.optim_g.lr), set train.clip_grad_norm, try train.precision: fp32, or check "
+                f"the training data for broken images; then re-run the same command to resume.")
+
+    def _stop_requested(self, signals: StopSignals) -> Optional[int]:
+        """The signal that asked this run (any rank) to stop, agreed by all ranks; None to go on."""
+        mine = signals.signum or 0
+        agreed = self.ctx.max_int(mine)
+        return agreed or None
+
     def run(self) -> None:
         opt, t, lg = self.opt, self.opt.train, self.opt.logger
         total = t.total_iter
+        accumulate = t.accumulate
         logger.info(f"Training {opt.name}: {opt.model_type}, {opt.network_g['type']}, "
                     f"{sum(p.numel() for p in self.model.networks['net_g'].parameters()) / 1e6:.3f} M params, "
                     f"{self.ctx.world_size} process(es) on {self.ctx.device.type}, "
-                    f"iterations {self.iteration} -> {total}.")
+                    f"iterations {self.iteration} -> {total}"
+                    f"{f', {accumulate} micro-batches per iteration' if accumulate > 1 else ''}, "
+                    f"precision {self.model.precision if self.ctx.device.type == 'cuda' else 'fp32 (CPU)'}.")
         loader, stage, batch = None, None, None
         window_start, window_iters, window_data_s = time.time(), 0, 0.0
         pending: Dict[str, List[torch.Tensor]] = {}
         profiler = IterationProfiler(lg.profile_iters if self.ctx.is_main else None, self.exp_dir / "profile_iters.md",
                                      f"{opt.name}: {self.ctx.world_size} process(es)")
-        while self.iteration < total:
-            new_stage = self.schedule.stage_at(self.iteration)
-            if loader is None or new_stage != stage:
-                if stage is not None and new_stage != stage:
-                    logger.info(f"Progressive training: stage {new_stage + 1}/{len(self.schedule)}, GT patch "
-                                f"{self.schedule.gt_sizes[new_stage]}, batch {self.schedule.batch_sizes[new_stage]} "
-                                f"per process, from iteration {self.iteration + 1}.")
-                stage = new_stage
-                loader, batch = self._make_loader(stage)
-            waited = time.perf_counter()
-            try:
-                data = next(loader)
-            except StopIteration:
-                self.epoch, self.epoch_offset, loader = self.epoch + 1, 0, None
-                continue
-            window_data_s += time.perf_counter() - waited
-            self.epoch_offset += batch
-            self.iteration += 1
-            profiler.step_begins(self.iteration)
-            self.model.feed_data(data)
-            losses = self.model.optimize_parameters(self.iteration)
-            self.model.update_learning_rate(self.iteration)
-            for k, v in losses.items():
-                pending.setdefault(k, []).append(v)
-            window_iters += 1
-            profiler.step_ends(self.iteration)
+        self.saved_at = None
+        with StopSignals() as signals:
+            while self.iteration < total:
+                new_stage = self.schedule.stage_at(self.iteration)
+                if loader is None or new_stage != stage:
+                    if stage is not None and new_stage != stage:
+                        logger.info(f"Progressive training: stage {new_stage + 1}/{len(self.schedule)}, GT patch "
+                                    f"{self.schedule.gt_sizes[new_stage]}, batch {self.schedule.batch_sizes[new_stage]} "
+                                    f"per process, from iteration {self.iteration + 1}.")
+                    stage = new_stage
+                    loader, batch = self._make_loader(stage)
+                waited = time.perf_counter()
+                loader, batches = self._next_micro_batches(loader, stage, accumulate)
+                window_data_s += time.perf_counter() - waited
+                self.iteration += 1
+                profiler.step_begins(self.iteration)
+                if accumulate == 1:
+                    self.model.feed_data(batches[0])
+                    losses = self.model.optimize_parameters(self.iteration)
+                else:
+                    losses = self.model.optimize_parameters(self.iteration, batches)
+                self.model.update_learning_rate(self.iteration)
+                self._after_step(losses)
+                for k, v in losses.items():
+                    pending.setdefault(k, []).append(v)
+                window_iters += 1
+                profiler.step_ends(self.iteration)
 
-            if self.iteration % lg.print_freq == 0 or self.iteration == total:
-                means = {k: self.ctx.mean(torch.stack(v).float().mean().item()) for k, v in pending.items()}
-                pending.clear()
-                elapsed = time.time() - window_start
-                rate = window_iters / max(elapsed, 1e-9)
-                data_ms = 1000 * window_data_s / max(window_iters, 1)
-                lr = self.model.current_learning_rate()
-                loss_text = " ".join(f"{k} {v:.4e}" for k, v in means.items())
-                logger.info(f"iter {self.iteration:,}/{total:,} | {rate:.2f} it/s (data wait {data_ms:.1f} ms/it) | eta "
-                            f"{_format_eta((total - self.iteration) / max(rate, 1e-9))} | epoch {self.epoch} | "
-                            f"stage {stage + 1}/{len(self.schedule)} patch {self.schedule.gt_sizes[stage]} "
-                            f"batch {batch}x{self.ctx.world_size} | lr {lr:.3e} | {loss_text}")
-                if self.tb:
-                    for k, v in means.items():
-                        self.tb.add_scalar(f"losses/{k}", v, self.iteration)
-                    self.tb.add_scalar("train/lr", lr, self.iteration)
-                    self.tb.add_scalar("train/it_per_s", rate, self.iteration)
-                self._jsonl({"iter": self.iteration, "lr": lr, "it_per_s": rate, "data_ms": data_ms, **means})
-                window_start, window_iters, window_data_s = time.time(), 0, 0.0
+                if self.iteration % lg.print_freq == 0 or self.iteration == total:
+                    means = {k: self.ctx.mean(torch.stack(v).float().mean().item()) for k, v in pending.items()}
+                    pending.clear()
+                    elapsed = time.time() - window_start
+                    rate = window_iters / max(elapsed, 1e-9)
+                    data_ms = 1000 * window_data_s / max(window_iters, 1)
+                    lr = self.model.current_learning_rate()
+                    loss_text = " ".join(f"{k} {v:.4e}" for k, v in means.items())
+                    extra = ""
+                    if self.model.scaler is not None:
+                        extra += f" | loss scale {self.model.scaler.get_scale():.0f} ({self.fp16_overflows} overflows)"
+                    if self.nonfinite_total:
+                        extra += f" | {self.nonfinite_total} non-finite steps skipped"
+                    logger.info(f"iter {self.iteration:,}/{total:,} | {rate:.2f} it/s (data wait {data_ms:.1f} ms/it) | eta "
+                                f"{_format_eta((total - self.iteration) / max(rate, 1e-9))} | epoch {self.epoch} | "
+                                f"stage {stage + 1}/{len(self.schedule)} patch {self.schedule.gt_sizes[stage]} "
+                                f"batch {batch}x{self.ctx.world_size}{f'x{accumulate}' if accumulate > 1 else ''} | "
+                                f"lr {lr:.3e} | {loss_text}{extra}")
+                    if self.tb:
+                        for k, v in means.items():
+                            self.tb.add_scalar(f"losses/{k}", v, self.iteration)
+                        self.tb.add_scalar("train/lr", lr, self.iteration)
+                        self.tb.add_scalar("train/it_per_s", rate, self.iteration)
+                    if self.wandb:
+                        self.wandb.log({**{f"losses/{k}": v for k, v in means.items()}, "train/lr": lr,
+                                        "train/it_per_s": rate}, self.iteration)
+                    self._jsonl({"iter": self.iteration, "lr": lr, "it_per_s": rate, "data_ms": data_ms, **means})
+                    window_start, window_iters, window_data_s = time.time(), 0, 0.0
 
-            paused = time.time()
-            if self.iteration % lg.save_checkpoint_freq == 0 or self.iteration == total:
-                self.save()
-            if opt.val is not None and self.val_sets and (self.iteration % opt.val.val_freq == 0
-                                                           or self.iteration == total):
-                self.validate()
-            window_start += time.time() - paused  # keep it/s and ETA about training only
+                paused = time.time()
+                if self.iteration % lg.save_checkpoint_freq == 0 or self.iteration == total:
+                    if self.nonfinite_streak:
+                        # The weights are those of the last good step, but keep the newest state
+                        # one written from a healthy run: the next periodic save catches up.
+                        logger.warning(f"Not saving at iteration {self.iteration}: inside a run of "
+                                       f"{self.nonfinite_streak} non-finite steps.")
+                    else:
+                        self.save()
+                if opt.val is not None and self.val_sets and (self.iteration % opt.val.val_freq == 0
+                                                               or self.iteration == total):
+                    self.validate()
+                window_start += time.time() - paused  # keep it/s and ETA about training only
+                stop = self._stop_requested(signals)
+                if stop:
+                    if self.saved_at != self.iteration:
+                        self.save()
+                    self._close()
+                    raise TrainingInterrupted(stop, self.iteration)
         logger.info(f"Training {opt.name} finished at iteration {self.iteration}.")
         if opt.val is not None and opt.val.report_inputs:
             self.report_inputs()
+        self._close()
+
+    def _close(self) -> None:
         if self.tb:
             self.tb.close()
+            self.tb = None
         if self.jsonl:
             self.jsonl.close()
+            self.jsonl = None
+        if self.wandb:
+            self.wandb.close()
+            self.wandb = None
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -367,7 +562,8 @@ def build_arg_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 
 def train_main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``train.py``. Returns the exit code (2: invalid options, 1: data/checkpoint error)."""
+    """Entry point of ``train.py``. Returns the exit code (2: invalid options, 1: data / checkpoint error or
+    too many non-finite steps, 143 / 130: stopped by SIGTERM / SIGINT after saving)."""
     args = build_arg_parser().parse_args(argv)
     if args.help_options:
         print("\n".join(describe_options()))
@@ -380,15 +576,20 @@ def train_main(argv: Optional[List[str]] = None) -> int:
     except OptionsError as err:
         print(f"error in options ({args.opt}): {err}", file=sys.stderr)
         return 2
-    ctx = init_dist_from_env(None if opt.num_gpu == "auto" else opt.num_gpu, opt.dist_params.backend)
+    ctx = init_dist_from_env(None if opt.num_gpu == "auto" else opt.num_gpu, opt.dist_params.backend,
+                             opt.dist_params.port)
     try:
         Trainer(opt, ctx, resume=not args.no_resume).run()
     except OptionsError as err:
         print(f"error in options ({args.opt}): {err}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError) as err:
+    except (DataError, CheckpointError, NonFiniteTrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stop:
+        logger.warning(f"Training {opt.name} {stop}; the training state is saved: re-run the same command "
+                       f"to resume.")
+        return stop.exit_code
     finally:
         shutdown_dist()
     return 0

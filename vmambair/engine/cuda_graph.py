@@ -129,16 +129,18 @@ class GraphedForward(_GraphCache):
         return [k[0] for k in self._graphs]
 
 
-def eager_loss_and_grad(loss_fn: Callable[..., torch.Tensor], params) -> Callable[..., torch.Tensor]:
+def eager_loss_and_grad(loss_fn: Callable[..., torch.Tensor], params,
+                        loss_multiplier: Optional[torch.Tensor] = None) -> Callable[..., torch.Tensor]:
     """The eager counterpart of :class:`GraphedLossAndGrad`, with the same call and result:
-    ``(*batch) -> loss_fn(*batch)``, leaving its gradient (fresh, not added) in every ``p.grad``."""
+    ``(*batch) -> loss_fn(*batch)``, leaving its gradient (fresh, not added) in every ``p.grad``
+    (the gradient of ``loss * loss_multiplier`` when a multiplier tensor is given)."""
     params = [p for p in params if p.requires_grad]
 
     def step(*batch: torch.Tensor) -> torch.Tensor:
         for p in params:
             p.grad = None  # the backward then writes fresh gradients instead of adding to old ones
         loss = loss_fn(*batch)
-        loss.backward()
+        (loss if loss_multiplier is None else loss * loss_multiplier).backward()
         return loss
     return step
 
@@ -163,7 +165,14 @@ class GraphedLossAndGrad(_GraphCache):
 
     With ``flat_grads``, the graph also copies every gradient into one flat fp32 buffer,
     ``flat_grad``, and each ``p.grad`` is a view of it: a data-parallel all-reduce is then one
-    collective on one tensor, not a concatenation, a collective and a copy per parameter.
+    collective on one tensor, not a concatenation, a collective and a copy per parameter (and
+    gradient accumulation sums one tensor).
+
+    With ``loss_multiplier`` (a 0-dim tensor on the device), the recorded backward is of
+    ``loss * loss_multiplier``: the caller rewrites the multiplier in place between replays
+    (1/K for K accumulated micro-batches, times the fp16 loss scale). The returned loss is
+    ``loss_fn``'s, unmultiplied. The graph only writes its own buffers: a step the caller skips
+    (non-finite gradients) leaves nothing behind that the next replay would read.
 
     Args:
         loss_fn: ``(*batch) -> 0-dim loss``; runs its own autocast. Must read nothing but its
@@ -171,13 +180,15 @@ class GraphedLossAndGrad(_GraphCache):
         params: the parameters whose gradients are wanted.
         warmup: eager forward/backward passes before recording (compiles, picks algorithms).
         max_graphs: batch shapes kept at once.
-        flat_grads: gradients as views of ``flat_grad`` (for DDP).
+        flat_grads: gradients as views of ``flat_grad`` (for DDP and accumulation).
+        loss_multiplier: 0-dim tensor the backward's loss is multiplied by (read at each replay).
     """
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor], params, warmup: int = 3, max_graphs: int = 1,
-                 flat_grads: bool = False):
+                 flat_grads: bool = False, loss_multiplier: Optional[torch.Tensor] = None):
         super().__init__(max_graphs)
         self.loss_fn, self.warmup = loss_fn, warmup
+        self.loss_multiplier = loss_multiplier
         self.params = [p for p in params if p.requires_grad]
         self._active = None  # the key whose gradient tensors the parameters hold
         self.flat_grad: Optional[torch.Tensor] = None
@@ -191,7 +202,7 @@ class GraphedLossAndGrad(_GraphCache):
     def _record(self, inputs: List[torch.Tensor]) -> Recorded:
         # Gradients start as None, so the recorded backward allocates them in the graph's pool and
         # writes them (does not add): each replay rewrites the same tensors.
-        step = eager_loss_and_grad(self.loss_fn, self.params)
+        step = eager_loss_and_grad(self.loss_fn, self.params, self.loss_multiplier)
         if self.flat_grad is None:
             graph, loss = capture(lambda: step(*inputs), self.warmup)
             return Recorded(graph, inputs, loss, [p.grad for p in self.params])

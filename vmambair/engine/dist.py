@@ -1,15 +1,21 @@
-"""Distributed context detected from the environment (torchrun), no launcher flags needed.
+"""Distributed context detected from the environment: torchrun (one node or many) or SLURM's srun.
 
-``torchrun --nproc_per_node=N train.py -opt x.yml`` sets RANK, LOCAL_RANK and WORLD_SIZE; when
-they are present we join the process group (NCCL on CUDA, gloo on CPU) and pin each rank to
-its local GPU. Without them the run is a plain single-process run.
+``torchrun --nproc_per_node=N train.py -opt x.yml`` sets RANK, LOCAL_RANK and WORLD_SIZE (and
+MASTER_ADDR / MASTER_PORT); across nodes, one torchrun per node with ``--nnodes``, ``--node_rank``
+and a common ``--master_addr`` (or ``--rdzv_backend=c10d --rdzv_endpoint=host:port``) does the
+same. Under SLURM, ``srun`` with one task per GPU sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID:
+they are read when torchrun's variables are absent, the master address is the first host of the
+job's node list (or MASTER_ADDR), the port MASTER_PORT (or ``dist_params.port``). We then join
+the process group (NCCL on CUDA, gloo on CPU) and pin each rank to its local GPU. Without any of
+these the run is a plain single-process run. docs/training.md has the commands.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 import torch.distributed as tdist
@@ -46,6 +52,15 @@ class DistContext:
         tdist.all_reduce(t)
         return t.item() / self.world_size
 
+    def max_int(self, value: int) -> int:
+        """The largest of every rank's ``value`` (identity on one process): e.g. a stop request
+        seen by one rank, so that all ranks stop at the same iteration."""
+        if not self.distributed:
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return int(t.item())
+
     def broadcast_(self, tensors) -> None:
         """Overwrite ``tensors`` in place with rank 0's values (what DDP does to a network once)."""
         if self.distributed:
@@ -70,18 +85,56 @@ class DistContext:
             offset += t.numel()
 
 
-def init_dist_from_env(num_gpu: Optional[int] = None, backend: Optional[str] = None) -> DistContext:
-    """Build the context from torchrun's environment variables and join the process group.
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``'gpu[07-09,12],cpu1'`` -> ``'gpu07'``."""
+    first = re.match(r"[^,\[]*(\[[^\]]*\])?[^,]*", nodelist.strip()).group(0)
+    bracket = re.search(r"\[([^\]]*)\]", first)
+    if not bracket:
+        return first
+    start = bracket.group(1).split(",")[0].split("-")[0]  # zero padding kept: '07-09' -> '07'
+    return first[: bracket.start()] + start + first[bracket.end():]
+
+
+def slurm_dist_env(environ: Mapping[str, str], default_port: int = 29500) -> Optional[Dict[str, str]]:
+    """torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) derived from
+    an ``srun`` task's SLURM variables; None when this is not a multi-task srun step, or when
+    torchrun's variables are already there (torchrun inside a SLURM allocation wins)."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return None
+    if "SLURM_PROCID" not in environ or "SLURM_NTASKS" not in environ:
+        return None
+    world = int(environ.get("SLURM_STEP_NUM_TASKS") or environ["SLURM_NTASKS"])
+    if world <= 1:
+        return None
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    master = environ.get("MASTER_ADDR") or (first_slurm_host(nodelist) if nodelist else None)
+    if not master:
+        raise RuntimeError("Running under srun with several tasks, but neither MASTER_ADDR nor SLURM_JOB_NODELIST "
+                           "is set: export MASTER_ADDR=<first node's host name> before srun.")
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(world),
+            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"), "MASTER_ADDR": master,
+            "MASTER_PORT": environ.get("MASTER_PORT") or str(default_port)}
+
+
+def init_dist_from_env(num_gpu: Optional[int] = None, backend: Optional[str] = None,
+                       port: int = 29500) -> DistContext:
+    """Build the context from torchrun's (or srun's) environment variables and join the process group.
 
     Args:
         num_gpu: options' ``num_gpu``; 0 forces CPU. None/'auto': use CUDA if available.
         backend: 'nccl' or 'gloo'; default nccl on CUDA, gloo on CPU.
+        port: master port under srun when MASTER_PORT is not set (options' ``dist_params.port``).
     """
+    slurm = slurm_dist_env(os.environ, port)
+    if slurm is not None:
+        os.environ.update(slurm)  # env:// initialisation reads them, as under torchrun
     use_cuda = torch.cuda.is_available() and num_gpu != 0
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
+        if local_rank >= torch.cuda.device_count() == 1:
+            local_rank = 0  # srun --gpus-per-task=1: each task sees only its own GPU
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from vmambair.engine.checkpoint import load_into_network, save_network
 from vmambair.engine.compiling import compile_network
 from vmambair.engine.dist import DistContext
-from vmambair.config import Options, build_from_spec
+from vmambair.config import Options, OptionsError, build_from_spec
+from vmambair.engine.inference import autocast_context
 
 
 class ModelEMA:
@@ -59,6 +60,43 @@ class ModelEMA:
         self.module.load_state_dict(state)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def train_precision(train) -> str:
+    """``train.precision`` ('bf16', 'fp16' or 'fp32'), falling back on the old ``train.bf16``
+    when options were built without :func:`vmambair.config.load_options`."""
+    if train is None:
+        return "fp32"
+    if getattr(train, "precision", None):
+        return train.precision
+    return "fp32" if getattr(train, "bf16", True) is False else "bf16"
+
+
+def check_precision_supported(precision: str, device: torch.device) -> None:
+    """Refuse bf16 on a CUDA card without native bf16 (before Ampere): autocast would emulate it
+    slowly or not at all, and a silent fp32 run is not what the options asked for.
+
+    Raises:
+        OptionsError: one line that names the card and suggests fp16.
+    """
+    if precision == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        name = torch.cuda.get_device_name(device)
+        raise OptionsError(f"Option 'train.precision' is bf16, but {name} has no bf16 support (compute capability "
+                           f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))} < 8.0): use fp16 on this "
+                           f"card (--set train.precision=fp16), or fp32.")
+
+
+def tensors_are_finite(tensors) -> torch.Tensor:
+    """One 0-dim bool tensor on the tensors' device: every element of every tensor is finite
+    (None entries are ignored). No host synchronisation."""
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
+        return torch.tensor(True)
+    norms = torch._foreach_norm([t.detach().float() for t in tensors], float("inf"))
+    return torch.isfinite(torch.stack(norms)).all()
+
+
 class BaseModel:
     """Holds networks / optimizers / schedulers / EMA by name; subclasses define the step.
 
@@ -79,6 +117,74 @@ class BaseModel:
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
         self.schedulers: Dict[str, Any] = {}
         self.ema: Dict[str, ModelEMA] = {}
+        t = opt.train if self.is_train else None
+        self.precision = train_precision(t)
+        self.accumulate = max(1, int(getattr(t, "accumulate", 1) or 1)) if t is not None else 1
+        # fp16 gradients underflow without loss scaling; bf16 / fp32 need none. One scaler serves
+        # every optimizer that trains an autocast network (net_g; the GAN's D runs in fp32).
+        self.scaler = None
+        if self.is_train and self.precision == "fp16" and self.device.type == "cuda":
+            self.scaler = torch.amp.GradScaler("cuda")
+        self.step_skipped = False          # the last optimize_parameters skipped a step (non-finite)
+        self.fp16_overflow = False         # ... only because of an fp16 overflow the scaler handles
+        if self.is_train:
+            check_precision_supported(self.precision, self.device)
+
+    def autocast(self):
+        """Autocast of network forwards in ``train.precision`` (CUDA only; fp32 elsewhere)."""
+        dtype = AUTOCAST_DTYPES[self.precision]
+        return autocast_context(self.device, dtype is not None, dtype or torch.bfloat16)
+
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether validation during training runs in bf16 (only when training does)."""
+        return self.precision == "bf16"
+
+    def backward_multiplier(self, micro_batches: int):
+        """What a micro-batch's loss is multiplied by before its backward: ``1 / micro_batches``
+        (gradients of the mean over the accumulated batch) times the fp16 loss scale. A Python
+        float without a scaler; else a 0-dim CUDA tensor (no host synchronisation)."""
+        if self.scaler is None:
+            return 1.0 / micro_batches
+        return self.scaler.scale(torch.ones((), device=self.device)) / micro_batches
+
+    def finish_gradients(self, optimizer_name: str, params, loss_finite: torch.Tensor,
+                         clip: Optional[float] = None) -> torch.Tensor:
+        """Prepare the accumulated gradients of ``params`` for ``optimizer_name``'s step: unscale
+        (fp16), clip the norm (``clip``), and return a 0-dim bool tensor: loss and gradients finite."""
+        params = [p for p in params if p.grad is not None]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizers[optimizer_name])
+        if clip:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            finite = torch.isfinite(norm)
+        else:
+            finite = tensors_are_finite([p.grad for p in params])
+        return finite & loss_finite.to(finite.device)
+
+    def step_optimizer(self, optimizer_name: str, finite: bool) -> None:
+        """The optimizer step when the gradients are finite; skipped otherwise (the weights,
+        optimizer moments and EMA stay those of the last good step)."""
+        if not finite:
+            return
+        if self.scaler is not None:
+            self.scaler.step(self.optimizers[optimizer_name])
+        else:
+            self.optimizers[optimizer_name].step()
+
+    def record_step(self, finite: bool, loss_finite: bool, scaler_used: bool = True) -> None:
+        """Set :attr:`step_skipped` / :attr:`fp16_overflow` and update the fp16 loss scale.
+
+        In fp16 a finite loss with overflowing gradients is the scaler's business (it halves the
+        scale and the next steps go on): such a step counts as an overflow, not as non-finite,
+        while the scale is above 1. Below that, scaling is not the problem and it counts.
+        """
+        overflow = False
+        if self.scaler is not None and scaler_used:
+            overflow = not finite and loss_finite and self.scaler.get_scale() > 1.0
+            self.scaler.update()
+        self.fp16_overflow = overflow
+        self.step_skipped = not finite
 
     @property
     def uses_cuda_graph(self) -> bool:
@@ -174,6 +280,7 @@ class BaseModel:
             "ema": {k: v.state_dict() for k, v in self.ema.items()},
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -187,6 +294,8 @@ class BaseModel:
         for k, sd in state.get("schedulers", {}).items():
             if k in self.schedulers:
                 self.schedulers[k].load_state_dict(sd)
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
 
     def save_weights(self, models_dir: str | Path, iteration: int, safetensors: bool = False) -> None:
         """Write ``net_<x>_<iter>.pth`` and ``net_<x>_latest.pth`` ({'params', 'params_ema'})."""

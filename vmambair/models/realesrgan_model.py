@@ -7,7 +7,7 @@
 
 Training batches come from ``RealESRGANGTDataset`` (GT + kernels); ``feed_data`` turns them into
 (lq, gt) pairs with :func:`vmambair.data.degradation.degrade_batch`: fp32 with autocast
-disabled (the bf16 autocast of the step only wraps the networks), no gradients, then the final
+disabled (the autocast of the step only wraps the networks), no gradients, then the final
 ``gt_size`` crop and the training-pair pool. The random choices of each batch come from a seed
 of (manual_seed, rank, batch count): different on every GPU, replayed on resume (the pool's
 contents are not saved: a resumed run refills it). Batches that already hold ``lq`` (paired
@@ -93,15 +93,11 @@ class RealSRNetModel(RealDegradationMixin, ImageRestorationModel):
             self.setup_degradation()
             self.sharpen_input = self.degradation.gt_usm
 
-    def optimize_parameters(self, iteration: int) -> Dict[str, torch.Tensor]:
+    def pixel_target(self) -> torch.Tensor:
         # The L1 target is the USM-sharpened GT when degradation.gt_usm (Real-ESRNet's gt_usm).
-        plain_gt = self.gt
         if self.degradation.gt_usm and self.gt_usm is not None:
-            self.gt = self.gt_usm
-        try:
-            return super().optimize_parameters(iteration)
-        finally:
-            self.gt = plain_gt
+            return self.gt_usm
+        return self.gt
 
 
 @MODEL_REGISTRY.register()

@@ -4,18 +4,24 @@
 optimizers (``train.optim_g`` / ``train.optim_d``) and their own scheduler instances (both built
 from ``train.scheduler``). One iteration ``t`` (basicsr / ESRGAN semantics):
 
-* G step, when ``t % net_d_iters == 0 and t > net_d_init_iters``: ``sr = net_g(lq)`` (bf16
-  autocast on capable GPUs), ``l_g = pixel(sr, gt) + perceptual(sr, gt) + gan(D(sr), real)``
-  in fp32, with D's parameters frozen; optional gradient clipping; Adam step.
+* G step, when ``t % net_d_iters == 0 and t > net_d_init_iters``: ``sr = net_g(lq)`` (autocast
+  in train.precision on CUDA), ``l_g = pixel(sr, gt) + perceptual(sr, gt) + gan(D(sr), real)``
+  in fp32, with D's parameters frozen; optional gradient clipping; Adam step (fp16: through the
+  gradient scaler).
 * D step, every iteration: ``gan(D(gt), real) + gan(D(sr.detach()), fake)``, fp32.
 * EMA of ``net_g`` (``train.ema_decay``), every iteration as in basicsr.
+
+With ``train.accumulate`` = K, both steps average their gradients over K micro-batches: G's
+backward runs for every micro-batch (outputs kept, detached), then D's. A non-finite loss or
+gradient skips that network's step (the NaN guard).
 
 Under DDP the G step runs D as the plain module (its parameters are frozen there, so no gradient
 reduction of D is expected); the D step uses the DDP wrapper.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import contextlib
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -24,9 +30,9 @@ import vmambair.losses  # noqa: F401  (registers VGGPerceptualLoss)
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from vmambair.engine.dist import DistContext
-from vmambair.engine.inference import autocast_context
 from vmambair.config import Options, OptionsError, build_from_spec
 
+from .base_model import tensors_are_finite
 from .restoration_model import ImageRestorationModel
 
 
@@ -77,56 +83,96 @@ class SRGANRestorationModel(ImageRestorationModel):
         for param in self.networks[name].parameters():
             param.requires_grad_(flag)
 
-    def optimize_parameters(self, iteration: int) -> Dict[str, torch.Tensor]:
-        net_d = self.networks["net_d"]
-        pix_gt, percep_gt, gan_gt = self.loss_targets()
-        losses: Dict[str, torch.Tensor] = {}
+    def _generator_loss(self, net_g, net_d, pix_gt, percep_gt) -> Tuple[torch.Tensor, torch.Tensor,
+                                                                           Dict[str, torch.Tensor]]:
+        """``sr = net_g(lq)`` (autocast) and G's total loss in fp32 -> (sr, total, detached parts)."""
+        with self.autocast():
+            output = net_g(self.lq)
+        output = output.float()  # losses and D in fp32
+        l_pix = self.pixel_loss(output, pix_gt)
+        total, parts = l_pix, {"l_g_pix": l_pix.detach()}
+        if self.perceptual_loss is not None:
+            l_percep, l_style = self.perceptual_loss(output, percep_gt)
+            if l_percep is not None:
+                total = total + l_percep
+                parts["l_g_percep"] = l_percep.detach()
+            if l_style is not None:
+                total = total + l_style
+                parts["l_g_style"] = l_style.detach()
+        l_g_gan = self.gan_loss(net_d(output), True, is_disc=False)
+        parts["l_g_gan"] = l_g_gan.detach()
+        return output, total + l_g_gan, parts
+
+    def optimize_parameters(self, iteration: int, micro_batches: Optional[List[Dict[str, Any]]] = None
+                            ) -> Dict[str, torch.Tensor]:
+        """One G step (when due) and one D step over ``micro_batches`` (K accumulated batches, each
+        fed in turn; None: the batch already fed). G's gradients go through the fp16 loss scaler
+        when train.precision is fp16; D runs in fp32 and needs none. A non-finite loss or gradient
+        skips the step of the network it belongs to (:attr:`step_skipped`)."""
+        batches = micro_batches if micro_batches else [None]
+        count = len(batches)
+        losses: Dict[str, List[torch.Tensor]] = {}
+        update_g = self.generator_updates_at(iteration)
+        fakes = []  # (detached output, GAN target) of each micro-batch, for the D step
 
         # ---------------------------------------------------------------- generator
-        if self.generator_updates_at(iteration):
+        if update_g:
             self._set_requires_grad("net_d", False)
-            opt_g = self.optimizers["optim_g"]
-            opt_g.zero_grad(set_to_none=True)
-            with autocast_context(self.device, self.bf16):
-                output = self.wrapped["net_g"](self.lq)
-            output = output.float()  # losses and D in fp32
-            l_pix = self.pixel_loss(output, pix_gt)
-            total, losses["l_g_pix"] = l_pix, l_pix.detach()
-            if self.perceptual_loss is not None:
-                l_percep, l_style = self.perceptual_loss(output, percep_gt)
-                if l_percep is not None:
-                    total = total + l_percep
-                    losses["l_g_percep"] = l_percep.detach()
-                if l_style is not None:
-                    total = total + l_style
-                    losses["l_g_style"] = l_style.detach()
-            l_g_gan = self.gan_loss(net_d(output), True, is_disc=False)
-            total = total + l_g_gan
-            losses["l_g_gan"] = l_g_gan.detach()
-            total.backward()
-            if self.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.networks["net_g"].parameters(), self.clip_grad_norm)
-            opt_g.step()
+            self.optimizers["optim_g"].zero_grad(set_to_none=True)
+            multiplier = self.backward_multiplier(count)
+        net_g = self.wrapped["net_g"]
+        for index, batch in enumerate(batches):
+            if batch is not None:
+                self.feed_data(batch)
+            pix_gt, percep_gt, gan_gt = self.loss_targets()
+            if update_g:
+                sync = index == count - 1 or not hasattr(net_g, "no_sync")
+                with contextlib.nullcontext() if sync else net_g.no_sync():
+                    output, total, parts = self._generator_loss(net_g, self.networks["net_d"], pix_gt, percep_gt)
+                    (total * multiplier).backward()
+                for k, v in parts.items():
+                    losses.setdefault(k, []).append(v)
+                losses.setdefault("_g_total", []).append(total.detach())
+            else:
+                # D-only iteration: the fake images come from the plain network (a DDP forward
+                # without backward would desynchronise the next reduction).
+                with torch.no_grad(), self.autocast():
+                    output = self.networks["net_g"](self.lq).float()
+            fakes.append((output.detach(), gan_gt))
+        checks = []
+        if update_g:
+            g_loss_finite = torch.isfinite(torch.stack(losses.pop("_g_total")).sum())
+            checks += [self.finish_gradients("optim_g", self.networks["net_g"].parameters(), g_loss_finite,
+                                             self.clip_grad_norm), g_loss_finite]
             self._set_requires_grad("net_d", True)
-        else:
-            # D-only iteration: the fake images come from the plain network without a graph
-            # (a DDP forward without backward would desynchronise the next reduction).
-            with torch.no_grad(), autocast_context(self.device, self.bf16):
-                output = self.networks["net_g"](self.lq).float()
 
         # ---------------------------------------------------------------- discriminator
-        opt_d = self.optimizers["optim_d"]
+        opt_d, net_d = self.optimizers["optim_d"], self.wrapped["net_d"]
         opt_d.zero_grad(set_to_none=True)
-        real_pred = self.wrapped["net_d"](gan_gt)
-        l_d_real = self.gan_loss(real_pred, True, is_disc=True)
-        l_d_real.backward()
-        fake_pred = self.wrapped["net_d"](output.detach().clone())
-        l_d_fake = self.gan_loss(fake_pred, False, is_disc=True)
-        l_d_fake.backward()
-        opt_d.step()
-        losses.update(l_d_real=l_d_real.detach(), l_d_fake=l_d_fake.detach(),
-                      out_d_real=real_pred.detach().mean(), out_d_fake=fake_pred.detach().mean())
+        for index, (fake, gan_gt) in enumerate(fakes):
+            sync = index == count - 1 or not hasattr(net_d, "no_sync")
+            with contextlib.nullcontext() if sync else net_d.no_sync():
+                real_pred = net_d(gan_gt)
+                l_d_real = self.gan_loss(real_pred, True, is_disc=True)
+                (l_d_real / count).backward()
+                fake_pred = net_d(fake.clone())
+                l_d_fake = self.gan_loss(fake_pred, False, is_disc=True)
+                (l_d_fake / count).backward()
+            for k, v in (("l_d_real", l_d_real), ("l_d_fake", l_d_fake), ("out_d_real", real_pred.mean()),
+                         ("out_d_fake", fake_pred.mean())):
+                losses.setdefault(k, []).append(v.detach())
+        d_loss_finite = torch.isfinite(torch.stack(losses["l_d_real"] + losses["l_d_fake"]).sum())
+        d_params = [p for p in self.networks["net_d"].parameters() if p.grad is not None]
+        checks.append(tensors_are_finite([p.grad for p in d_params]) & d_loss_finite)
 
-        if "net_g" in self.ema:
+        flags = [bool(v) for v in torch.stack([c.to(self.device) for c in checks]).tolist()]  # one sync
+        g_finite, g_loss_ok = (flags[0], flags[1]) if update_g else (True, True)
+        d_finite = flags[-1]
+        if update_g:
+            self.step_optimizer("optim_g", g_finite)
+        if d_finite:
+            opt_d.step()
+        if g_finite and "net_g" in self.ema:
             self.ema["net_g"].update(self.networks["net_g"])
-        return losses
+        self.record_step(g_finite and d_finite, g_loss_ok and d_finite, scaler_used=update_g)
+        return {k: torch.stack(v).mean() if len(v) > 1 else v[0] for k, v in losses.items()}

@@ -1,0 +1,213 @@
+"""Training that survives what clusters and long runs do to it, on CPU with the tiny network:
+
+* SIGTERM / SIGINT mid-step: the step finishes, a training state is saved at that iteration, the
+  process exits 143 / 130, and re-running the same command ends with exactly the weights of an
+  uninterrupted run;
+* a non-finite loss skips the optimizer step (weights, optimizer and EMA untouched) and is
+  logged; ``train.max_nonfinite_steps`` of them in a row stop the run with an error, the newest
+  training state being one written before them;
+* gradient accumulation: batch 4 x 2 micro-batches gives the weights of batch 8 x 1;
+* the options: precision / bf16 alias, accumulate, wandb keys, the missing-wandb error.
+"""
+import json
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vmambair  # noqa: F401
+from basicsr.utils.registry import LOSS_REGISTRY
+from vmambair.apps.train import train_main
+from vmambair.config import OptionsError, load_options
+
+from tests.helpers import ROOT, one_thread, run_script, tiny_options  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# `python -c` driver: train.py that sends itself a signal in the middle of iteration N's step
+# (before the model's optimize_parameters runs), as a scheduler's SIGTERM or a Ctrl+C would.
+SIGNAL_MID_STEP_DRIVER = """
+import os, signal, sys
+from vmambair.models.restoration_model import ImageRestorationModel
+at, name = os.environ["SIGNAL_AT_ITER"], os.environ["SIGNAL_NAME"]
+original = ImageRestorationModel.optimize_parameters
+def optimize_parameters(self, iteration, *args, **kwargs):
+    if iteration == int(at):
+        os.kill(os.getpid(), getattr(signal, name))
+    return original(self, iteration, *args, **kwargs)
+ImageRestorationModel.optimize_parameters = optimize_parameters
+from vmambair.apps.train import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+OVERRIDES = ["--set", "train.total_iter=5", "--set", "logger.save_checkpoint_freq=2", "--set", "val.val_freq=100"]
+
+
+def _weights(root, iteration):
+    return torch.load(root / f"experiments/tiny/models/net_g_{iteration}.pth", weights_only=True)
+
+
+def _assert_same_weights(a, b):
+    for key in ("params", "params_ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+
+
+def test_sigterm_and_sigint_save_exit_and_resume_bit_identical(tmp_path):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref_dir.mkdir(), run_dir.mkdir()
+    assert train_main(["-opt", str(tiny_options(ref_dir)), *OVERRIDES]) == 0
+
+    opt = tiny_options(run_dir)
+    args = ["-c", SIGNAL_MID_STEP_DRIVER, "-opt", str(opt), *OVERRIDES]
+    states = run_dir / "experiments" / "tiny" / "training_states"
+    # SIGTERM during iteration 3 (not a checkpoint iteration): state 3 is written, exit 143.
+    term = run_script(args, cwd=run_dir, env={"SIGNAL_AT_ITER": "3", "SIGNAL_NAME": "SIGTERM"})
+    assert term.returncode == 143, (term.stdout[-2000:], term.stderr[-3000:])
+    assert "Received SIGTERM" in term.stdout and "re-run the same command" in term.stdout
+    assert sorted(p.name for p in states.glob("*.state")) == ["2.state", "3.state"]
+    assert torch.load(states / "3.state", weights_only=True)["iter"] == 3
+    assert not list(states.glob("*.tmp"))
+    # Resumed, then Ctrl+C during iteration 4: state 4, exit 130.
+    intr = run_script(args, cwd=run_dir, env={"SIGNAL_AT_ITER": "4", "SIGNAL_NAME": "SIGINT"})
+    assert intr.returncode == 130, (intr.stdout[-2000:], intr.stderr[-3000:])
+    assert "at iteration 3" in intr.stdout and (states / "4.state").is_file()
+    # The same command again (no signal) finishes the run.
+    done = run_script([str(ROOT / "train.py"), "-opt", str(opt), *OVERRIDES], cwd=run_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "at iteration 4" in done.stdout
+    _assert_same_weights(_weights(ref_dir, 5), _weights(run_dir, 5))
+
+
+# ----------------------------------------------------------------------------- NaN guard
+if "NaNAtCallsL1Loss" not in LOSS_REGISTRY:
+    @LOSS_REGISTRY.register()
+    class NaNAtCallsL1Loss(torch.nn.Module):
+        """Test-only: L1 loss that returns NaN on the given (1-based) calls."""
+
+        def __init__(self, nan_calls=(), loss_weight=1.0):
+            super().__init__()
+            self.nan_calls, self.calls = set(nan_calls), 0
+
+        def forward(self, pred, target):
+            self.calls += 1
+            loss = F.l1_loss(pred, target)
+            return loss * float("nan") if self.calls in self.nan_calls else loss
+
+
+def _records(root):
+    lines = (root / "experiments" / "tiny" / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines]
+
+
+def test_nonfinite_loss_skips_the_step_and_is_logged(tmp_path, capsys):
+    opt = tiny_options(tmp_path)
+    over = ["--set", "train.pixel_opt={type: NaNAtCallsL1Loss, nan_calls: [3]}", "--set", "train.total_iter=4",
+            "--set", "logger.save_checkpoint_freq=1", "--set", "val.val_freq=100"]
+    assert train_main(["-opt", str(opt), *over]) == 0
+    out = capsys.readouterr().out
+    assert "Iteration 3: non-finite loss or gradient (l_pix nan); optimizer step skipped (1 in a row of at most 10" in out
+    assert "Not saving at iteration 3" in out and not (tmp_path / "experiments/tiny/models/net_g_3.pth").exists()
+    w2, w4 = _weights(tmp_path, 2)["params"], _weights(tmp_path, 4)["params"]
+    assert any(not torch.equal(w2[k], w4[k]) for k in w2)  # iteration 4 trained on
+    assert all(torch.isfinite(v).all() for v in w4.values())
+    assert {"iter": 3, "nonfinite_step": True, "streak": 1} in _records(tmp_path)
+    state = torch.load(tmp_path / "experiments/tiny/training_states/4.state", weights_only=True)
+    assert state["nonfinite_steps"] == 1
+
+
+def test_nonfinite_step_leaves_weights_ema_and_optimizer_untouched(tmp_path):
+    from basicsr.utils.registry import MODEL_REGISTRY
+    from vmambair.engine.dist import DistContext
+
+    opt = load_options(tiny_options(tmp_path), ["train.pixel_opt={type: NaNAtCallsL1Loss, nan_calls: [2]}"])
+    model = MODEL_REGISTRY.get(opt.model_type)(opt, DistContext())
+    batch = {"lq": torch.rand(2, 3, 16, 16), "gt": torch.rand(2, 3, 16, 16)}
+    model.feed_data(batch)
+    model.optimize_parameters(1)  # a good step: optimizer moments exist
+    assert not model.step_skipped
+    before = {k: v.clone() for k, v in model.state_dict()["networks"]["net_g"].items()}
+    ema = {k: v.clone() for k, v in model.ema["net_g"].state_dict().items()}
+    moments = {k: v["exp_avg"].clone() for k, v in model.optimizers["optim_g"].state_dict()["state"].items()}
+    losses = model.optimize_parameters(2)  # NaN loss
+    assert model.step_skipped and torch.isnan(losses["l_pix"])
+    for k, v in model.networks["net_g"].state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for k, v in model.ema["net_g"].state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    for k, v in model.optimizers["optim_g"].state_dict()["state"].items():
+        assert torch.equal(v["exp_avg"], moments[k])
+    model.optimize_parameters(3)
+    assert not model.step_skipped
+    assert any(not torch.equal(v, before[k]) for k, v in model.networks["net_g"].state_dict().items())
+
+
+def test_too_many_nonfinite_steps_stop_with_the_last_good_state(tmp_path, capsys):
+    opt = tiny_options(tmp_path)
+    over = ["--set", "train.pixel_opt={type: NaNAtCallsL1Loss, nan_calls: [3, 4, 5, 6]}",
+            "--set", "train.max_nonfinite_steps=3", "--set", "train.total_iter=6",
+            "--set", "logger.save_checkpoint_freq=1", "--set", "val.val_freq=100"]
+    assert train_main(["-opt", str(opt), *over]) == 1
+    captured = capsys.readouterr()
+    assert "Training stopped at iteration 5: 3 optimizer steps in a row had a non-finite loss" in captured.err
+    assert "2.state" in captured.err and "train.max_nonfinite_steps = 3" in captured.err
+    states = tmp_path / "experiments/tiny/training_states"
+    assert sorted(p.name for p in states.glob("*.state")) == ["1.state", "2.state"]
+    _assert_same_weights(_weights(tmp_path, 2), torch.load(tmp_path / "experiments/tiny/models/net_g_latest.pth",
+                                                           weights_only=True))
+
+
+# ----------------------------------------------------------------------------- accumulation
+def test_accumulation_matches_the_larger_batch(tmp_path):
+    """Batch 4 x 2 micro-batches and batch 8 x 1, from the same seed, see the same 8 samples
+    with the same crops per iteration and end with the same weights (float noise apart)."""
+    runs = {}
+    for name, batch, k in (("big", 8, 1), ("acc", 4, 2)):
+        root = tmp_path / name
+        root.mkdir()
+        over = ["--set", "train.total_iter=3", "--set", f"train.accumulate={k}", "--set", "val.val_freq=100",
+                "--set", f"datasets.train.mini_batch_sizes=[{batch},{batch}]", "--set", "train.ema_decay=0",
+                # Plain SGD without clipping: a wrong gradient scale (e.g. a sum instead of a mean
+                # over micro-batches) would change the update; Adam and clipping would hide it.
+                "--set", "train.optim_g={type: SGD, lr: 0.5}", "--set", "train.clip_grad_norm=null"]
+        assert train_main(["-opt", str(tiny_options(root)), *over]) == 0
+        runs[name] = (_weights(root, 3)["params"], [r["l_pix"] for r in _records(root) if "l_pix" in r])
+    (wa, la), (wb, lb) = runs["big"], runs["acc"]
+    assert lb == pytest.approx(la, rel=1e-5)
+    moved = 0
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-6)
+    # The check can fail: the weights moved from their initial values.
+    init = _weights(tmp_path / "big", 2)["params"]
+    moved = sum(not torch.equal(init[k], wa[k]) for k in wa)
+    assert moved > 0
+
+
+# ----------------------------------------------------------------------------- options
+def test_precision_options_and_bf16_alias(tmp_path):
+    opt = tiny_options(tmp_path)
+    assert load_options(opt).train.precision == "bf16" and load_options(opt).train.bf16 is True
+    assert load_options(opt, ["train.bf16=false"]).train.precision == "fp32"
+    t = load_options(opt, ["train.precision=fp16"]).train
+    assert (t.precision, t.bf16) == ("fp16", False)
+    with pytest.raises(OptionsError, match="'train.precision: fp16' and 'train.bf16: true' disagree"):
+        load_options(opt, ["train.precision=fp16", "train.bf16=true"])
+    with pytest.raises(OptionsError, match="'train.precision' is 'fp8'; use one of bf16, fp16, fp32"):
+        load_options(opt, ["train.precision=fp8"])
+    with pytest.raises(OptionsError, match="'train.accumulate' must be >= 1"):
+        load_options(opt, ["train.accumulate=0"])
+    with pytest.raises(OptionsError, match="Unknown option 'logger.wandb.projcet'. Did you mean 'project'"):
+        load_options(opt, ["logger.wandb={projcet: x}"])
+
+
+def test_missing_wandb_package_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError, installed or not
+    opt = tiny_options(tmp_path)
+    assert train_main(["-opt", str(opt), "--set", "logger.wandb={project: vmambair-test}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert 'needs the wandb package: pip install -e ".[wandb]"' in err
+    assert not (tmp_path / "experiments" / "tiny" / "models" / "net_g_2.pth").exists()
