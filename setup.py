@@ -14,8 +14,20 @@ setup(
     description="VmambaIR: visual state-space models for image restoration, on basicsr",
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["vmambair", "vmambair.*"]),
-    package_data={"vmambair.ops": ["csrc/*.c", "csrc/*.h"]},
+    # options/ stays at the repository root (the layout BasicSR users know) and is also installed
+    # as vmambair/options, so `--task` finds the recipes after a non-editable install too.
+    packages=find_packages(include=["vmambair", "vmambair.*"]) + ["vmambair.options"],
+    package_dir={"vmambair.options": "options"},
+    package_data={"vmambair.ops": ["csrc/*.c", "csrc/*.h"], "vmambair.options": ["*.yml", "*/*.yml"]},
+    entry_points={"console_scripts": [
+        "vmambair-train=vmambair.apps.train:train_main",
+        "vmambair-test=vmambair.apps.test:run_benchmark",
+        "vmambair-restore=vmambair.apps.restore:restore_main",
+        "vmambair-export=vmambair.apps.export:export_main",
+        "vmambair-convert-original=vmambair.apps.convert_original:main",
+        "vmambair-stats=vmambair.apps.model_stats:main",
+        "vmambair-study=vmambair.apps.study:study_main",
+    ]},
     python_requires=">=3.9",
     install_requires=requirements,
     extras_require={

@@ -16,7 +16,7 @@ LAYERS = [
     {"archs", "data", "losses", "metrics"},
     {"engine"},
     {"models"},
-    {"apps", "api"},
+    {"apps", "api", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

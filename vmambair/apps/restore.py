@@ -5,9 +5,12 @@
 
 What it handles, per image:
 
-* any size: the image is restored in overlapping tiles (``--tile``, default 512 input pixels)
-  blended with weights that vanish near the tile edges, so network memory is bounded by one
-  tile; ``--tile 0`` restores the whole image at once;
+* any size: by default (``--tile auto``) the image is restored whole when its estimated memory
+  (the network's measured per-pixel cost) fits in 3/4 of the free memory (or ``--max-memory``),
+  else in the largest overlapping tiles that fit, blended with weights that vanish near the tile
+  edges; a note says when an image was tiled (VmambaIR's scans then see one tile at a time, so
+  the result differs slightly). ``--tile N`` fixes N-pixel tiles, ``--tile 0`` the whole image.
+  An out-of-memory error (GPU or CPU) is retried in tiles half as large;
 * grayscale images come back grayscale (the network sees three equal channels; the result is
   converted back with the usual luminance weights);
 * RGBA images: the colour channels are restored, the alpha channel separately (kept as is, or
@@ -25,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -38,10 +41,9 @@ from vmambair.data.image_io import DataError, is_image_file, read_image_unchange
 from ..engine.checkpoint import CheckpointError, atomic_write_bytes, load_into_network
 from ..engine.compiling import compile_network
 from ..engine.cuda_graph import GraphedForward, GraphRecordingError
-from ..engine.inference import autocast_context, restore_image
-from ..config import OptionsError, build_from_spec, load_options
+from ..engine.inference import parse_tile, restore_array  # noqa: F401  (restore_array: also imported from here)
+from ..config import bundled_options, OptionsError, build_from_spec, load_options
 
-REPO_OPTIONS = Path(__file__).resolve().parents[2] / "options"
 
 # --task NAME -> options file (under the repository's options/). The weights default to the
 # file's path.pretrain_network_g, else to the latest weights of the training run it names.
@@ -53,7 +55,6 @@ TASKS: Dict[str, str] = {
 }
 
 OUTPUT_EXTENSIONS = ("png", "tif", "jpg", "webp")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class UsageError(RuntimeError):
@@ -68,10 +69,10 @@ def resolve_options(opt_path: Optional[str], task: Optional[str]) -> Path:
     task = task or "quickstart"
     if task not in TASKS:
         raise UsageError(f"Unknown --task '{task}'; choose one of {', '.join(TASKS)} or give -opt <options file>.")
-    path = REPO_OPTIONS / TASKS[task]
-    if not path.is_file():
-        raise UsageError(f"--task {task} uses '{path}', which is missing (vmambair installed without its options "
-                         f"folder?); give the options file with -opt.")
+    path = bundled_options(TASKS[task])
+    if path is None:
+        raise UsageError(f"--task {task} uses options/{TASKS[task]}, which is missing from the repository and from "
+                         f"the installed package; give the options file with -opt.")
     return path
 
 
@@ -113,64 +114,10 @@ def load_network(opt_path: Path, weights: Optional[str], param_key: Optional[str
     except CheckpointError as err:
         raise UsageError(str(err)) from None
     multiple = opt.val.pad_multiple if opt.val else 8
-    return net.to(device).eval(), int(opt.scale), int(multiple), path
+    return net.to(device).eval().requires_grad_(False), int(opt.scale), int(multiple), path
 
 
 # ----------------------------------------------------------------------------- images
-def _peak(dtype) -> float:
-    return 255.0 if dtype == np.uint8 else 65535.0 if dtype == np.uint16 else 1.0
-
-
-def restore_array(net: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, scale: int = 1,
-                  tile: Optional[int] = 512, overlap: int = 32, multiple: int = 8,
-                  device: Optional[torch.device] = None, precision: str = "fp32", alpha: str = "resize",
-                  self_ensemble: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-    """Restore one decoded image, keeping its layout.
-
-    Args:
-        net: (1,3,h,w) RGB in [0,1] -> (1,3,h*scale,w*scale).
-        img: (H,W) gray, (H,W,3) BGR or (H,W,4) BGRA; uint8, uint16 or float32 in [0,1].
-        tile, overlap, multiple, self_ensemble: see :func:`vmambair.engine.inference.restore_image`.
-        device: where the network runs (the image stays in host memory).
-        precision: 'fp32', or 'bf16' / 'fp16' autocast (CUDA only).
-        alpha: 'resize' (keep; bicubic for scale > 1) or 'network' (restore it as a gray image).
-
-    Returns:
-        (H*scale, W*scale[, C]) array with ``img``'s dtype and channels.
-    """
-    device = device or torch.device("cpu")
-    peak = _peak(img.dtype)
-    x = np.clip(img.astype(np.float32) / peak, 0, 1)
-    gray = x.ndim == 2
-    a = x[:, :, 3] if (not gray and x.shape[2] == 4) else None
-    bgr = np.repeat(x[:, :, None], 3, axis=2) if gray else x[:, :, :3]
-
-    def run(bgr_img: np.ndarray, report) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(bgr_img[:, :, ::-1].transpose(2, 0, 1)))[None]
-        with autocast_context(device, precision != "fp32", _AUTOCAST_DTYPES.get(precision, torch.bfloat16)), \
-                torch.no_grad():
-            out = restore_image(net, t, scale=scale, tile=tile, overlap=overlap, multiple=multiple,
-                                self_ensemble=self_ensemble, device=device, progress=report)
-        return out.float().clamp_(0, 1)[0].permute(1, 2, 0).numpy()[:, :, ::-1]
-
-    out = run(bgr, progress)
-    if gray:
-        out = cv2.cvtColor(np.ascontiguousarray(out), cv2.COLOR_BGR2GRAY)
-    if a is not None:
-        if alpha == "network":
-            a_out = run(np.repeat(a[:, :, None], 3, axis=2), None).mean(axis=2)
-        elif scale != 1:
-            a_out = np.clip(cv2.resize(a, (a.shape[1] * scale, a.shape[0] * scale),
-                                       interpolation=cv2.INTER_CUBIC), 0, 1)
-        else:
-            a_out = a
-        out = np.concatenate([out, a_out[:, :, None]], axis=2)
-    out = np.ascontiguousarray(out)
-    if img.dtype == np.float32:
-        return out.astype(np.float32)
-    return np.round(out * peak).astype(img.dtype)
-
-
 def encode_image(img: np.ndarray, ext: str) -> Tuple[bytes, Optional[str]]:
     """Encode for ``ext``; returns (bytes, note) where the note says when depth was reduced."""
     note = None
@@ -226,8 +173,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    "options' path.pretrain_network_g, else experiments/<name>/models/net_g_latest.*.")
     p.add_argument("--param-key", help="Entry of a .pth to load (params or params_ema); default: the options' "
                    "path.param_key_g.")
-    p.add_argument("--tile", type=int, default=512, help="Tile size in input pixels for bounded memory "
-                   "(0: whole image at once). Default 512.")
+    p.add_argument("--tile", type=_tile_arg, default="auto", help="'auto' (default): the whole image where its "
+                   "estimated memory fits, else the largest tiles that fit; N: tiles of N input pixels; 0: the "
+                   "whole image at once.")
+    p.add_argument("--max-memory", type=float, metavar="GB", default=None, help="With --tile auto, keep this "
+                   "process below about this many GB (RSS on the CPU, allocated memory on a GPU). Default: 3/4 of "
+                   "the free memory per image.")
     p.add_argument("--tile-overlap", type=int, default=32, help="Overlap of neighbouring tiles (default 32).")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="Default: cuda if available.")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -248,6 +199,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tile_arg(text: str):
+    try:
+        return parse_tile(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _pick_device(name: str, precision: str) -> Tuple[torch.device, str]:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu.")
@@ -265,8 +223,10 @@ def restore_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``scripts/restore.py``; returns the exit status (0 / 1 some failed / 2 usage)."""
     args = build_arg_parser().parse_args(argv)
     try:
-        if args.tile < 0 or args.tile_overlap < 0:
-            raise UsageError("--tile and --tile-overlap must be >= 0.")
+        if args.tile_overlap < 0:
+            raise UsageError("--tile-overlap must be >= 0.")
+        if args.max_memory is not None and args.max_memory <= 0:
+            raise UsageError(f"--max-memory must be a positive number of GB; got {args.max_memory}.")
         device, precision = _pick_device(args.device, args.precision)
         files = list_inputs(args.input)
         opt_path = resolve_options(args.opt, args.task)
@@ -295,27 +255,19 @@ def restore_main(argv: Optional[List[str]] = None) -> int:
     print(f"Restoring {len(files)} image(s) with {weights} (x{scale}) on {device.type} ({precision}), "
           f"tiles {args.tile or 'off'} -> {out_dir}", file=sys.stderr)
     failed = 0
+    max_memory = args.max_memory * 2**30 if args.max_memory else None
+    log = lambda text: tqdm.write(text, file=sys.stderr)  # noqa: E731
+    # The recorded CUDA graphs hold memory; after an out-of-memory error smaller tiles record new ones.
+    on_oom = net.clear if isinstance(net, GraphedForward) else None
     bar = tqdm(files, unit="img", file=sys.stderr, dynamic_ncols=True)
     for f in bar:
         bar.set_postfix_str(f.name[-40:])
         report = lambda done, total: total > 1 and bar.set_postfix_str(f"{f.name[-30:]} tile {done}/{total}")  # noqa: E731
         try:
             img = read_image_unchanged(f)
-            tile = args.tile
-            while True:
-                try:
-                    out = restore_array(net, img, scale, tile or None, args.tile_overlap, multiple, device,
-                                        precision, args.alpha, args.self_ensemble, report)
-                    break
-                except torch.cuda.OutOfMemoryError:
-                    if isinstance(net, GraphedForward):
-                        net.clear()  # the recorded graphs hold memory; smaller tiles record new ones
-                    torch.cuda.empty_cache()
-                    current = tile or max(img.shape[:2])
-                    tile = max(current // 2 // multiple * multiple, multiple)
-                    if tile >= current or tile < 2 * args.tile_overlap:
-                        raise DataError(f"'{f}': out of GPU memory even in {current}px tiles; use --device cpu")
-                    tqdm.write(f"note: {f.name}: out of GPU memory; retrying in {tile}px tiles", file=sys.stderr)
+            out = restore_array(net, img, scale, args.tile, args.tile_overlap, multiple, device, precision,
+                                args.alpha, args.self_ensemble, report, max_memory=max_memory, name=str(f),
+                                log=log, on_oom=on_oom)
             data, note = encode_image(out, args.ext)
             atomic_write_bytes(data, out_dir / names[f])
             if note:

@@ -4,4 +4,5 @@ from .schema import (DatasetOptions, DistOptions, LoggerOptions, Options, PathOp
                      TrainOptions, ValOptions, describe_options, opt)
 from .registry import (SCHEDULER_REGISTRY, build_from_spec, check_registry_name, registry,  # noqa: F401
                        validate_registry_spec)
+from .bundled import bundled_options, options_dir  # noqa: F401
 from .loading import apply_overrides, dataset_phase, load_options, read_yaml, resolve_data_path  # noqa: F401
