@@ -294,9 +294,9 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor]) -> ConvertedCheckpoi
     converted = {names[k]: v.detach().clone().contiguous() for k, v in state_dict.items()}
     missing = sorted(k for k in shapes if k not in converted)
     if missing:
-        theirs = {v: k for k, v in names.items()}
+        theirs = list(to_authors_layout({k: None for k in missing}, network_g))
         raise _fail(f"it looks like {family}, but {len(missing)} tensor(s) of the network are not in the file: "
-                    f"{_shown([theirs.get(k, k) for k in missing])}.")
+                    f"{_shown(theirs)}.")
     wrong = [f"{k} {tuple(v.shape)} (ours {tuple(shapes[names[k]])})" for k, v in state_dict.items()
              if tuple(v.shape) != tuple(shapes[names[k]])]
     if wrong:
