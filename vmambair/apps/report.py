@@ -7,7 +7,7 @@ The quick start uses it to show what training bought on its held-out photos.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -17,8 +17,8 @@ import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils import tensor2img
 
 from ..engine.checkpoint import atomic_write_bytes
-from ..engine.evaluate import build_eval_loader, metric_value
-from ..engine.inference import autocast_context, restore_image
+from ..engine.evaluate import build_eval_loader, metric_value, val_tile
+from ..engine.inference import ImageTooLargeError, evaluation_mode, run_inference
 from ..config import ValOptions
 
 
@@ -27,9 +27,8 @@ def _metrics(img: np.ndarray, ref: np.ndarray, specs: Dict[str, Dict]) -> Dict[s
     return {name: metric_value(spec, img, ref) for name, spec in specs.items()}
 
 
-@torch.no_grad()
 def compare_with_inputs(net: torch.nn.Module, dataset, val: ValOptions, scale: int, device: torch.device,
-                        bf16: bool, out_dir: str | Path) -> List[Dict]:
+                        bf16: bool, out_dir: str | Path, log: Optional[Callable[[str], None]] = None) -> List[Dict]:
     """Restore every image of a paired ``dataset`` and compare with its unrestored input.
 
     Args:
@@ -38,36 +37,51 @@ def compare_with_inputs(net: torch.nn.Module, dataset, val: ValOptions, scale: i
         val: metric specs, padding and tiling settings.
         scale: for ``scale > 1`` the input is upscaled bicubically before it is scored.
         out_dir: side-by-side PNGs go here as ``<stem>.png`` (written atomically).
+        log: receives notes (tiling) and the line of an image that could not run (default: print).
+        Images run through :func:`vmambair.engine.inference.run_inference` under inference mode.
 
     Returns:
         One row per image: ``{'name', 'input': {metric: v}, 'restored': {metric: v}, 'image': path}``.
     """
+    log = log or print
     was_training = net.training
     net.eval()
     out_dir = Path(out_dir)
     rows = []
-    for batch in build_eval_loader(dataset):
-        if "gt" not in batch:  # input-only sets (no target to compare with)
-            continue
-        lq = batch["lq"].to(device)
-        with autocast_context(device, bf16):
-            out = restore_image(net, lq, scale=scale, tile=val.tile, overlap=val.tile_overlap,
-                                multiple=val.pad_multiple)
-        out_img = tensor2img(out.float().clamp_(0, 1).cpu(), rgb2bgr=True)
-        gt_img = tensor2img(batch["gt"], rgb2bgr=True)
-        in_img = tensor2img(batch["lq"], rgb2bgr=True)
-        if in_img.shape != gt_img.shape:
-            in_img = cv2.resize(in_img, gt_img.shape[1::-1], interpolation=cv2.INTER_CUBIC)
-        stem = Path(batch["lq_path"][0]).stem
-        path = out_dir / f"{stem}.png"
-        ok, encoded = cv2.imencode(".png", np.concatenate([in_img, out_img, gt_img], axis=1))
-        if ok:
-            atomic_write_bytes(encoded.tobytes(), path)
-        rows.append({"name": stem, "input": _metrics(in_img, gt_img, val.metrics),
-                     "restored": _metrics(out_img, gt_img, val.metrics), "image": str(path)})
+    with evaluation_mode():
+        for batch in build_eval_loader(dataset):
+            if "gt" not in batch:  # input-only sets (no target to compare with)
+                continue
+            row = _compare_one(net, batch, val, scale, device, bf16, out_dir, log)
+            if row is not None:
+                rows.append(row)
     if was_training:
         net.train()
     return rows
+
+
+def _compare_one(net, batch, val: ValOptions, scale: int, device: torch.device, bf16: bool, out_dir: Path,
+                 log: Callable[[str], None]) -> Optional[Dict]:
+    """One row of :func:`compare_with_inputs`; None (and one logged line) when it cannot run."""
+    stem = Path(batch["lq_path"][0]).stem
+    try:
+        out = run_inference(net, batch["lq"], scale=scale, tile=val_tile(val), overlap=val.tile_overlap,
+                            multiple=val.pad_multiple, device=device, precision="bf16" if bf16 else "fp32",
+                            name=stem, log=log).output
+    except ImageTooLargeError as err:
+        log(f"error: {err}; left out of the comparison")
+        return None
+    out_img = tensor2img(out.float().clamp_(0, 1).cpu(), rgb2bgr=True)
+    gt_img = tensor2img(batch["gt"], rgb2bgr=True)
+    in_img = tensor2img(batch["lq"], rgb2bgr=True)
+    if in_img.shape != gt_img.shape:
+        in_img = cv2.resize(in_img, gt_img.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+    path = out_dir / f"{stem}.png"
+    ok, encoded = cv2.imencode(".png", np.concatenate([in_img, out_img, gt_img], axis=1))
+    if ok:
+        atomic_write_bytes(encoded.tobytes(), path)
+    return {"name": stem, "input": _metrics(in_img, gt_img, val.metrics),
+            "restored": _metrics(out_img, gt_img, val.metrics), "image": str(path)}
 
 
 def format_comparison(rows: List[Dict], set_name: str) -> Tuple[str, Dict[str, Dict[str, float]]]:

@@ -1,22 +1,28 @@
 """Evaluate a network on a paired dataset: restore every image, compute metrics, save images.
 
-Used for periodic validation during training and by ``test.py``.
+Used for periodic validation during training and by ``test.py``. Images run through
+:func:`vmambair.engine.inference.run_inference` (inference mode, memory-planned tiling,
+out-of-memory retries); an image that cannot run at all is reported on one line and left out,
+and the others still count.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 import vmambair.compat  # noqa: F401  (before basicsr)
 from basicsr.utils import imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 
 from .compiling import validation_stance
-from .inference import autocast_context, restore_image
+from .inference import ImageTooLargeError, evaluation_mode, run_inference
 from ..config import ValOptions
 
 
@@ -25,23 +31,10 @@ def build_eval_loader(dataset) -> DataLoader:
     return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
 
 
-def _restore_with_oom_fallback(net, lq: torch.Tensor, val: ValOptions, scale: int, device: torch.device,
-                               bf16: bool) -> torch.Tensor:
-    """``restore_image`` with ``val``'s settings; on CUDA out-of-memory, retry in halving tiles."""
-    tile = val.tile
-    while True:
-        try:
-            with autocast_context(device, bf16), validation_stance(net):  # eager: no compile per image size
-                return restore_image(net, lq, scale=scale, tile=tile, overlap=val.tile_overlap,
-                                     multiple=val.pad_multiple, self_ensemble=val.self_ensemble)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            current = tile or max(lq.shape[-2:])
-            tile = max(current // 2, 2 * val.tile_overlap, val.pad_multiple)
-            if tile >= current:
-                raise
-            print(f"note: out of GPU memory on a {lq.shape[-1]}x{lq.shape[-2]} image; retrying in {tile}px tiles "
-                  f"(set val.tile to skip this).")
+def val_tile(val: ValOptions):
+    """The tile setting of ``val`` for :func:`run_inference`: ``val.tile`` null -> 'auto' (whole
+    image where it fits in memory, else tiles that fit), 0 -> whole image, N -> N-pixel tiles."""
+    return "auto" if val.tile is None else int(val.tile)
 
 
 @torch.no_grad()
@@ -53,56 +46,102 @@ def metric_value(spec: Dict, img, ref) -> float:
 
 def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, scale: int, device: torch.device,
                      bf16: bool = True, save_dir: Optional[str | Path] = None, suffix: Optional[str] = None,
-                     num_samples: int = 0, progress: Optional[Callable[[int, int], None]] = None,
+                     num_samples: int = 0, progress: Optional[Callable[[int, int], None]] = None, *,
+                     precision: Optional[str] = None, max_memory: Optional[float] = None,
+                     budget: Optional[int] = None, failures: Optional[List[str]] = None,
+                     records: Optional[List[Dict]] = None, show_progress: bool = True, desc: Optional[str] = None,
+                     log: Optional[Callable[[str], None]] = None,
                      ) -> Tuple[Dict[str, float], int, List[np.ndarray]]:
     """Restore each image of ``loader`` with ``net`` and average ``val.metrics`` over images.
+
+    Runs under inference mode, with a tqdm progress bar (on stderr; the last image's time in its
+    postfix) unless ``show_progress`` is false.
 
     Args:
         net: restoration network ((1,3,H,W) -> (1,3,H*scale,W*scale)); put in eval mode here.
         loader: batches ``{'lq': (1,3,h,w), 'gt': (1,3,h*s,w*s), 'lq_path': [str]}``.
-        val: pad multiple, tiling, self-ensemble and metric specs
+        val: pad multiple, tiling (``val.tile`` null: whole image where it fits in memory, see
+            :func:`val_tile`), self-ensemble and metric specs
             ({name: {type: calculate_psnr, crop_border: 0, test_y_channel: true}}).
+        bf16: bf16 autocast on CUDA (ignored when ``precision`` is given).
         save_dir: if given, restored images are written there as ``<stem>[_suffix].png``.
         num_samples: also return this many ``[lq | output | gt]`` RGB uint8 strips (TensorBoard).
+        progress: called as ``progress(images done, total)``.
+        precision: 'fp32' / 'bf16' / 'fp16' autocast on CUDA.
+        max_memory, budget: memory limits of :func:`run_inference`.
+        failures: if given, one line per image that could not run (out of memory even in the
+            smallest tiles) is appended; such images are skipped.
+        records: if given, one dict per restored image is appended: ``{'image', 'width',
+            'height', 'seconds', 'tile', 'tiles', 'retries', 'needed_gb', 'budget_gb'}``.
+        log: receives notes and error lines (default: ``tqdm.write`` to stderr).
 
     Returns:
-        (``{metric name: mean}``, number of images, sample strips HxWx3 RGB uint8). Images
-        without ground truth get only no-reference metrics (``fn.no_reference``, e.g. NIQE); a
-        metric computed on no image is left out of the dict.
+        (``{metric name: mean}``, number of images restored, sample strips HxWx3 RGB uint8).
+        Images without ground truth get only no-reference metrics (``fn.no_reference``, e.g.
+        NIQE); a metric computed on no image is left out of the dict.
     """
+    log = log or (lambda text: tqdm.write(text, file=sys.stderr))
+    precision = precision or ("bf16" if bf16 else "fp32")
     was_training = net.training
     net.eval()
     sums = {name: 0.0 for name in val.metrics}
     counts = {name: 0 for name in val.metrics}
-    count, samples = 0, []
+    count, samples, seen = 0, [], 0
     total = len(loader)
-    for batch in loader:
-        lq = batch["lq"].to(device)
-        out = _restore_with_oom_fallback(net, lq, val, scale, device, bf16)
-        out = out.float().clamp_(0, 1).cpu()
-        out_img = tensor2img(out, rgb2bgr=True)  # HxWx3 BGR uint8, the layout basicsr's metrics expect
-        gt_img = tensor2img(batch["gt"], rgb2bgr=True) if "gt" in batch else None
-        for name, spec in val.metrics.items():
-            if gt_img is None and not getattr(METRIC_REGISTRY.get(spec["type"]), "no_reference", False):
-                continue  # full-reference metric on a set without ground truth
-            sums[name] += metric_value(spec, out_img, gt_img)
-            counts[name] += 1
-        if save_dir is not None:
-            stem = Path(batch["lq_path"][0]).stem
-            name = f"{stem}_{suffix}.png" if suffix else f"{stem}.png"
-            imwrite(out_img, str(Path(save_dir) / name))
-        if len(samples) < num_samples:
-            strip = [tensor2img(batch["lq"], rgb2bgr=False), tensor2img(out, rgb2bgr=False)]
-            if "gt" in batch:
-                strip.append(tensor2img(batch["gt"], rgb2bgr=False))
-            h = max(s.shape[0] for s in strip)
-            strip = [np.pad(s, ((0, h - s.shape[0]), (0, 0), (0, 0))) for s in strip]
-            samples.append(np.concatenate(strip, axis=1))
-        count += 1
-        if progress:
-            progress(count, total)
-    if was_training:
-        net.train()
+    bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, disable=not show_progress,
+               desc=desc, leave=False)
+    try:
+        with evaluation_mode():
+            for batch in loader:
+                seen += 1
+                path = batch["lq_path"][0] if "lq_path" in batch else f"image {seen}"
+                name = os.path.basename(str(path))
+                lq = batch["lq"]
+                try:
+                    result = run_inference(net, lq, scale=scale, tile=val_tile(val), overlap=val.tile_overlap,
+                                           multiple=val.pad_multiple, self_ensemble=val.self_ensemble,
+                                           device=device, precision=precision, max_memory=max_memory,
+                                           budget=budget, name=name, log=log)
+                except ImageTooLargeError as err:
+                    log(f"error: {err}; skipped")
+                    if failures is not None:
+                        failures.append(str(err))
+                    bar.update(1)
+                    continue
+                out = result.output.float().clamp_(0, 1).cpu()
+                out_img = tensor2img(out, rgb2bgr=True)  # HxWx3 BGR uint8, the layout basicsr's metrics expect
+                gt_img = tensor2img(batch["gt"], rgb2bgr=True) if "gt" in batch else None
+                for metric, spec in val.metrics.items():
+                    if gt_img is None and not getattr(METRIC_REGISTRY.get(spec["type"]), "no_reference", False):
+                        continue  # full-reference metric on a set without ground truth
+                    sums[metric] += metric_value(spec, out_img, gt_img)
+                    counts[metric] += 1
+                if save_dir is not None:
+                    stem = Path(str(path)).stem
+                    imwrite(out_img, str(Path(save_dir) / (f"{stem}_{suffix}.png" if suffix else f"{stem}.png")))
+                if len(samples) < num_samples:
+                    strip = [tensor2img(batch["lq"], rgb2bgr=False), tensor2img(out, rgb2bgr=False)]
+                    if "gt" in batch:
+                        strip.append(tensor2img(batch["gt"], rgb2bgr=False))
+                    h = max(s.shape[0] for s in strip)
+                    strip = [np.pad(s, ((0, h - s.shape[0]), (0, 0), (0, 0))) for s in strip]
+                    samples.append(np.concatenate(strip, axis=1))
+                count += 1
+                h, w = lq.shape[-2:]
+                if records is not None:
+                    records.append({"image": name, "width": int(w), "height": int(h),
+                                    "seconds": round(result.seconds, 3), "tile": result.tile, "tiles": result.tiles,
+                                    "retries": result.retries, "needed_gb": round(result.needed / 2**30, 3),
+                                    "budget_gb": round(result.budget / 2**30, 3)})
+                bar.set_postfix_str(f"{name[-30:]} {w}x{h} {result.seconds:.1f} s"
+                                    + (f" ({result.tiles} tiles)" if result.tile else ""))
+                bar.update(1)
+                if progress:
+                    progress(seen, total)
+    finally:
+        bar.close()
+        if was_training:
+            net.train()
     means = {name: s / counts[name] for name, s in sums.items() if counts[name]}
     return means, count, samples
 
