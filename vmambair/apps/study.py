@@ -480,6 +480,63 @@ def _batch_hint(options_path: str, overrides: List[str]) -> int:
     return int(batch)
 
 
+def compose_overrides(part: PartSpec, cfg: ConfigSpec, seed: int, iters: int, val_every: int, data_root: Path,
+                      runs_root: Path, manifest: Dict[str, Any], extra_overrides: List[str],
+                      check_init: bool = True) -> Tuple[List[str], List[str], Optional[str]]:
+    """Every override of one run, in order: the study's (data, budget, seed, logging), the part's,
+    the configuration's, the starting weights (``init_from``), the command line's ``--set``, and
+    the two budget adjustments (EMA horizon; perceptual term off without VGG19 weights).
+
+    Returns:
+        (overrides, notes for the results, error or None: the ``init_from`` weights are missing).
+    """
+    notes: List[str] = []
+    overrides = study_overrides(part, cfg, seed, data_root, runs_root, iters, val_every,
+                                len(manifest["train"]) * manifest["settings"]["variants"],
+                                _batch_hint(cfg.options, part.overrides + cfg.overrides))
+    overrides += part.overrides + cfg.overrides
+    if cfg.init_from:
+        src = runs_root / "experiments" / run_name(part, ConfigSpec(cfg.init_from, ""), seed) / "models" / "net_g_latest.pth"
+        if check_init and not src.is_file():
+            return overrides, notes, f"needs the weights of '{cfg.init_from}' seed {seed} ({src}), which did not train"
+        if check_init:
+            overrides.append(f"path.pretrain_network_g={src}")
+        notes.append(f"starts from {cfg.init_from}'s weights")
+    overrides += extra_overrides
+    raw_opt = read_yaml(cfg.options)
+    ema = ((raw_opt.get("train") or {}).get("ema_decay") or 0)
+    if ema and ema > 0 and part.ema_horizon > 0 and not any(o.startswith("train.ema_decay=") for o in overrides):
+        # The recipe's decay averages over 1/(1-decay) iterations (1000 for 0.999), more than a
+        # short run lasts: the average would still be mostly the random initialisation.
+        horizon = max(2.0, part.ema_horizon * iters)
+        decay = round(1.0 - 1.0 / horizon, 6)
+        overrides.append(f"train.ema_decay={decay}")
+        notes.append(f"EMA decay {decay} (recipe {ema}: horizon scaled to the budget)")
+    if (raw_opt.get("train") or {}).get("perceptual_opt") and not any(o.startswith("train.perceptual_opt") for o in overrides):
+        if not ((raw_opt["train"]["perceptual_opt"] or {}).get("vgg_weights")) and not vgg_weights_available():
+            overrides.append("train.perceptual_opt=null")
+            notes.append("perceptual term off: VGG19 weights not in the torch hub cache")
+    return overrides, notes, None
+
+
+def describe_run(part: PartSpec, cfg: ConfigSpec, seed: int, iters: int, val_every: int, data_root: Path,
+                 runs_root: Path, manifest: Dict[str, Any], extra_overrides: List[str]) -> str:
+    """One line for ``--dry-run``: the run's options as loaded (patch, batch, switches, parameters)."""
+    from ..config import build_from_spec
+    overrides, notes, _ = compose_overrides(part, cfg, seed, iters, val_every, data_root, runs_root, manifest,
+                                            extra_overrides, check_init=False)
+    opt = load_options(cfg.options, overrides, is_train=True)
+    ds, t = opt.datasets["train"], opt.train
+    net = build_from_spec("arch", opt.network_g)
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    patch = f"patches {ds.mini_gt_sizes}, batches {ds.mini_batch_sizes}" if ds.mini_gt_sizes else \
+        f"batch {ds.batch_size_per_gpu} x {ds.gt_size} px GT"
+    return (f"{part.name} {cfg.name} seed {seed}: {opt.network_g['type']} {params:.2f} M, {opt.model_type}, {iters} it, "
+            f"{patch}, lr {t.optim_g.get('lr')}, compile {t.compile}, cuda_graph {t.cuda_graph}, bf16 {t.bf16}, "
+            f"EMA {t.ema_decay}, validation every {opt.val.val_freq if opt.val else '-'}"
+            + (f"; {'; '.join(notes)}" if notes else ""))
+
+
 def train_and_evaluate(part: PartSpec, cfg: ConfigSpec, seed: int, iters: int, val_every: int,
                        data_root: Path, runs_root: Path, report_dir: Path, manifest: Dict[str, Any],
                        pairs, extra_overrides: List[str], verbose: bool) -> Dict[str, Any]:
@@ -492,32 +549,12 @@ def train_and_evaluate(part: PartSpec, cfg: ConfigSpec, seed: int, iters: int, v
     name = run_name(part, cfg, seed)
     rec: Dict[str, Any] = {"part": part.name, "config": cfg.name, "seed": seed, "run": name, "iters": iters,
                            "options": cfg.options, "status": "failed", "notes": []}
-    overrides = study_overrides(part, cfg, seed, data_root, runs_root, iters, val_every,
-                                len(manifest["train"]) * manifest["settings"]["variants"],
-                                _batch_hint(cfg.options, part.overrides + cfg.overrides))
-    overrides += part.overrides + cfg.overrides
-    if cfg.init_from:
-        src = runs_root / "experiments" / run_name(part, ConfigSpec(cfg.init_from, ""), seed) / "models" / "net_g_latest.pth"
-        if not src.is_file():
-            rec["status"], rec["error"] = "skipped", f"needs the weights of '{cfg.init_from}' seed {seed} ({src}), which did not train"
-            return rec
-        overrides.append(f"path.pretrain_network_g={src}")
-        rec["notes"].append(f"starts from {cfg.init_from}'s weights")
-    overrides += extra_overrides
-    raw_opt = read_yaml(cfg.options)
-    ema = ((raw_opt.get("train") or {}).get("ema_decay") or 0)
-    if ema and ema > 0 and part.ema_horizon > 0 and not any(o.startswith("train.ema_decay=") for o in overrides):
-        # The recipe's decay averages over 1/(1-decay) iterations (1000 for 0.999), more than a
-        # short run lasts: the average would still be mostly the random initialisation.
-        horizon = max(2.0, part.ema_horizon * iters)
-        decay = round(1.0 - 1.0 / horizon, 6)
-        overrides.append(f"train.ema_decay={decay}")
-        rec["notes"].append(f"EMA decay {decay} (recipe {ema}: horizon scaled to the budget)")
-    if (raw_opt.get("train") or {}).get("perceptual_opt") and not any(o.startswith("train.perceptual_opt") for o in overrides):
-        if not ((raw_opt["train"]["perceptual_opt"] or {}).get("vgg_weights")) and not vgg_weights_available():
-            overrides.append("train.perceptual_opt=null")
-            rec["notes"].append("perceptual term off: VGG19 weights not in the torch hub cache")
-    rec["overrides"] = overrides
+    overrides, notes, error = compose_overrides(part, cfg, seed, iters, val_every, data_root, runs_root, manifest,
+                                                extra_overrides)
+    rec["notes"], rec["overrides"] = notes, overrides
+    if error:
+        rec["status"], rec["error"] = "skipped", error
+        return rec
     opt = load_options(cfg.options, overrides, is_train=True)
     ctx = init_dist_from_env(None if opt.num_gpu == "auto" else opt.num_gpu, opt.dist_params.backend)
     if ctx.device.type == "cuda":
@@ -857,6 +894,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="Override an option of every run (applied last), e.g. --set train.compile=false.")
     p.add_argument("--verbose", action="store_true", help="Print the trainer's progress lines too.")
+    p.add_argument("--dry-run", action="store_true", help="Build the data and check every run's options (one line "
+                   "per run: network, parameters, batch, switches); train nothing.")
     return p
 
 
@@ -943,6 +982,15 @@ def study_main(argv: Optional[List[str]] = None) -> int:
                     state["gt_niqe"] = float(np.mean(gts))
             states[part.name] = state
             runs_root = out / st.name / "runs"
+            if args.dry_run:
+                for cfg, seed in plan:
+                    try:
+                        print(describe_run(part, cfg, seed, iters, val_every, data_root, runs_root, manifest,
+                                           args.overrides), flush=True)
+                    except (OptionsError, DataError, ValueError, TypeError) as err:
+                        print(f"{part.name} {cfg.name} seed {seed}: error: {err}", flush=True)
+                        problems += 1
+                continue
             for cfg, seed in plan:
                 done_count += 1
                 elapsed = time.perf_counter() - t_start
@@ -980,6 +1028,8 @@ def study_main(argv: Optional[List[str]] = None) -> int:
                 state["summary"] = summarise(part, state["runs"])
                 _update_pictures(part, state, pairs, report_dir)
                 flush()
+        if args.dry_run:
+            continue
         flush(final=True)
         print(f"{st.name}: report in {report_dir / 'README.md'}", flush=True)
     shutdown_dist()
@@ -1003,7 +1053,9 @@ def _update_pictures(part: PartSpec, state: Dict[str, Any], pairs, report_dir: P
         done = [r for r in runs if r["config"] == cfg.name and r.get("outputs")]
         if done:
             firsts.append((cfg.name, Path(min(done, key=lambda r: r["seed"])["outputs"])))
-    for stem, lq, gt in pairs[: max(0, part.grid_images)]:
+    # One rain variant per photo (the first), so that the grids show different photos.
+    distinct = [p for p in pairs if not p[0].rsplit("_", 1)[-1].isdigit() or p[0].endswith("_0")] or list(pairs)
+    for stem, lq, gt in distinct[: max(0, part.grid_images)]:
         methods = [] if part.task == "derain" else [("bicubic", floor_outputs(part.task, lq))]
         for name, folder in firsts:
             img = cv2.imread(str(folder / f"{stem}.png"), cv2.IMREAD_COLOR)
