@@ -6,9 +6,9 @@
         -o Datasets/train/DF2K/DF2K_HR_sub.lmdb Datasets/train/DF2K/DF2K_LR_bicubic_X4_sub.lmdb
 
 Keys are the image paths relative to the folder, without extension (basicsr's convention), so
-paired HR / LR databases share keys. Note: vmambair's trainer reads image folders
-(``io_backend: {type: disk}``); the LMDB files are for basicsr / Real-ESRGAN pipelines and
-for moving datasets between machines as a few large files.
+paired HR / LR databases share keys. The trainer reads them with ``io_backend: {type: lmdb}`` and
+``dataroot_gt`` / ``dataroot_lq`` pointing at the ``.lmdb`` folders (docs/training.md); basicsr /
+Real-ESRGAN pipelines read the same files.
 """
 import argparse
 import sys

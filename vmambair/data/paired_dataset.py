@@ -3,7 +3,9 @@
 Layouts: Restormer's ``<set>/{input,target}`` and basicsr's ``dataroot_lq`` / ``dataroot_gt``
 folders are the same thing here: two folders whose files pair up by name (GT stem ``s`` pairs
 with the LQ file of stem ``filename_tmpl.format(s)``, any image extension). An optional basicsr
-meta-info file lists the GT files to use (first token of each line).
+meta-info file lists the GT files to use (first token of each line). With ``io_backend: {type:
+lmdb}`` the two roots are LMDB folders written by ``scripts/create_lmdb.py`` (basicsr's layout) and
+the pairs are GT key ``k`` / LQ key ``filename_tmpl.format(k)``; everything else is the same.
 
 Randomness is per item, not per process: the sampler hands each item a seed derived from
 (manual_seed, epoch, position in the epoch), so crops and flips are identical whatever the
@@ -26,6 +28,7 @@ from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from .image_io import DataError, is_image_file, read_image
+from .lmdb_images import LmdbImages, is_lmdb_backend
 
 Item = Union[int, Tuple[int, int]]
 
@@ -86,6 +89,21 @@ def pair_files(gt_dir: str, lq_dir: str, filename_tmpl: str = "{}",
     return pairs
 
 
+def pair_lmdb_keys(gt_db: LmdbImages, lq_db: LmdbImages, filename_tmpl: str = "{}") -> List[Tuple[str, str]]:
+    """``(lq_key, gt_key)`` pairs of two LMDB databases; DataError naming the first GT key whose
+    LQ key is missing."""
+    lq_keys = set(lq_db.keys)
+    pairs = []
+    for key in gt_db.keys:
+        lq_key = filename_tmpl.format(key)
+        if lq_key not in lq_keys:
+            raise DataError(f"GT key '{key}' of LMDB '{gt_db.root}' has no input pair: LMDB '{lq_db.root}' has no "
+                            f"key '{lq_key}'. Pack both folders from complete image sets, or fix "
+                            f"datasets.*.filename_tmpl.")
+        pairs.append((lq_key, key))
+    return pairs
+
+
 def option_getter(opt) -> Callable[..., Any]:
     """``get(key, default=None)`` over a dataset's options, a DatasetOptions or a plain dict."""
     if isinstance(opt, dict):
@@ -134,8 +152,14 @@ class PairedImageFolderDataset(TrainableDataset):
         self.use_hflip = bool(get("use_hflip", True))
         self.use_rot = bool(get("use_rot", True))
         self.enlarge = int(get("dataset_enlarge_ratio", 1) or 1) if self.phase == "train" else 1
-        self.pairs = pair_files(get("dataroot_gt"), get("dataroot_lq"), get("filename_tmpl", "{}") or "{}",
-                                get("meta_info_file"))
+        tmpl = get("filename_tmpl", "{}") or "{}"
+        self.gt_db = self.lq_db = None
+        if is_lmdb_backend(get("io_backend")):
+            self.gt_db = LmdbImages(get("dataroot_gt"), get("meta_info_file"))
+            self.lq_db = LmdbImages(get("dataroot_lq"))
+            self.pairs = pair_lmdb_keys(self.gt_db, self.lq_db, tmpl)
+        else:
+            self.pairs = pair_files(get("dataroot_gt"), get("dataroot_lq"), tmpl, get("meta_info_file"))
 
     def set_patch_size(self, gt_size: int) -> None:
         self.gt_size = int(gt_size)
@@ -146,7 +170,11 @@ class PairedImageFolderDataset(TrainableDataset):
     def __getitem__(self, item: Item) -> Dict[str, Union[torch.Tensor, str]]:
         index, seed = (item, None) if isinstance(item, int) else (int(item[0]), int(item[1]))
         lq_path, gt_path = self.pairs[index % len(self.pairs)]
-        lq, gt = read_image(lq_path), read_image(gt_path)
+        if self.gt_db is not None:  # LMDB: the pair holds keys
+            lq, gt = self.lq_db.read(lq_path), self.gt_db.read(gt_path)
+            lq_path, gt_path = self.lq_db.path_of(lq_path), self.gt_db.path_of(gt_path)
+        else:
+            lq, gt = read_image(lq_path), read_image(gt_path)
         s = self.scale
         if gt.shape[0] != lq.shape[0] * s or gt.shape[1] != lq.shape[1] * s:
             raise DataError(f"Size mismatch: input '{lq_path}' is {lq.shape[1]}x{lq.shape[0]} but ground truth "

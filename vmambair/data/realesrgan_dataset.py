@@ -22,6 +22,7 @@ from vmambair.config import OptionsError
 
 from .degradation import DegradationError, parse_degradation, sample_kernels, seeded_global_rngs
 from .image_io import DataError, is_image_file, read_image
+from .lmdb_images import LmdbImages, is_lmdb_backend
 from .paired_dataset import Item, TrainableDataset, option_getter
 
 
@@ -50,7 +51,8 @@ class RealESRGANGTDataset(TrainableDataset):
     Each item: a GT image, flipped / rotated, reflect-padded or randomly cropped to
     ``crop_pad_size`` (400), and three kernels (first blur, second blur, final sinc).
 
-    Args (one ``datasets.train`` section): ``dataroot_gt``, optional ``meta_info_file``,
+    Args (one ``datasets.train`` section): ``dataroot_gt`` (an image folder, or an LMDB folder with
+    ``io_backend: {type: lmdb}``), optional ``meta_info_file``,
     ``use_hflip``, ``use_rot``, ``gt_size`` (the final crop, done by the model after the
     degradation), ``degradation`` (see DegradationSettings), ``dataset_enlarge_ratio``.
 
@@ -72,7 +74,12 @@ class RealESRGANGTDataset(TrainableDataset):
         self.use_rot = bool(get("use_rot", False))
         self.phase = get("phase") or "train"
         self.enlarge = int(get("dataset_enlarge_ratio", 1) or 1)
-        self.paths = list_gt_files(get("dataroot_gt"), get("meta_info_file"))
+        self.gt_db = None
+        if is_lmdb_backend(get("io_backend")):  # LMDB of GT images (scripts/create_lmdb.py): keys, not paths
+            self.gt_db = LmdbImages(get("dataroot_gt"), get("meta_info_file"))
+            self.paths = list(self.gt_db.keys)
+        else:
+            self.paths = list_gt_files(get("dataroot_gt"), get("meta_info_file"))
         self.set_patch_size(get("gt_size") or self.settings.crop_pad_size)
 
     def set_patch_size(self, gt_size: int) -> None:
@@ -88,7 +95,10 @@ class RealESRGANGTDataset(TrainableDataset):
     def __getitem__(self, item: Item) -> Dict[str, Union[torch.Tensor, str]]:
         index, seed = (item, None) if isinstance(item, int) else (int(item[0]), int(item[1]))
         path = self.paths[index % len(self.paths)]
-        img = read_image(path)  # HxWx3 BGR float32 in [0, 1]; DataError names a corrupt file
+        if self.gt_db is not None:
+            img, path = self.gt_db.read(path), self.gt_db.path_of(path)
+        else:
+            img = read_image(path)  # HxWx3 BGR float32 in [0, 1]; DataError names a corrupt file
         size = self.settings.crop_pad_size
         with seeded_global_rngs(seed):
             img = augment(img, self.use_hflip, self.use_rot)

@@ -17,12 +17,14 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from vmambair.config import OptionsError
 
 from .image_io import DataError, is_image_file, read_image
+from .lmdb_images import LmdbImages, is_lmdb_backend
 from .paired_dataset import Item, TrainableDataset, option_getter
 
 
 @DATASET_REGISTRY.register()
 class SingleImageFolderDataset(TrainableDataset):
-    """Every image of ``dataroot_lq`` (sorted by name), or those listed in ``meta_info_file``.
+    """Every image of ``dataroot_lq`` (sorted by name), or those listed in ``meta_info_file``;
+    with ``io_backend: {type: lmdb}``, every key of the LMDB folder ``dataroot_lq``.
 
     ``__getitem__`` returns ``{'lq': (3,h,w) RGB [0,1], 'lq_path': str}``. Test / validation
     only: it has nothing to train on.
@@ -38,7 +40,11 @@ class SingleImageFolderDataset(TrainableDataset):
                                "datasets.test_<k> / val sections only.")
         root = Path(get("dataroot_lq"))
         meta = get("meta_info_file")
-        if meta:
+        self.db = None
+        if is_lmdb_backend(get("io_backend")):  # an LMDB of inputs: keys instead of paths
+            self.db = LmdbImages(root, meta)
+            self.paths = list(self.db.keys)
+        elif meta:
             names = [ln.split()[0] for ln in Path(meta).read_text().splitlines() if ln.strip()]
             self.paths = [root / n for n in names]
             for p in self.paths:
@@ -58,5 +64,9 @@ class SingleImageFolderDataset(TrainableDataset):
     def __getitem__(self, item: Item) -> Dict[str, Union[torch.Tensor, str]]:
         index = item if isinstance(item, int) else int(item[0])
         path = str(self.paths[index])
-        lq = img2tensor([read_image(path)], bgr2rgb=True, float32=True)[0]
+        if self.db is not None:
+            img, path = self.db.read(path), self.db.path_of(path)
+        else:
+            img = read_image(path)
+        lq = img2tensor([img], bgr2rgb=True, float32=True)[0]
         return {"lq": lq, "lq_path": path}
