@@ -101,7 +101,7 @@ def run_benchmark(argv: Optional[List[str]] = None) -> int:
     atomic_write_bytes(csv.encode(), results_dir / "metrics.csv")
     table = io.StringIO()
     writer = csv_module.DictWriter(table, ["set", "image", "width", "height", "seconds", "tile", "tiles", "retries",
-                                           "needed_gb", "budget_gb"], lineterminator="\n")
+                                           "needed_gb", "budget_gb", "peak_gb"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(per_image)
     atomic_write_bytes(table.getvalue().encode(), results_dir / "per_image.csv")

@@ -31,6 +31,20 @@ def build_eval_loader(dataset) -> DataLoader:
     return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
 
 
+def _peak_memory(device: torch.device) -> int:
+    """CUDA: the allocator's peak since it was last reset; CPU: the process's peak RSS so far (VmHWM)."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def val_tile(val: ValOptions):
     """The tile setting of ``val`` for :func:`run_inference`: ``val.tile`` null -> 'auto' (whole
     image where it fits in memory, else tiles that fit), 0 -> whole image, N -> N-pixel tiles."""
@@ -72,7 +86,8 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
         failures: if given, one line per image that could not run (out of memory even in the
             smallest tiles) is appended; such images are skipped.
         records: if given, one dict per restored image is appended: ``{'image', 'width',
-            'height', 'seconds', 'tile', 'tiles', 'retries', 'needed_gb', 'budget_gb'}``.
+            'height', 'seconds', 'tile', 'tiles', 'retries', 'needed_gb', 'budget_gb', 'peak_gb'}`` (peak:
+            CUDA allocator peak during the image; CPU: the process's peak RSS so far).
         log: receives notes and error lines (default: ``tqdm.write`` to stderr).
 
     Returns:
@@ -97,6 +112,8 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
                 path = batch["lq_path"][0] if "lq_path" in batch else f"image {seen}"
                 name = os.path.basename(str(path))
                 lq = batch["lq"]
+                if torch.device(device).type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 try:
                     result = run_inference(net, lq, scale=scale, tile=val_tile(val), overlap=val.tile_overlap,
                                            multiple=val.pad_multiple, self_ensemble=val.self_ensemble,
@@ -132,7 +149,7 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
                     records.append({"image": name, "width": int(w), "height": int(h),
                                     "seconds": round(result.seconds, 3), "tile": result.tile, "tiles": result.tiles,
                                     "retries": result.retries, "needed_gb": round(result.needed / 2**30, 3),
-                                    "budget_gb": round(result.budget / 2**30, 3)})
+                                    "budget_gb": round(result.budget / 2**30, 3), "peak_gb": round(_peak_memory(device) / 2**30, 3)})
                 bar.set_postfix_str(f"{name[-30:]} {w}x{h} {result.seconds:.1f} s"
                                     + (f" ({result.tiles} tiles)" if result.tile else ""))
                 bar.update(1)
