@@ -410,6 +410,21 @@ def restore_pairs(net: torch.nn.Module, pairs, scale: int, device: torch.device,
 
 
 # ----------------------------------------------------------------------------- one run
+class TimedTrainer(Trainer):
+    """The trainer, adding up the seconds its validations take (to split a run's time)."""
+
+    val_s = 0.0
+
+    def validate(self):
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        try:
+            return super().validate()
+        finally:
+            self.val_s += time.perf_counter() - t
+
+
 def _quiet_stdout(verbose: bool) -> None:
     """Keep the trainer's progress lines in its log file only (stdout gets one line per run)."""
     if verbose:
@@ -563,7 +578,7 @@ def train_and_evaluate(part: PartSpec, cfg: ConfigSpec, seed: int, iters: int, v
     t0 = time.perf_counter()
     trainer = None
     try:
-        trainer = Trainer(opt, ctx, resume=False)
+        trainer = TimedTrainer(opt, ctx, resume=False)
         _quiet_stdout(verbose)
         t1 = time.perf_counter()
         trainer.run()
@@ -584,14 +599,15 @@ def train_and_evaluate(part: PartSpec, cfg: ConfigSpec, seed: int, iters: int, v
         rec["metrics"] = mean_metrics(list(per_image.values()))
         rec["per_image"] = per_image
         rec["setup_s"], rec["train_s"], rec["eval_s"] = round(t1 - t0, 2), round(t2 - t1, 2), round(t3 - t2, 2)
+        rec["val_s"] = round(trainer.val_s, 2)
         rec["wall_s"] = round(t3 - t0, 2)
         log_rows = read_jsonl(Path(opt.path.experiments_root) / "train_log.jsonl")
         train_rows = [r for r in log_rows if "it_per_s" in r]
         rates = [r["it_per_s"] for r in train_rows[1:]] or [r["it_per_s"] for r in train_rows]
         if rates:
             rec["ms_per_iter"] = round(1000.0 / float(np.median(rates)), 2)
-            # Time not explained by steady steps: compiling, recording CUDA graphs, validations, saves.
-            rec["warmup_s"] = round(max(0.0, rec["train_s"] - iters * rec["ms_per_iter"] / 1000.0), 2)
+            # Time not explained by steady steps and validation: compiling, recording CUDA graphs, saving.
+            rec["warmup_s"] = round(max(0.0, rec["train_s"] - rec["val_s"] - iters * rec["ms_per_iter"] / 1000.0), 2)
         if ctx.device.type == "cuda":
             rec["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 1e9, 2)
         loss_keys = sorted({k for r in train_rows for k in r if k.startswith(("l_", "out_d"))})
@@ -631,7 +647,7 @@ def summarise(part: PartSpec, runs: List[Dict[str, Any]]) -> List[Dict[str, Any]
                 row[m] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "max": float(np.max(vals)),
                           "values": vals}
             row["params_m"] = done[0].get("params_m")
-            for k in ("ms_per_iter", "wall_s", "warmup_s", "peak_mem_gb"):
+            for k in ("ms_per_iter", "wall_s", "warmup_s", "val_s", "peak_mem_gb"):
                 vals = [r[k] for r in done if r.get(k) is not None]
                 row[k] = round(float(np.mean(vals)), 2) if vals else None
         rows.append(row)
@@ -807,13 +823,13 @@ def part_markdown(part: PartSpec, state: Dict[str, Any]) -> str:
     lines += ["", f"Held-out metrics on Y ({border}); each cell is the mean over seeds, with each seed's "
               f"value in brackets. Times are per run on {state.get('device', 'this machine')}.", ""]
     header = ["configuration", "params (M)"] + [m.upper() if m != "niqe" else "NIQE (lower better)" for m in metrics] + \
-             ["ms / iter", "time per run (s)", "of which compile, graphs, validation (s)", "peak GPU mem (GB)", "status", "notes"]
+             ["ms / iter", "time per run (s)", "of which compile, graphs, saving (s)", "of which validation (s)", "peak GPU mem (GB)", "status", "notes"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if floor:
         cells = [f"{FLOOR_NAMES[part.task]} (no training)", "-"] + [f"{floor[m]:.{2 if m != 'ssim' else 4}f}" if m in floor else "-" for m in metrics]
-        lines.append("| " + " | ".join(cells + ["-"] * 4 + ["", ""]) + " |")
+        lines.append("| " + " | ".join(cells + ["-"] * 5 + ["", ""]) + " |")
     if "gt_niqe" in state:
-        lines.append("| ground truth | - | - | - | " + f"{state['gt_niqe']:.2f}" + " |" + " - |" * 4 + " | |")
+        lines.append("| ground truth | - | - | - | " + f"{state['gt_niqe']:.2f}" + " |" + " - |" * 5 + " | |")
     cfg_by_name = {c.name: c for c in part.configs}
     for row in summary:
         cfg = cfg_by_name[row["config"]]
@@ -823,7 +839,7 @@ def part_markdown(part: PartSpec, state: Dict[str, Any]) -> str:
         errors = [f"seed {r['seed']}: {r.get('error', '')}" for r in runs if r["config"] == cfg.name and r["status"] in ("failed", "skipped")]
         cells = [cfg.name, f"{row['params_m']:.2f}" if row.get("params_m") else "-"]
         cells += [_fmt(row.get(m), 4 if m == "ssim" else 2) for m in metrics]
-        cells += [f"{row[k]:.1f}" if row.get(k) is not None else "-" for k in ("ms_per_iter", "wall_s", "warmup_s")]
+        cells += [f"{row[k]:.1f}" if row.get(k) is not None else "-" for k in ("ms_per_iter", "wall_s", "warmup_s", "val_s")]
         cells += [f"{row['peak_mem_gb']:.1f}" if row.get("peak_mem_gb") is not None else "-"]
         cells += [", ".join(row["status"]) or "not run", "; ".join(notes + errors).replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -849,7 +865,7 @@ def write_report(study: StudySpec, states: Dict[str, Dict[str, Any]], report_dir
     atomic_write_bytes(json.dumps(payload, indent=1, default=str).encode(), report_dir / "results.json")
     buf = io.StringIO()
     cols = ["part", "config", "seed", "status", "device", "iters", "params_m", "psnr", "ssim", "niqe", "ms_per_iter", "wall_s",
-            "warmup_s", "setup_s", "train_s", "eval_s", "peak_mem_gb", "compile", "cuda_graph", "ema_decay", "notes", "error"]
+            "warmup_s", "val_s", "setup_s", "train_s", "eval_s", "peak_mem_gb", "compile", "cuda_graph", "ema_decay", "notes", "error"]
     w = csv.writer(buf)
     w.writerow(cols)
     for st in states.values():
@@ -938,6 +954,7 @@ def study_main(argv: Optional[List[str]] = None) -> int:
     total = sum(len(v) for v in plans.values())
     done_count, problems = 0, 0
     finished_walls: Dict[str, float] = {}
+    repeat_times: Dict[str, float] = {}
     for st in studies:
         report_dir = out / st.name / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -994,7 +1011,9 @@ def study_main(argv: Optional[List[str]] = None) -> int:
             for cfg, seed in plan:
                 done_count += 1
                 elapsed = time.perf_counter() - t_start
-                estimate = finished_walls.get(cfg.name, max(finished_walls.values(), default=0.0))
+                # A configuration seen before needs about its repeat time (its graphs are compiled);
+                # a new one, as long as the longest first run so far (which compiled).
+                estimate = repeat_times.get(cfg.name, max(finished_walls.values(), default=0.0))
                 label = f"[{done_count}/{total}] {part.name} {cfg.name} seed {seed}"
                 if args.time_limit and elapsed + estimate > args.time_limit:
                     rec = {"part": part.name, "config": cfg.name, "seed": seed, "run": run_name(part, cfg, seed),
@@ -1017,10 +1036,11 @@ def study_main(argv: Optional[List[str]] = None) -> int:
                                            report_dir / "logs" / f"{run_name(part, cfg, seed)}.error.txt")
                     if rec.get("wall_s"):
                         finished_walls[cfg.name] = max(finished_walls.get(cfg.name, 0.0), rec["wall_s"])
+                        repeat_times[cfg.name] = rec["wall_s"] - 0.75 * rec.get("warmup_s", 0.0)
                     m = rec.get("metrics") or {}
                     text = ", ".join(f"{k} {v:.4f}" for k, v in m.items())
                     print(f"{label}: {rec['status']}" + (f" in {rec['wall_s']:.1f} s ({rec.get('ms_per_iter', 0):.1f} ms/it, "
-                          f"warm-up {rec.get('warmup_s', 0):.0f} s); held-out {text}" if rec.get("wall_s") else
+                          f"compile/graphs/saving {rec.get('warmup_s', 0):.0f} s, validation {rec.get('val_s', 0):.0f} s); held-out {text}" if rec.get("wall_s") else
                           f": {rec.get('error', '')}"), flush=True)
                 if rec["status"] != "ok":
                     problems += 1
