@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import authors_code  # noqa: E402  (scripts/bench/authors_code.py)
+import bench_record  # noqa: E402  (scripts/bench/bench_record.py: the schema of benchmarks/data/*.json)
 
 from vmambair.archs import VmambaIR  # noqa: E402
 from vmambair.archs.authors import convert_state_dict  # noqa: E402
@@ -139,7 +137,7 @@ def write_markdown(path: Path, record: dict) -> None:
     lines = [
         "# Our VmambaIR against the authors' code (float64, CPU, same weights)",
         "",
-        f"Date {record['date']}, machine: {record['machine']}, torch {record['torch']}.",
+        f"Date {record['date']}, machine: " + ", ".join(f"{k} {v}" for k, v in record["machine"].items()) + ".",
         f"Command: `{record['command']}`",
         "",
         "Each of the authors' networks is built by their own code (their checkout, loaded by "
@@ -154,16 +152,16 @@ def write_markdown(path: Path, record: dict) -> None:
         f"check can fail. Passed: both relative differences below {TOLERANCE:g} and the nudged one above ten "
         "times that.",
         "",
-        f"| network | params (ours / theirs) | input -> output | max abs output | max abs diff | rel. to output | "
-        f"rel. to network part | after a 1e-6 nudge | passed |",
+        "| network | params (ours / theirs) | input -> output | max abs output | max abs diff | rel. to output | "
+        "rel. to network part | after a 1e-6 nudge | passed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in record["results"]:
+    for r in record["figures"]["results"]:
         lines.append(f"| {r['case']} | {r['params']:,} / {r['params_authors']:,} | {r['input']} -> {r['output']} | "
                      f"{r['max_abs_output']:.3g} | {r['max_abs_diff']:.3g} | {r['rel_to_output']:.3g} | "
                      f"{r['rel_to_network_part']:.3g} | {r['rel_after_nudge_1e6']:.3g} | "
                      f"{'yes' if r['passed'] else 'NO'} |")
-    tied = [r for r in record["results"] if r.get("authors_channel_param_strides_at_init")]
+    tied = [r for r in record["figures"]["results"] if r.get("authors_channel_param_strides_at_init")]
     if tied:
         lines += ["", "Strides of the authors' `Ac_logs` / `Dsc` as their MambaRealSR11 builds them on CPU: "
                   f"{tied[0]['authors_channel_param_strides_at_init']} (a 0 means both channel-scan "
@@ -202,14 +200,24 @@ def main(argv=None) -> int:
               flush=True)
     ok = all(r["passed"] for r in results)
     if not args.quick:
-        record = dict(
-            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            machine=f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), CPU only".replace("  ", " "),
-            torch=torch.__version__, tolerance=TOLERANCE,
-            command="python scripts/bench/compare_authors.py --original <checkout of AlphacatPlus/VmambaIR>"
-                    + (f" --size {args.size}" if args.size != 32 else "") + (f" --batch {args.batch}" if args.batch != 2 else ""),
-            results=results)
-        atomic_write_bytes((json.dumps(record, indent=2) + "\n").encode(), args.out)
+        command = ("python scripts/bench/compare_authors.py --original <checkout of AlphacatPlus/VmambaIR>"
+                   + (f" --size {args.size}" if args.size != 32 else "") + (f" --batch {args.batch}" if args.batch != 2 else ""))
+        record = bench_record.make_record(
+            "authors_equivalence", "Our VmambaIR against the authors' code: float64, CPU, same weights",
+            section="Equivalence", command=command,
+            summary=(f"Each of the authors' networks (their code, reference scan) with random weights, converted by "
+                     f"vmambair.archs.authors and run by ours on the same float64 input with both codes' fp32 casts "
+                     f"neutralised. Passed: both relative differences below {TOLERANCE:g} and the one after moving "
+                     f"one channel-scan parameter of ours by 1e-6 above ten times that."),
+            tables=[dict(
+                columns=["network", "params (ours)", "params (authors)", "input", "output", "max abs output",
+                         "max abs diff", "rel. to output", "rel. to network part", "after a 1e-6 nudge", "passed"],
+                rows=[[r["case"], r["params"], r["params_authors"], "x".join(map(str, r["input"])),
+                       "x".join(map(str, r["output"])), r["max_abs_output"], r["max_abs_diff"], r["rel_to_output"],
+                       r["rel_to_network_part"], r["rel_after_nudge_1e6"], "yes" if r["passed"] else "NO"]
+                      for r in results])],
+            figures=dict(tolerance=TOLERANCE, results=results))
+        bench_record.write_record(record, args.out)
         write_markdown(Path(args.md), record)
         print(f"wrote {args.out} and {args.md}")
     return 0 if ok else 1
