@@ -854,7 +854,8 @@ def part_markdown(part: PartSpec, state: Dict[str, Any]) -> str:
         lines += ["", "Held-out images (first seed of each configuration; the yellow square is enlarged below):", ""]
         lines += [f"![{g}]({g})" for g in pics["grids"]]
     if pics.get("curves"):
-        lines += ["", "Training curves: " + ", ".join(f"[{c}]({c})" for c in pics["curves"])]
+        lines += ["", "Training curves (losses; held-out PSNR at each validation): "
+                  + ", ".join(f"[{c}]({f})" for c, f in pics["curves"].items())]
     return "\n".join(lines) + "\n"
 
 
@@ -1046,7 +1047,7 @@ def study_main(argv: Optional[List[str]] = None) -> int:
                     problems += 1
                 state["runs"].append(rec)
                 state["summary"] = summarise(part, state["runs"])
-                _update_pictures(part, state, pairs, report_dir)
+                _update_pictures(part, state, pairs, report_dir, rec)
                 flush()
         if args.dry_run:
             continue
@@ -1056,33 +1057,38 @@ def study_main(argv: Optional[List[str]] = None) -> int:
     return 1 if problems else 0
 
 
-def _update_pictures(part: PartSpec, state: Dict[str, Any], pairs, report_dir: Path) -> None:
-    """Curves of every configuration with a finished run, bar charts, image grids (first seed)."""
+def _update_pictures(part: PartSpec, state: Dict[str, Any], pairs, report_dir: Path, last: Dict[str, Any]) -> None:
+    """Redraw what run ``last`` changed: its configuration's curves, the bar charts, and the
+    image grids when it is the first finished run of its configuration (grids show one seed)."""
     runs = state["runs"]
-    pics: Dict[str, List[str]] = {"curves": [], "bars": [], "grids": []}
-    for cfg in part.configs:
-        f = plot_curves(part, cfg, runs, report_dir)
-        if f:
-            pics["curves"].append(f)
-    for metric in ["psnr"] + (["niqe"] if part.task == "sr_real" else []):
-        f = plot_bars(part, state["summary"], state["floor"], report_dir, metric)
-        if f:
-            pics["bars"].append(f)
+    pics = state.setdefault("pictures", {})
+    curves = pics.setdefault("curves", {})
+    cfg = next(c for c in part.configs if c.name == last["config"])
+    f = plot_curves(part, cfg, runs, report_dir)
+    if f:
+        curves[cfg.name] = f
+    pics["curves"] = {c.name: curves[c.name] for c in part.configs if c.name in curves}  # study order
+    pics["bars"] = [f for f in (plot_bars(part, state["summary"], state["floor"], report_dir, metric)
+                                for metric in ["psnr"] + (["niqe"] if part.task == "sr_real" else [])) if f]
+    first_of_cfg = last.get("outputs") and not any(r is not last and r["config"] == last["config"] and r.get("outputs")
+                                                   for r in runs)
+    if not first_of_cfg:
+        return
     firsts = []
-    for cfg in part.configs:
-        done = [r for r in runs if r["config"] == cfg.name and r.get("outputs")]
+    for c in part.configs:
+        done = [r for r in runs if r["config"] == c.name and r.get("outputs")]
         if done:
-            firsts.append((cfg.name, Path(min(done, key=lambda r: r["seed"])["outputs"])))
+            firsts.append((c.name, Path(done[0]["outputs"])))
     # One rain variant per photo (the first), so that the grids show different photos.
     distinct = [p for p in pairs if not p[0].rsplit("_", 1)[-1].isdigit() or p[0].endswith("_0")] or list(pairs)
+    grids = []
     for stem, lq, gt in distinct[: max(0, part.grid_images)]:
         methods = [] if part.task == "derain" else [("bicubic", floor_outputs(part.task, lq))]
         for name, folder in firsts:
             img = cv2.imread(str(folder / f"{stem}.png"), cv2.IMREAD_COLOR)
             if img is not None:
                 methods.append((name, img))
-        if firsts:
-            f = plot_grid(part, stem, lq, gt, methods, report_dir)
-            if f:
-                pics["grids"].append(f)
-    state["pictures"] = pics
+        f = plot_grid(part, stem, lq, gt, methods, report_dir)
+        if f:
+            grids.append(f)
+    pics["grids"] = grids
