@@ -2,7 +2,7 @@
 """Time the selective scan on CPU: the automatic backend against a plain per-step PyTorch loop.
 
     python scripts/bench/bench_cpu_scan.py [--groups 4] [--shapes 1,192,4096,16 1,96,65536,16]
-                                     [--repeats 5] [--out benchmarks/cpu_scan.md]
+                                     [--repeats 5] [--out cpu_scan.md]
 
 For each shape (batch, dim, L, N) and group count G it times, in this one process, forward and
 backward (fp32, softplus, with D and delta_bias, as in VmambaIR) of:
@@ -18,8 +18,8 @@ L above ``--long`` (default 16384), a single run without warm-up, as it takes te
 there. Forward is timed with inputs that require grad (so the backend saves what backward
 needs); backward is ``y.backward(dy)`` for a fixed random dy.
 
-Prints a table and writes it, with the machine, date, torch version and this exact command,
-to ``--out`` (Markdown).
+Prints a table and writes it, with the machine, date, torch version and this exact command, as
+the record benchmarks/data/cpu_scan.json (scripts/bench/bench_record.py; --out also writes Markdown).
 """
 import argparse
 import datetime
@@ -32,6 +32,7 @@ import time
 
 
 import torch  # noqa: E402
+import bench_record  # noqa: E402  (scripts/bench)
 
 from vmambair import ops  # noqa: E402
 
@@ -99,8 +100,7 @@ def main():
                    help="above this L the reference loop is timed on the first this-many positions and its "
                         "time scaled by L / this (the loop's cost is linear in L; marked 'extrapolated')")
     p.add_argument("--backends", nargs="+", default=["auto", "torch", "reference"])
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                 "benchmarks", "cpu_scan.md"))
+    bench_record.add_output_args(p, "cpu_scan")
     args = p.parse_args()
 
     auto_name = ops.resolve_backend(torch.device("cpu")).name
@@ -182,10 +182,7 @@ def main():
         f"{args.reference_max_len} positions and scaled by L / {args.reference_max_len}, its cost being linear in L).",
         "",
     ] + table + [""]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(md))
-    print(f"\nwrote {args.out}")
+    bench_record.write_outputs(args, "\n".join(md), "Selective scan, CPU")
 
 
 if __name__ == "__main__":

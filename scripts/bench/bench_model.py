@@ -283,6 +283,7 @@ def main(argv=None):
     p.add_argument("--json", default=None,
                    help="JSON record to write, or a folder for <folder>/<id>.json (default: "
                         "benchmarks/data/model_<opt name>_<gpu>.json)")
+    p.add_argument("--id", default=None, help="record id (default model_<opt name>_<gpu>)")
     p.add_argument("--out", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="instead of timing, profile each path's training step and the first inference size "
@@ -395,7 +396,9 @@ def main(argv=None):
                      f"with {', '.join(f'{k}={net_opt[k]}' for k in AUTHORS_KEYS if k in net_opt)}")
     tables = [{"title": f"{name}: time and peak memory per step / restore", "columns": columns, "rows": rows,
                "notes": notes}]
-    charts = [{"title": f"{name}: time per step / restore (ms)", "kind": "bar", "ylabel": "ms", "logy": True,
+    times = [r[0] for r in results.values() if r]
+    charts = [{"title": f"{name}: time per step / restore (ms)", "kind": "bar", "ylabel": "ms",
+               "logy": bool(times) and max(times) / min(times) > 10,
                "x": [r[0] for r in rows],
                "series": {q: [results[(k, q)][0] if results.get((k, q)) else None for k in keys]
                           for q in args.paths}}]
@@ -413,7 +416,7 @@ def main(argv=None):
                "infer": {str(s): {q: result_dict(results.get((f"infer {s}", q))) for q in args.paths}
                          for s in args.infer_sizes},
                "stages": stages, "authors": dict(AUTHORS)}
-    rec = bench_record.make_record(f"model_{name}_{gpu_short}", f"Whole network, {name}: authors' code vs ours"
+    rec = bench_record.make_record(args.id or f"model_{name}_{gpu_short}", f"Whole network, {name}: authors' code vs ours"
                                    if AUTHORS else f"Whole network, {name}", tables, section="Whole network",
                                    charts=charts, figures=figures)
     dest = args.json

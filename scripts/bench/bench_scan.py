@@ -1,11 +1,11 @@
 """Time the selective-scan backends side by side, in one process, on the GPU.
 
-    python scripts/bench/bench_scan.py                       # writes benchmarks/gpu_scan.md
+    python scripts/bench/bench_scan.py                       # writes benchmarks/data/gpu_scan.json
     python scripts/bench/bench_scan.py --quick --out -       # fewer repetitions, print only
 
 Backends: ours ("cuda", kernels/selective_scan), mamba-ssm's kernel ("mamba_ssm") when
-`selective_scan_cuda` is importable, and the pure-PyTorch backend ("torch"). Shapes: DESIGN.md
-section 5 (b, d, L, N=16, G=4 groups) in fp32 and bf16, and the fused four-direction planar scan
+`selective_scan_cuda` is importable, and the pure-PyTorch backend ("torch"). Shapes: those of the
+network's scans (b, d, L, N=16, G=4 groups) in fp32 and bf16, and the fused four-direction planar scan
 at level 1 of the real-world SR network (batch 9, dim 96, 64x64) against permute-copies + scan +
 merge. Forward is timed with autograd recording (as in training); backward is
 torch.autograd.grad of the recorded graph. Times are medians over CUDA-event-timed repetitions.
@@ -22,6 +22,7 @@ import statistics
 import sys
 
 import torch
+import bench_record  # noqa: E402  (scripts/bench)
 
 
 import vmambair.ops as vops  # noqa: E402
@@ -114,8 +115,7 @@ def rel(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_scan.md"),
-                    help="Markdown file to write ('-' = print only)")
+    bench_record.add_output_args(ap, "gpu_scan")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="5 repetitions, 2 warm-ups")
@@ -245,8 +245,7 @@ def main():
     notes = []
     if not have_mamba:
         notes.append(f"mamba-ssm was not importable in this run ({status['mamba_ssm']}), so there is no "
-                     "mamba-ssm column; compare with the anchors of DESIGN.md section 5 only loosely "
-                     "(different run).")
+                     "mamba-ssm column (build it with kernels/selective_scan/tools/build_mamba_reference.py).")
     header = [
         "# Selective-scan benchmark (GPU)\n",
         f"- GPU: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)",
@@ -265,11 +264,7 @@ def main():
         "- rel. diff of y: ||y - y_ours|| / ||y_ours|| (same inputs)",
     ] + [f"- note: {n}" for n in notes] + [""]
     text = "\n".join(header + lines) + "\n"
-    if args.out != "-":
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write(text)
-        print(f"\nwrote {os.path.abspath(args.out)}")
+    bench_record.write_outputs(args, text, "Selective scan, GPU")
 
 
 if __name__ == "__main__":

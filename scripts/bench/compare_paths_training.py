@@ -29,6 +29,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
+import bench_record  # noqa: E402  (same folder)
+
 import vmambair  # noqa: E402,F401
 from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
@@ -112,7 +114,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plain-backend", default=None, help="scan backend of the reference path")
     p.add_argument("--path", choices=("fast", "graphed"), default="fast", help="the path compared with the reference")
-    p.add_argument("--out", default="benchmarks/training_paths.md")
+    bench_record.add_output_args(p, "training_paths")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: compare_paths_training.py needs a CUDA GPU.", file=sys.stderr)
@@ -157,10 +159,8 @@ def main(argv=None):
             "| |diff|/s.e. |",
             "|---|---|---|---|---|---|"]
     text = "\n".join(head + rows) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
     print(text)
+    bench_record.write_outputs(args, text, "Training")
     return 0
 
 

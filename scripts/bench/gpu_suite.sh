@@ -9,19 +9,20 @@
 #          $MAMBA_SRC names an unpacked mamba-ssm sdist, also build its selective_scan_cuda into
 #          $MAMBA_BUILD (kernels/selective_scan/tools/build_mamba_reference.py) for the comparison
 #   test   pytest -m cuda (kernel against the PyTorch reference, every dtype; network fast path)
-#   scan   scripts/bench/bench_scan.py      -> benchmarks/gpu_scan.md (eager op time) and
-#          benchmarks/gpu_scan_kernel_time.md (GPU time of the ops' kernels, --kernel-time), and
-#          benchmarks/gpu_scan_fused_{staged,transposed,mixed}.md (the fused op with each column mode,
+# Every tool writes a JSON record under benchmarks/data/ (then: python scripts/bench/report.py).
+#   scan   scripts/bench/bench_scan.py      -> gpu_scan (eager op time) and
+#          gpu_scan_kernel_time (GPU time of the ops' kernels, --kernel-time), and
+#          gpu_scan_fused_{staged,transposed,mixed} (the fused op with each column mode,
 #          plus fused vs unfused inference from 64x64 to 2048x2048), and
-#          benchmarks/fused_vs_unfused.md (fused vs unfused at training batches, fwd + bwd)
-#   segments  scripts/bench/sweep_segments.py -> benchmarks/scan_segments.md (forced segment counts)
+#          fused_vs_unfused (fused vs unfused at training batches, fwd + bwd)
+#   segments  scripts/bench/sweep_segments.py -> scan_segments (forced segment counts)
 #   model  scripts/bench/bench_model.py (reference, compiled, graphed paths) for the real-world x4 and
 #          deraining networks, and the deraining step with each activation_checkpointing mode
-#          -> benchmarks/model_*.md (about 8 minutes)
+#          -> model_* (about 8 minutes; the authors' code beside ours: scripts/bench/authors_suite.sh)
 #   ddp    scripts/bench/bench_ddp.py: 1 GPU against 2 (and 4, 8 when present) GPUs, training as the recipes
-#          do (train.compile and train.cuda_graph; override with DDP_ARGS) -> benchmarks/ddp_scaling.md
+#          do (train.compile and train.cuda_graph; override with DDP_ARGS) -> ddp_scaling
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 LOGS=${LOGS:-gpu_logs}
 mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1
@@ -50,34 +51,34 @@ for stage in "$@"; do
     scan)
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench/bench_scan.py ${SCAN_ARGS:-} 2>&1 | tee "$LOGS/scan.log" | tail -60
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench/bench_scan.py --no-torch --kernel-time --reps 20 \
-          --out benchmarks/gpu_scan_kernel_time.md 2>&1 | tee "$LOGS/scan_kernel_time.log" | tail -30
+          --id gpu_scan_kernel_time 2>&1 | tee "$LOGS/scan_kernel_time.log" | tail -30
       for cols in staged transposed mixed; do
         VMAMBAIR_SCAN_COLUMNS=$cols PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench/bench_scan.py --no-torch \
             --kernel-time --reps 20 --fused-only --omni-sweep 64,128,256,512,1024,2048 \
-            --out "benchmarks/gpu_scan_fused_$cols.md" 2>&1 | tee "$LOGS/scan_fused_$cols.log" | tail -20
+            --id "gpu_scan_fused_$cols" 2>&1 | tee "$LOGS/scan_fused_$cols.log" | tail -20
       done
       PYTHONPATH="${PYTHONPATH:-}:$MAMBA_BUILD" $PY scripts/bench/bench_scan.py --no-torch --kernel-time --reps 10 \
           --fused-only --omni-sweep 256,1024,2048 --omni-train 8x48x128,8x96x128,8x96x64,9x96x64,8x192x32 \
-          --out benchmarks/fused_vs_unfused.md 2>&1 | tee "$LOGS/fused_vs_unfused.log" | tail -20
+          --id fused_vs_unfused 2>&1 | tee "$LOGS/fused_vs_unfused.log" | tail -20
       ;;
     segments)
-      $PY scripts/bench/sweep_segments.py --out benchmarks/scan_segments.md 2>&1 | tee "$LOGS/segments.log" | tail -20
+      $PY scripts/bench/sweep_segments.py --id scan_segments 2>&1 | tee "$LOGS/segments.log" | tail -20
       ;;
     model)
       bench="env PYTHONPATH=${PYTHONPATH:-}:$MAMBA_BUILD $PY scripts/bench/bench_model.py"
       $bench -opt options/realsr_x4_gan.yml --paths reference compiled graphed --train-batch 9 --train-size 64 \
-          --infer-sizes 256 1024 --out benchmarks/model_realsr_x4.md 2>&1 | tee "$LOGS/model_realsr.log"
+          --infer-sizes 256 1024 --id model_realsr_x4 2>&1 | tee "$LOGS/model_realsr.log"
       $bench -opt options/derain.yml --paths reference compiled graphed --train-batch 8 --train-size 128 \
-          --infer-sizes 256 512 1024 2048 --out benchmarks/model_derain.md 2>&1 | tee "$LOGS/model_derain.log"
+          --infer-sizes 256 512 1024 2048 --id model_derain 2>&1 | tee "$LOGS/model_derain.log"
       $bench -opt options/derain.yml --paths reference graphed --checkpointing none ffn block --train-batch 8 --train-size 128 \
-          --infer-sizes --out benchmarks/model_derain_checkpointing.md 2>&1 | tee "$LOGS/model_derain_ckpt.log"
+          --infer-sizes --id model_derain_checkpointing 2>&1 | tee "$LOGS/model_derain_ckpt.log"
       ;;
     ddp)
       counts=""
       for n in 2 4 8; do [ "$ngpu" -ge "$n" ] && counts="$counts $n"; done
       [ -n "$counts" ] || { echo "ddp: needs at least 2 GPUs, this machine has $ngpu"; exit 1; }
       $PY scripts/bench/bench_ddp.py --gpus $counts ${DDP_ARGS:---compile --cuda-graph --agree-steps 0 --profile} \
-          --out benchmarks/ddp_scaling.md 2>&1 | tee "$LOGS/ddp.log" | tail -30
+          --id ddp_scaling 2>&1 | tee "$LOGS/ddp.log" | tail -30
       ;;
     *) echo "unknown stage $stage (build test scan segments model ddp)"; exit 2 ;;
   esac

@@ -1,6 +1,6 @@
 """How many sequence segments should a scan use? GPU time of each scan pass against forced counts.
 
-    python scripts/bench/sweep_segments.py --out benchmarks/scan_segments.md
+    python scripts/bench/sweep_segments.py          # writes benchmarks/data/scan_segments.json
 
 For batch-1 shapes (what inference runs) and a training shape, times our CUDA scan with the
 automatic segment count and with forced counts, by kernel (torch.profiler GPU time, means over
@@ -16,6 +16,7 @@ import os
 import sys
 
 import torch
+import bench_record  # noqa: E402  (scripts/bench)
 
 
 from bench_scan import omni_inputs, plain_inputs, profiled  # noqa: E402
@@ -53,7 +54,7 @@ def profile_ms(fn, warmup: int, reps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "benchmarks", "scan_segments.md"))
+    bench_record.add_output_args(ap, "scan_segments")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
@@ -111,10 +112,7 @@ def main() -> None:
         "'auto' is the count the extension picks itself",
         "",
     ]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write("\n".join(header + lines) + "\n")
-    print(f"written to {args.out}")
+    bench_record.write_outputs(args, "\n".join(header + lines) + "\n", "Selective scan, GPU")
 
 
 if __name__ == "__main__":
