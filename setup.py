@@ -28,11 +28,12 @@ setup(
         "vmambair-stats=vmambair.apps.model_stats:main",
         "vmambair-study=vmambair.apps.study:study_main",
     ]},
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # dataclass(kw_only=True) in vmambair.config.schema
     install_requires=requirements,
     extras_require={
         "mamba": ["mamba-ssm"],
         "test": ["pytest"],
         "plots": ["matplotlib"],   # scripts/study.py's curves, bar charts and image grids
+        "wandb": ["wandb"],        # logger.wandb: Weights & Biases logging of training runs
     },
 )
