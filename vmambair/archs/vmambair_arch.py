@@ -60,7 +60,7 @@ class Pointwise(nn.Module):
 
 # cuDNN runs a depthwise convolution of 2^31 or more elements with a 64-bit-index kernel that is
 # ~100x slower (an H200 spent 170 ms per call in it on the 512-channel EFFN maps of a 2048x2048
-# deraining input, half of the whole forward: benchmarks/profile_derain_2048.md). Depthwise
+# deraining input, half of the whole forward: benchmarks/profile_derain_2048.md in git history). Depthwise
 # convolutions act per channel, so they run exactly the same on channel slices below the limit.
 DEPTHWISE_MAX_ELEMENTS = 2 ** 31 - 1
 

@@ -1,7 +1,7 @@
 """CUDA graphs: record a whole forward pass (or training step) once, then replay it with one launch.
 
 A VmambaIR forward pass is thousands of small kernels; below about 512x512 pixels the GPU waits on
-Python and the launch queue, not on arithmetic (benchmarks/profile_*.md: a 256x256 deraining pass
+Python and the launch queue, not on arithmetic (benchmarks/data/profile_*.json: a 256x256 deraining pass
 keeps the GPU busy a quarter of its wall time). A CUDA graph replays the recorded kernels without
 going back to Python. The price: the input and output live in fixed buffers, one graph is recorded
 per input shape (recording runs the function a few times), and each graph keeps the memory of its

@@ -8,16 +8,16 @@ A, D, delta_bias rows; the K outputs are mapped back to pixels and summed.
 ``planar_omni_scan`` uses a fused kernel (no permuted copies) when one is registered and can
 run, and the batch holds at most ``runtime.get().fused_max_pixels`` pixels (batch * H * W); otherwise the
 unfused path: permute copies -> selective_scan -> merge. Measured on an H200: the op alone is
-faster fused at every size (benchmarks/fused_vs_unfused.md: 1.15-1.35x from 256x256 to 2048x2048,
+faster fused at every size (benchmarks/data/fused_vs_unfused.json: 1.15-1.35x from 256x256 to 2048x2048,
 1.27-1.48x forward + backward on training batches), but inside the compiled network the unfused path's permute copies
 fuse into the neighbouring kernels while the fused op's transposed column copies
 (the runtime switch scan_columns) do not: deraining a 1024x1024 image (compiled, CUDA graphs) took 237 ms
-with the fused op at every level (benchmarks/model_derain_fused_inference.md) and 215 ms with
+with the fused op at every level (benchmarks/model_derain_fused_inference.md in git history) and 215 ms with
 this limit in an earlier run that still had the older, slower summary pass
-(benchmarks/model_derain_infer_limit.md). So the limit counts the whole batch: the fused op wins
+(benchmarks/model_derain_infer_limit.md in git history). So the limit counts the whole batch: the fused op wins
 where launches, not bytes, dominate. With the tiled column-only copies (seventh pass) the two
 came out level on an H100 (fused at every size 1-2 % faster at 1024x1024 and 2048x2048, in two
-processes, for 8 % more memory: benchmarks/fused_limit_h100.md), so the limit stays.
+processes, for 8 % more memory: benchmarks/data/fused_limit_h100.json), so the limit stays.
 """
 import contextlib
 from typing import Callable, Optional
