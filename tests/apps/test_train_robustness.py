@@ -211,3 +211,21 @@ def test_missing_wandb_package_is_one_line_naming_the_extra(tmp_path, capsys, mo
     assert len(err.splitlines()) == 1
     assert 'needs the wandb package: pip install -e ".[wandb]"' in err
     assert not (tmp_path / "experiments" / "tiny" / "models" / "net_g_2.pth").exists()
+
+
+def test_wandb_offline_logs_and_a_resumed_run_keeps_its_id(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")  # optional extra: pip install -e ".[wandb]"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    opt = tiny_options(tmp_path)
+    over = ["--set", "logger.wandb={project: vmambair-test}", "--set", "val.val_freq=2", "--set", "val.num_tb_images=1"]
+    assert train_main(["-opt", str(opt), *over, "--set", "train.total_iter=2"]) == 0
+    exp = tmp_path / "experiments" / "tiny"
+    run_id = torch.load(exp / "training_states" / "2.state", weights_only=True)["wandb_run_id"]
+    runs = list((exp / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert train_main(["-opt", str(opt), *over, "--set", "train.total_iter=4"]) == 0
+    assert torch.load(exp / "training_states" / "4.state", weights_only=True)["wandb_run_id"] == run_id
+    assert len(list((exp / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the same run id, resumed
+    del wandb

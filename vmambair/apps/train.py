@@ -117,7 +117,7 @@ class WandbLogger:
     def __init__(self, settings: Dict[str, Any], opt: Options, run_id: Optional[str], folder: Path):
         wandb = import_wandb()
         self.wandb = wandb
-        run_id = run_id or settings.get("resume_id") or wandb.util.generate_id()
+        run_id = run_id or settings.get("resume_id")  # None: wandb makes a new id (kept in the state)
         self.run = wandb.init(project=settings["project"], entity=settings.get("entity"),
                               name=settings.get("name") or opt.name, id=run_id, resume="allow",
                               config=opt.to_dict(), dir=str(folder))
