@@ -295,10 +295,10 @@ def _probe_peak(net, x: torch.Tensor, device: torch.device, precision: str) -> i
 
 
 def measure_memory_profile(net, device: torch.device, precision: str = "fp32", channels: int = 3,
-                           multiple: int = 8, probe: int = PROBE_SIZE) -> MemoryProfile:
+                           multiple: int = 8, probe: Optional[int] = None) -> MemoryProfile:
     """Measure (once per network, device and effective precision; cached) the network's memory.
 
-    One forward pass on a ``probe`` x ``probe`` random input gives the per-pixel cost (peak /
+    One forward pass on a ``probe`` x ``probe`` (default :data:`PROBE_SIZE`) random input gives the per-pixel cost (peak /
     pixels, so the probe's fixed costs are spread over its pixels: an over- rather than an
     under-estimate for larger images). For a network with an upsampling tail that runs in strips
     (``tail_strip_pixels``, VmambaIR for SR), a second probe with one-row strips separates the
@@ -319,7 +319,7 @@ def measure_memory_profile(net, device: torch.device, precision: str = "fp32", c
         cache = {}
     if key in cache:
         return cache[key]
-    side = max(-(-probe // multiple) * multiple, multiple)
+    side = max(-(-(probe or PROBE_SIZE) // multiple) * multiple, multiple)
     x = torch.rand(1, channels, side, side, device=device)
     pixels = side * side
     strip_attr = "tail_strip_pixels"
