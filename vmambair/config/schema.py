@@ -114,7 +114,8 @@ class ValOptions:
     suffix: Optional[str] = opt(None, "Suffix of saved image names.")
     metrics: Dict[str, RegistrySpec] = opt({}, "Metrics: {name: {type: calculate_psnr, crop_border: 0, test_y_channel: true}}.", registry="metric")
     pad_multiple: int = opt(8, "Pad inputs to a multiple of this, and crop outputs back.")
-    tile: Optional[int] = opt(None, "Restore in tiles of this size (input pixels) for large images (null: whole image).")
+    tile: Optional[int] = opt(None, "Tile size (input pixels). null: the whole image where its estimated memory fits in "
+                              "the free memory, else the largest tiles that fit; 0: always the whole image.")
     tile_overlap: int = opt(32, "Overlap of neighbouring tiles, in input pixels.")
     self_ensemble: bool = opt(False, "x8 self-ensemble (flips and rotations) at test time.")
     use_ema: bool = opt(True, "Validate the EMA network when train.ema_decay > 0.")
