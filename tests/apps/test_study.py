@@ -105,3 +105,24 @@ def test_bad_study_files_exit_2(tmp_path, capsys, change, message):
 def test_unknown_only_name_exits_2(tmp_path, capsys):
     assert study_main([str(_write_study(tmp_path)), "--out", str(tmp_path / "o"), "--only", "V9"]) == 2
     assert "--only names ['V9']" in capsys.readouterr().err
+
+
+def test_fast_path_fallback_names_the_switch_that_failed():
+    from vmambair.apps.study import fast_path_fallback
+    from vmambair.engine.cuda_graph import GraphRecordingError
+
+    class InductorError(RuntimeError):
+        pass
+    InductorError.__module__ = "torch._inductor.exc"  # where torch.compile's errors live
+
+    try:
+        try:
+            raise InductorError("could not lower")
+        except InductorError as inner:
+            raise RuntimeError("step failed") from inner
+    except RuntimeError as err:
+        compiled = err
+    assert fast_path_fallback(compiled, []) == "train.compile=false"
+    assert fast_path_fallback(compiled, ["train.compile=false"]) is None  # already off: a real failure
+    assert fast_path_fallback(GraphRecordingError("capture failed"), []) == "train.cuda_graph=false"
+    assert fast_path_fallback(ValueError("bad pixel"), []) is None

@@ -61,7 +61,7 @@ from ..data.quickstart import (HELD_OUT_PHOTOS, TRAIN_PHOTOS, add_rain, load_pho
 from ..engine.compiling import validation_stance
 from ..engine.dist import init_dist_from_env, shutdown_dist
 from ..engine.inference import autocast_context, restore_image
-from ..utils.fileio import CheckpointError, atomic_write_bytes
+from ..utils.fileio import atomic_write_bytes
 from .train import Trainer
 
 logger = logging.getLogger("vmambair")
@@ -692,8 +692,10 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def plot_curves(part: PartSpec, cfg: ConfigSpec, runs: List[Dict[str, Any]], report_dir: Path) -> Optional[str]:
-    """Training losses and validation PSNR against iterations, one line per seed and loss."""
+def plot_curves(part: PartSpec, cfg: ConfigSpec, runs: List[Dict[str, Any]], report_dir: Path,
+                floor: Optional[Dict[str, float]] = None) -> Optional[str]:
+    """Training losses and validation PSNR against iterations, one line per seed and loss; the
+    floor's PSNR on the same held-out images as a dashed line."""
     plt = _plt()
     mine = [r for r in runs if r["config"] == cfg.name and r.get("loss_keys") is not None]
     if plt is None or not mine:
@@ -708,6 +710,8 @@ def plot_curves(part: PartSpec, cfg: ConfigSpec, runs: List[Dict[str, Any]], rep
         pts = [(v["iter"], v["psnr"]) for v in r.get("val_curve", []) if "psnr" in v]
         if pts:
             ax_v.plot(*zip(*pts), marker="o", label=f"seed {r['seed']}")
+    if floor and "psnr" in floor:
+        ax_v.axhline(floor["psnr"], color="#c44e52", ls="--", label=FLOOR_NAMES[part.task])
     ax_l.set(title=f"{cfg.name}: training losses", xlabel="iteration")
     if ax_l.get_lines() and all(np.min(ln.get_ydata()) > 0 for ln in ax_l.get_lines()):
         ax_l.set_yscale("log")
@@ -777,7 +781,7 @@ def plot_grid(part: PartSpec, stem: str, lq: np.ndarray, gt: np.ndarray, methods
     panels = [("input", shown_in)] + methods + [("ground truth", gt)]
     top, left, size = _zoom_box(shown_in, gt)
     n = len(panels)
-    fig, axes = plt.subplots(2, n, figsize=(2.3 * n, 2.3 * (h / w) + 2.4), gridspec_kw={"height_ratios": [h / w, 1]})
+    fig, axes = plt.subplots(2, n, figsize=(2.7 * n, 2.7 * (h / w) + 2.8), gridspec_kw={"height_ratios": [h / w, 1]})
     for i, (title, img) in enumerate(panels):
         rgb = img[:, :, ::-1]
         axes[0, i].imshow(rgb)
@@ -823,13 +827,13 @@ def part_markdown(part: PartSpec, state: Dict[str, Any]) -> str:
     lines += ["", f"Held-out metrics on Y ({border}); each cell is the mean over seeds, with each seed's "
               f"value in brackets. Times are per run on {state.get('device', 'this machine')}.", ""]
     header = ["configuration", "params (M)"] + [m.upper() if m != "niqe" else "NIQE (lower better)" for m in metrics] + \
-             ["ms / iter", "time per run (s)", "of which compile, graphs, saving (s)", "of which validation (s)", "peak GPU mem (GB)", "status", "notes"]
+             [f"PSNR gain over {FLOOR_NAMES[part.task]} (dB)", "ms / iter", "time per run (s)", "of which compile, graphs, saving (s)", "of which validation (s)", "peak GPU mem (GB)", "status", "notes"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if floor:
         cells = [f"{FLOOR_NAMES[part.task]} (no training)", "-"] + [f"{floor[m]:.{2 if m != 'ssim' else 4}f}" if m in floor else "-" for m in metrics]
-        lines.append("| " + " | ".join(cells + ["-"] * 5 + ["", ""]) + " |")
+        lines.append("| " + " | ".join(cells + ["0"] + ["-"] * 5 + ["", ""]) + " |")
     if "gt_niqe" in state:
-        lines.append("| ground truth | - | - | - | " + f"{state['gt_niqe']:.2f}" + " |" + " - |" * 5 + " | |")
+        lines.append("| ground truth | - | - | - | " + f"{state['gt_niqe']:.2f}" + " |" + " - |" * 6 + " | |")
     cfg_by_name = {c.name: c for c in part.configs}
     for row in summary:
         cfg = cfg_by_name[row["config"]]
@@ -839,6 +843,7 @@ def part_markdown(part: PartSpec, state: Dict[str, Any]) -> str:
         errors = [f"seed {r['seed']}: {r.get('error', '')}" for r in runs if r["config"] == cfg.name and r["status"] in ("failed", "skipped")]
         cells = [cfg.name, f"{row['params_m']:.2f}" if row.get("params_m") else "-"]
         cells += [_fmt(row.get(m), 4 if m == "ssim" else 2) for m in metrics]
+        cells += [f"{row['psnr']['mean'] - floor['psnr']:+.2f}" if row.get("psnr") and "psnr" in floor else "-"]
         cells += [f"{row[k]:.1f}" if row.get(k) is not None else "-" for k in ("ms_per_iter", "wall_s", "warmup_s", "val_s")]
         cells += [f"{row['peak_mem_gb']:.1f}" if row.get("peak_mem_gb") is not None else "-"]
         cells += [", ".join(row["status"]) or "not run", "; ".join(notes + errors).replace("|", "/")]
@@ -927,6 +932,23 @@ def _planned_runs(part: PartSpec, only: List[str], seeds: List[int]) -> List[Tup
     return [(c, s) for s in seeds for c in chosen]
 
 
+def fast_path_fallback(err: BaseException, active: List[str]) -> Optional[str]:
+    """The override that turns off the fast-path switch ``err`` came from, if it came from one:
+    ``train.compile=false`` for errors raised by torch.compile (dynamo, inductor, Triton),
+    ``train.cuda_graph=false`` for CUDA-graph recording errors; None otherwise (or when that
+    switch is already off in ``active``)."""
+    chain, e = [], err
+    while e is not None and len(chain) < 12:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(f"{type(x).__module__}.{type(x).__name__} {str(x)[:300]}" for x in chain)
+    if "train.compile=false" not in active and any(k in text for k in ("torch._dynamo", "torch._inductor", "triton")):
+        return "train.compile=false"
+    if "train.cuda_graph=false" not in active and ("cuda_graph" in text or "GraphRecordingError" in text):
+        return "train.cuda_graph=false"
+    return None
+
+
 def study_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``scripts/study.py``. Returns 0 (all runs finished), 1 (some failed,
     diverged or were skipped; the report says which), 2 (bad study file or arguments)."""
@@ -956,6 +978,8 @@ def study_main(argv: Optional[List[str]] = None) -> int:
     done_count, problems = 0, 0
     finished_walls: Dict[str, float] = {}
     repeat_times: Dict[str, float] = {}
+    fallbacks: Dict[str, List[str]] = {}       # per configuration: fast-path switches turned off after a failure
+    fallback_notes: Dict[str, List[str]] = {}
     for st in studies:
         report_dir = out / st.name / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -1023,18 +1047,34 @@ def study_main(argv: Optional[List[str]] = None) -> int:
                                     f"limit {args.time_limit:.0f} s"}
                     print(f"{label}: skipped ({rec['error']})", flush=True)
                 else:
-                    try:
-                        rec = train_and_evaluate(part, cfg, seed, iters, val_every, data_root, runs_root, report_dir,
-                                                 manifest, pairs, args.overrides, args.verbose)
-                    except KeyboardInterrupt:
-                        raise
-                    except (OptionsError, DataError, CheckpointError, Exception) as err:  # keep the other runs
-                        rec = {"part": part.name, "config": cfg.name, "seed": seed, "run": run_name(part, cfg, seed),
-                               "iters": iters, "status": "failed", "notes": [],
-                               "error": f"{type(err).__name__}: {err}".strip()[:600]}
-                        (report_dir / "logs").mkdir(parents=True, exist_ok=True)
-                        atomic_write_bytes(traceback.format_exc().encode(),
-                                           report_dir / "logs" / f"{run_name(part, cfg, seed)}.error.txt")
+                    key = f"{part.name}:{cfg.name}"
+                    while True:
+                        try:
+                            rec = train_and_evaluate(part, cfg, seed, iters, val_every, data_root, runs_root,
+                                                     report_dir, manifest, pairs,
+                                                     args.overrides + fallbacks.get(key, []), args.verbose)
+                            rec["notes"] += fallback_notes.get(key, [])
+                            break
+                        except KeyboardInterrupt:
+                            raise
+                        except Exception as err:  # noqa: BLE001  (record it and keep the other runs)
+                            (report_dir / "logs").mkdir(parents=True, exist_ok=True)
+                            atomic_write_bytes(traceback.format_exc().encode(),
+                                               report_dir / "logs" / f"{run_name(part, cfg, seed)}.error.txt")
+                            switch = fast_path_fallback(err, args.overrides + fallbacks.get(key, []))
+                            if switch is None:
+                                rec = {"part": part.name, "config": cfg.name, "seed": seed,
+                                       "run": run_name(part, cfg, seed), "iters": iters, "status": "failed",
+                                       "notes": fallback_notes.get(key, []),
+                                       "error": f"{type(err).__name__}: {err}".strip()[:600]}
+                                break
+                            # Turn that switch off for this configuration and run again, saying so.
+                            fallbacks.setdefault(key, []).append(switch)
+                            fallback_notes.setdefault(key, []).append(
+                                f"{switch.split('=')[0]} failed ({type(err).__name__}: {str(err)[:160]}); trained "
+                                f"with {switch}")
+                            print(f"{label}: {type(err).__name__} from {switch.split('=')[0]}; retrying with {switch}",
+                                  flush=True)
                     if rec.get("wall_s"):
                         finished_walls[cfg.name] = max(finished_walls.get(cfg.name, 0.0), rec["wall_s"])
                         repeat_times[cfg.name] = rec["wall_s"] - 0.75 * rec.get("warmup_s", 0.0)
@@ -1064,7 +1104,7 @@ def _update_pictures(part: PartSpec, state: Dict[str, Any], pairs, report_dir: P
     pics = state.setdefault("pictures", {})
     curves = pics.setdefault("curves", {})
     cfg = next(c for c in part.configs if c.name == last["config"])
-    f = plot_curves(part, cfg, runs, report_dir)
+    f = plot_curves(part, cfg, runs, report_dir, state["floor"])
     if f:
         curves[cfg.name] = f
     pics["curves"] = {c.name: curves[c.name] for c in part.configs if c.name in curves}  # study order
