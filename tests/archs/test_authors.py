@@ -314,3 +314,69 @@ def test_lifted_channel_scan_combination(scan):
         yz = y * gate
         want = yz * c + yz if scan == "mamber33" else yz + c
         torch.testing.assert_close(oss(x), want)
+
+
+# ----------------------------------------------------------------------------- the apps
+def test_restore_py_takes_their_checkpoint_and_test_py_refuses_a_mostly_random_network(tmp_path, capsys):
+    import cv2
+    import numpy as np
+    import yaml
+
+    from tests.helpers import ROOT, TINY_NET, make_pairs
+    from vmambair.apps.restore import restore_main
+    from vmambair.apps.test import run_benchmark
+
+    theirs = random_tensors(their_shapes("mamber32"))
+    weights = tmp_path / "mamber32.pth"
+    torch.save({"params": theirs}, weights)
+    spec = dict(TINY_NET, channel_scan="mamber32")
+    opt = tmp_path / "net.yml"
+    opt.write_text(yaml.safe_dump({"name": "net", "scale": 1, "num_gpu": 0, "network_g": spec, "val": {"pad_multiple": 8}}))
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), np.full((8, 8, 3), 128, np.uint8))
+    assert restore_main(["-i", str(img), "-o", str(tmp_path / "o"), "-opt", str(opt), "--weights", str(weights),
+                         "--device", "cpu", "--tile", "0"]) == 0
+    assert "Mamber32" in capsys.readouterr().err and (tmp_path / "o" / "x.png").is_file()
+
+    data = tmp_path / "Datasets"
+    make_pairs(data / "test" / "Rain100H", 1, size=(16, 16))
+    raw = yaml.safe_load((ROOT / "options" / "test_derain.yml").read_text())
+    raw["network_g"] = dict(TINY_NET, dim=16)  # the file holds a dim-8 network
+    raw["path"].update(root=str(tmp_path), data_root=str(data), pretrain_network_g=str(weights), strict_load_g=False)
+    test_opt = tmp_path / "test.yml"
+    test_opt.write_text(yaml.safe_dump(raw))
+    assert run_benchmark(["-opt", str(test_opt), "--set", "num_gpu=0"]) == 2
+    assert "mostly random" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("inner", [2, 4])
+def test_lifted_channel_scan_follows_their_steps(inner):
+    """LiftedChannelScan against their cforward_corev1 written out step by step (float64)."""
+    import torch.nn.functional as F
+
+    from vmambair.archs.vmambair_arch import LiftedChannelScan
+    from vmambair.ops.scan_reference import scan_reference
+
+    torch.manual_seed(0)
+    d = 12
+    mod = LiftedChannelScan(d, inner).double()
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    y = torch.randn(2, d, 5, 6, dtype=torch.float64)
+    s = mod.ssm
+    xc = F.adaptive_avg_pool2d(y, 1).permute(0, 2, 1, 3)                 # (b, 1, d, 1)
+    xc = F.conv2d(xc, mod.lift.weight, mod.lift.bias).squeeze(-1)          # (b, e, d)
+    xsc = torch.stack([xc, xc.flip(-1)], dim=1)                            # (b, 2, e, d)
+    dbl = torch.einsum("bkdl,kcd->bkcl", xsc, s.x_proj_weight)
+    dts, Bs, Cs = torch.split(dbl, [6, 16, 16], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, s.dt_projs_weight)
+    A = -torch.exp(s.A_logs.float())  # their As: from fp32 A_logs; D and the dt bias as stored
+    out = scan_reference(xsc.reshape(2, -1, d), dts.reshape(2, -1, d), A, Bs, Cs, s.Ds,
+                         s.dt_projs_bias.reshape(-1), delta_softplus=True).view(2, 2, -1, d)
+    out = out[:, 0] + out[:, 1].flip(-1)                                    # (b, e, d)
+    out = F.conv2d(out.unsqueeze(-1), mod.merge.weight, mod.merge.bias)    # (b, 1, d, 1)
+    out = out.transpose(1, 2)                                              # (b, d, 1, 1)
+    want = F.layer_norm(out.permute(0, 2, 3, 1), (d,), mod.norm.weight, mod.norm.bias).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(mod(y), want, rtol=1e-12, atol=1e-12)

@@ -285,8 +285,10 @@ class LiftedChannelScan(nn.Module):
         seq = pooled * self.lift.weight.view(1, e, 1) + self.lift.bias.view(1, e, 1)
         xs = torch.stack([seq, seq.flip(-1)], dim=1)          # (b, 2, e, d)
         delta, B, C = self.ssm.project(xs)
+        # As the authors' code: A from fp32 A_logs, D and the dt bias as stored (the scan reads
+        # them in fp32 or better either way; this matters only to float64 comparisons).
         out = ops.selective_scan(xs.reshape(b, 2 * e, d), delta.reshape(b, 2 * e, d), self.ssm.A(), B, C,
-                                 self.ssm.Ds.float(), self.ssm.dt_projs_bias.float().view(-1),
+                                 self.ssm.Ds, self.ssm.dt_projs_bias.view(-1),
                                  delta_softplus=True, backend=self.backend).view(b, 2, e, d)
         out = out[:, 0] + out[:, 1].flip(-1)                  # (b, e, d)
         # 1x1 convolution e -> 1: (b, d)
