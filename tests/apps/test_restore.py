@@ -189,3 +189,24 @@ def test_cli_script_and_exported_weights(tmp_path):
         assert r.returncode == 0, r.stderr
         outs[w.suffix] = cv2.imread(str(out / "x.png"))
     assert outs[".pth"].shape == img.shape and np.array_equal(outs[".pth"], outs[".safetensors"])
+
+
+def test_auto_tiles_only_when_the_memory_cap_requires_it(tmp_path, capsys):
+    opt, weights = make_model(tmp_path)  # identity network: any tiling returns the input exactly
+    src = tmp_path / "in"
+    src.mkdir()
+    img = np.random.default_rng(3).integers(0, 256, (40, 72, 3), dtype=np.uint8)
+    cv2.imwrite(str(src / "photo.png"), img)
+    assert run(src, tmp_path / "whole", opt, weights) == 0  # default --tile auto, plenty of memory
+    assert "tiles of" not in capsys.readouterr().err
+    assert np.array_equal(cv2.imread(str(tmp_path / "whole" / "photo.png")), img)
+    # A cap below what the process already holds leaves no room: the smallest tiles, with a note.
+    assert run(src, tmp_path / "tiled", opt, weights, "--max-memory", "0.001", "--tile-overlap", "8") == 0
+    err = capsys.readouterr().err
+    assert "photo.png (72x40)" in err and "tiles of 16px" in err and "differs slightly" in err
+    assert np.array_equal(cv2.imread(str(tmp_path / "tiled" / "photo.png")), img)
+    for bad in (["--tile", "big"], ["--tile", "-3"]):
+        with pytest.raises(SystemExit) as info:
+            run(src, tmp_path / "x", opt, weights, *bad)
+        assert info.value.code == 2
+    assert run(src, tmp_path / "x", opt, weights, "--max-memory", "0") == 2

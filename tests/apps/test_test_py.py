@@ -39,6 +39,12 @@ def test_table_over_present_sets(tmp_path, capsys):
     md = (results / "metrics.md").read_text()
     assert "| Rain100H | 2 |" in md and "mean (of sets)" in md
     assert sorted(p.name for p in (results / "Test100").iterdir()) == ["0.png", "1.png", "2.png"]
+    # One row per image: size, time and the fixed 16-pixel tiles (val.tile: 16).
+    import csv
+    rows = list(csv.DictReader((results / "per_image.csv").open()))
+    assert [(r["set"], r["width"], r["height"]) for r in rows] == [("Rain100H", "23", "19")] * 2 + [
+        ("Test100", "40", "16")] * 3
+    assert all(r["tile"] == "16" and int(r["tiles"]) > 1 and float(r["seconds"]) > 0 for r in rows)
 
     # Self-ensemble through the same path; pth weights too.
     assert run_benchmark(["-opt", str(opt), "--set", "val.self_ensemble=true", "--set", "val.tile=null",
