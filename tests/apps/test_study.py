@@ -4,7 +4,9 @@ archive, with finite numbers; bad study files and flags exit 2; a time limit ski
 writes the report."""
 import json
 import math
+import sys
 import tarfile
+from pathlib import Path
 
 import cv2
 import pytest
@@ -73,6 +75,15 @@ def test_tiny_study_writes_results_page_and_pictures(tmp_path):
     for png in ("derain_psnr_bars.png", "derain_curves_full.png", "derain_curves_V1.png", "derain_grid_chelsea.png"):
         assert (report / png).stat().st_size > 1000 and f"({png})" in page
     assert len(list((report / "logs").glob("*.jsonl"))) == 4
+    # The benchmark record (for benchmarks/data/) passes the report generator's schema check.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
+    try:
+        import bench_record
+    finally:
+        sys.path.pop(0)
+    record = json.loads((report / "study_tiny_study.json").read_text())
+    assert bench_record.validate_record(record) == []
+    assert [r[0] for r in record["tables"][0]["rows"]] == ["rainy input (no training)", "full", "V1"]
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert "tiny_study/README.md" in names and "tiny_study/results.json" in names

@@ -890,6 +890,54 @@ def write_report(study: StudySpec, states: Dict[str, Dict[str, Any]], report_dir
         if part.name in states:
             text.append(part_markdown(part, states[part.name]))
     atomic_write_bytes("\n".join(text).encode(), report_dir / "README.md")
+    record = benchmark_record(study, states, meta)
+    atomic_write_bytes(json.dumps(record, indent=1).encode(), report_dir / f"{record['id']}.json")
+
+
+def benchmark_record(study: StudySpec, states: Dict[str, Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The study's results as a benchmark record (schema 1 of ``scripts/bench/bench_record.py``):
+    one table per part (the floor, then each configuration: mean and seed range of the held-out
+    metrics, times) and a bar chart of held-out PSNR. Copied to ``benchmarks/data/study_<name>.json``
+    it puts the study on the generated ``benchmarks/README.md``."""
+    tables, charts = [], []
+    for part in study.parts:
+        st = states.get(part.name)
+        if st is None:
+            continue
+        metrics = ["psnr", "ssim"] + (["niqe"] if part.task == "sr_real" else [])
+        cols = ["configuration", "params (M)", "seeds"]
+        for m in metrics:
+            cols += [f"{m.upper()} mean", f"{m.upper()} min", f"{m.upper()} max"]
+        cols += ["PSNR gain over the floor (dB)", "ms / iter", "time per run (s)", "compile, graphs, saving (s)",
+                 "validation (s)", "status"]
+        floor = st["floor"]
+        rows = [[f"{FLOOR_NAMES[part.task]} (no training)", None, None]
+                + [x for m in metrics for x in ([round(floor[m], 4)] * 3 if m in floor else [None] * 3)]
+                + [0.0, None, None, None, None, "-"]]
+        for row in st["summary"]:
+            cells: List[Any] = [row["config"], row.get("params_m"), ",".join(map(str, row["seeds"])) or "-"]
+            for m in metrics:
+                stat = row.get(m)
+                cells += [round(stat[k], 4) for k in ("mean", "min", "max")] if stat else [None] * 3
+            gain = round(row["psnr"]["mean"] - floor["psnr"], 3) if row.get("psnr") and "psnr" in floor else None
+            cells += [gain] + [row.get(k) for k in ("ms_per_iter", "wall_s", "warmup_s", "val_s")]
+            cells += [", ".join(row["status"]) or "not run"]
+            rows.append(cells)
+        notes = [f"{st['iters']} iterations per run; {st['n_held_out']} held-out images; seeds "
+                 f"{', '.join(map(str, st['seeds']))}; page: benchmarks/study/{study.name}/README.md"]
+        tables.append({"title": part.title, "columns": cols, "rows": rows, "notes": notes})
+        done = [r for r in st["summary"] if r.get("psnr")]
+        if done:
+            charts.append({"title": f"{part.title}: held-out PSNR (Y), mean over seeds", "kind": "bar",
+                           "x": [r["config"] for r in done],
+                           "series": {"PSNR (dB)": [round(r["psnr"]["mean"], 3) for r in done]},
+                           "ylabel": "dB"})
+    return {"schema": 1, "id": f"study_{study.name}", "title": study.title, "section": "Training",
+            "machine": {"gpu": meta["device"], "torch": meta["torch"], "python": meta["python"]},
+            "date": meta["started"][:10], "command": "python scripts/study.py " + " ".join(meta["argv"]),
+            "summary": (f"Short-budget training study (docs/study.md); the page with pictures and curves is "
+                        f"benchmarks/study/{study.name}/README.md."),
+            "tables": tables, "charts": charts}
 
 
 def write_archive(report_dir: Path, archive: Path) -> None:
