@@ -380,3 +380,16 @@ def test_lifted_channel_scan_follows_their_steps(inner):
     want = F.layer_norm(out.permute(0, 2, 3, 1), (d,), mod.norm.weight, mod.norm.bias).permute(0, 3, 1, 2)
     with torch.no_grad():
         torch.testing.assert_close(mod(y), want, rtol=1e-12, atol=1e-12)
+
+
+def test_export_writes_their_checkpoint_in_our_names(tmp_path):
+    from safetensors.torch import load_file
+
+    from vmambair.apps.export import export_safetensors
+
+    theirs = random_tensors(their_shapes("sr"))
+    torch.save({"params": theirs}, tmp_path / "theirs.pth")
+    out = export_safetensors(tmp_path / "theirs.pth", tmp_path / "ours.safetensors")
+    flat = load_file(str(out))
+    assert set(flat) == set(convert_state_dict(theirs).state_dict)
+    assert torch.equal(flat["shallow.weight"], theirs["patch_embed.proj.weight"])

@@ -54,7 +54,8 @@ def _entry(src: Path, key: Optional[str]) -> Tuple[dict, str]:
     if key is not None and obj_keys and key not in obj_keys:
         raise CheckpointError(f"'{src}' has no entry '{key}'; it has {obj_keys}. Choose one with --key.")
     used = key or (obj_keys[0] if obj_keys else "state dict")
-    return load_network_weights(src, key=key or (obj_keys[0] if obj_keys else None)), used
+    # Without params / params_ema: a 'state_dict' / 'model' entry, or the file itself (see load_network_weights).
+    return load_network_weights(src, key=key or (obj_keys[0] if obj_keys else "params")), used
 
 
 def tied_channel_rows(state: dict) -> Tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import vmambair  # noqa: F401  (compat shim + registries)
 
-from ..engine.checkpoint import CheckpointError, atomic_write_bytes, load_into_network, load_network_weights
+from ..engine.checkpoint import CheckpointError, atomic_write_bytes, load_into_network, read_network_weights
 from ..config import OptionsError, build_from_spec, load_options
 
 
@@ -45,7 +45,7 @@ def export_safetensors(src: str | Path, dst: Optional[str | Path] = None, key: s
     dst = Path(dst) if dst else src.with_suffix(".safetensors")
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"Export target '{dst}' is the source file; choose another name with -o.")
-    state = load_network_weights(src, key=key)
+    state, _ = read_network_weights(src, key=key)  # a checkpoint of the authors' code comes out in our names
     if opt_path is not None:
         opt = load_options(opt_path, ["datasets={}"], is_train=False)
         load_into_network(build_from_spec("arch", opt.network_g), src, key=key, strict=True)
