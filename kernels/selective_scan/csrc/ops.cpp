@@ -546,6 +546,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scan_bwd(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> omni_fwd(
     const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C, const OptTensor& D,
     const OptTensor& bias, bool softplus, int64_t nseg, bool keep_columns, int64_t columns) {
+    column_mode(columns);  // refuse a bad mode before any work
     auto [y, states, in] = fwd_common(true, x, delta, A, B, C, D, bias, softplus, nseg, columns);
     if (keep_columns && in.colT()) return {y, states, in.xT, in.deltaT, in.BT, in.CT};
     const Tensor none = at::empty({0}, x.options());
@@ -556,6 +557,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> omni_bwd(
     const Tensor& dy, const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
     const OptTensor& D, const OptTensor& bias, const Tensor& states, bool softplus, int64_t nseg, const OptTensor& xT,
     const OptTensor& deltaT, const OptTensor& BT, const OptTensor& CT, int64_t columns) {
+    column_mode(columns);  // refuse a bad mode before any work
     return bwd_common(true, dy, x, delta, A, B, C, D, bias, states, softplus, nseg, columns, {xT, deltaT, BT, CT});
 }
 
