@@ -209,7 +209,11 @@ def test_plan_is_whole_when_it_fits_else_the_largest_tile_that_fits(scale):
     t = plan.tile
     assert t % 8 == 0 and t < 304
     assert p.peak_bytes(min(t, 304) * min(t, 200)) + extra <= budget            # fits
-    assert p.peak_bytes(min(t + 8, 304) * min(t + 8, 200)) + extra > budget     # and is the largest that does
+    # As few tiles as the largest fitting tile gives, each as small as that count allows.
+    fits = [u for u in range(8, 312, 8) if p.peak_bytes(min(u, 304) * min(u, 200)) + extra <= budget]
+    n = inference.count_tiles(304, 200, max(fits), overlap=32)
+    assert n > 1 and inference.count_tiles(304, 200, t, overlap=32) == n
+    assert inference.count_tiles(304, 200, t - 8, overlap=32) > n
     # Nothing fits: the smallest tile (twice the overlap) is planned, and the OOM handling decides.
     assert plan_tiles(h, w, p, 0, scale=scale, overlap=32).tile == 64
 

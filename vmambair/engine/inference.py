@@ -371,7 +371,8 @@ def tiled_extra_bytes(h: int, w: int, scale: int, out_channels: int, batch: int 
 def plan_tiles(h: int, w: int, profile: MemoryProfile, budget: int, scale: int = 1, out_channels: int = 3,
                multiple: int = 8, overlap: int = 32, min_tile: Optional[int] = None,
                accumulate_on_device: bool = True) -> TilePlan:
-    """Whole image when its estimated peak fits ``budget``, else the largest square tile that does.
+    """Whole image when its estimated peak fits ``budget``, else square tiles: as few as the largest
+    tile that fits allows, each as small as that count allows (:func:`balanced_tile`).
 
     Args:
         h, w: input size. profile: the network's memory (:func:`measure_memory_profile`).
@@ -401,7 +402,29 @@ def plan_tiles(h: int, w: int, profile: MemoryProfile, budget: int, scale: int =
             lo = mid
         else:
             hi = mid - 1
-    return TilePlan(max(lo * multiple, _padded(min_tile, multiple)), needed, budget)
+    smallest = _padded(min_tile, multiple)
+    tile = max(lo * multiple, smallest)
+    return TilePlan(balanced_tile(H, W, tile, overlap, multiple, smallest), needed, budget)
+
+
+def balanced_tile(h: int, w: int, tile: int, overlap: int = 32, multiple: int = 8, smallest: int = 0) -> int:
+    """The smallest tile size (a multiple of ``multiple``, at most ``tile``, at least ``smallest``)
+    that covers an h x w image with as few tiles as ``tile`` does.
+
+    The largest tile that fits in memory rarely divides the image well: a 1024-pixel side needs
+    three 472-pixel tiles as it needs three 368-pixel ones, and the smaller tiles do 40 % less
+    work (less overlap recomputed) in less memory.
+    """
+    def counts(t: int) -> Tuple[int, int]:
+        tg, ov = _tile_geometry(t, overlap, multiple)
+        return (len(_tile_starts(h, min(tg, h), ov, multiple)), len(_tile_starts(w, min(tg, w), ov, multiple)))
+
+    target, best = counts(tile), tile
+    for t in range(tile - multiple, max(smallest, multiple) - 1, -multiple):
+        if counts(t) != target:
+            break
+        best = t
+    return best
 
 
 # ----------------------------------------------------------------------------- running
@@ -751,6 +774,6 @@ def restore_array(net: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, 
 
 
 __all__ = ["GB", "ImageTooLargeError", "InferenceResult", "MemoryProfile", "TilePlan", "autocast_context",
-           "available_memory", "count_tiles", "evaluation_mode", "is_out_of_memory", "measure_memory_profile",
+           "available_memory", "balanced_tile", "count_tiles", "evaluation_mode", "is_out_of_memory", "measure_memory_profile",
            "memory_budget", "parse_tile", "plan_tiles", "precision_context", "restore_array", "restore_image",
            "run_inference"]
