@@ -17,7 +17,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from vmambair.data.image_io import is_image_file
+from vmambair.utils.fileio import atomic_write_bytes
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
         if root != folder and root not in folder.parents:
             print(f"error: '{folder}' is not inside --root '{root}'", file=sys.stderr)
             return 2
-        files += sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXT)
+        files += sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f))
     lines, bad = [], []
     for f in tqdm(files, unit="img", desc="meta info"):
         try:
@@ -50,8 +51,7 @@ def main(argv=None) -> int:
         rel = f.relative_to(root).as_posix()
         lines.append(f"{rel} ({h},{w},{c})" if args.with_shape else rel)
     out = Path(args.meta_info)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_bytes(("\n".join(lines) + ("\n" if lines else "")).encode(), out)
     for f in bad:
         print(f"warning: cannot read '{f}'; left out", file=sys.stderr)
     print(f"Wrote {len(lines)} entries to {out}.")
