@@ -110,10 +110,12 @@ def main(argv=None) -> int:
         timed = ["nice", "-n", str(args.nice)] + timed
     print("running:", " ".join(timed), flush=True)
     start = time.time()
-    proc = subprocess.run(timed, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Streamed to files (progress bar and notes can be followed while it runs), read back after.
+    with open(work / "test_stdout.txt", "w") as out, open(work / "test_stderr.txt", "w") as err:
+        returncode = subprocess.run(timed, cwd=REPO_ROOT, stdout=out, stderr=err).returncode
     wall = time.time() - start
-    (work / "test_stdout.txt").write_text(proc.stdout)
-    (work / "test_stderr.txt").write_text(proc.stderr)
+    proc = subprocess.CompletedProcess(timed, returncode, (work / "test_stdout.txt").read_text(),
+                                       (work / "test_stderr.txt").read_text())
     print(proc.stdout)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     peak_rss_gb = int(rss.group(1)) / 2**20 if rss else None
