@@ -315,3 +315,23 @@ def test_test_py_skips_an_image_that_cannot_run_and_still_prints_the_table(tmp_p
     assert "Not restored" in (results / "metrics.md").read_text()
     per_image = (results / "per_image.csv").read_text().splitlines()
     assert per_image[0].startswith("set,image,width,height,seconds") and len(per_image) == 3
+
+
+@pytest.mark.cuda
+def test_cuda_estimate_covers_the_allocator_peak_and_plans_against_free_memory():
+    net = VmambaIR(in_channels=3, out_channels=3, dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1,
+                   scale=4).cuda().eval()
+    device = torch.device("cuda")
+    p = measure_memory_profile(net, device, "bf16")
+    img = torch.rand(1, 3, 256, 192)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = run_inference(net, img, scale=4, device=device, precision="bf16")
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    assert result.tile is None and result.output.shape == (1, 3, 1024, 768) and not result.output.requires_grad
+    assert peak <= p.peak_bytes(256 * 192) and result.budget > 0
+    # A budget below the estimate tiles it; the output keeps its size.
+    tiled = run_inference(net, img, scale=4, device=device, precision="bf16", budget=p.peak_bytes(128 * 128))
+    assert tiled.tile is not None and tiled.tiles > 1 and tiled.output.shape == (1, 3, 1024, 768)
