@@ -89,8 +89,10 @@ class ImageTooLargeError(RuntimeError):
     def __init__(self, name: str, size: Tuple[int, int], needed: int, available: int, tile: int, device: str):
         h, w = size
         self.name, self.size, self.needed, self.available, self.tile = name, size, needed, available, tile
-        super().__init__(f"{name} ({w}x{h}): out of {device} memory even in {tile}px tiles (needs about "
-                         f"{needed / GB:.2f} GB whole, {available / GB:.2f} GB free)")
+        need = (f"needs about {needed / GB:.2f} GB whole" if needed > 0 else
+                "even the memory probe ran out of memory")
+        super().__init__(f"{name} ({w}x{h}): out of {device} memory even in {tile}px tiles ({need}, "
+                         f"{available / GB:.2f} GB free)")
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -696,7 +698,8 @@ def run_inference(net: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor
             on_oom()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        current = tile or max(_padded(h, multiple), _padded(w, multiple))
+        side = max(_padded(h, multiple), _padded(w, multiple))
+        current = min(tile or side, side)  # a tile larger than the image ran it whole
         smaller = current // 2 // multiple * multiple
         if smaller < min_tile:
             if not needed:
