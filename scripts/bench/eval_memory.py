@@ -8,7 +8,8 @@ astronaut (512x512) and a 1024x1024 mosaic of astronaut, coffee, chelsea and roc
 to 512x512, 2x2); the network of ``options/test_realsr_x4.yml`` (``network_g``) with random
 weights (seed 0; memory and time do not depend on the weights); and a test options file with one
 ``SingleImageFolderDataset`` set scored with NIQE. Then runs ``test.py`` on it as a child process
-under ``/usr/bin/time -v`` (peak RSS of the whole process, wall time, exit status) and writes
+under ``/usr/bin/time -v`` (peak RSS of the whole process, wall time, exit status; without
+/usr/bin/time the peak RSS comes from ``resource.getrusage(RUSAGE_CHILDREN)``) and writes
 ``benchmarks/data/eval_memory_<device>.json`` (schema 1, see bench_record.py) and
 ``benchmarks/eval_memory_<device>.md`` with the per-image rows of test.py's ``per_image.csv``
 (time, whole or tiled, estimated need, budget, peak).
@@ -20,6 +21,7 @@ import csv
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -105,7 +107,8 @@ def main(argv=None) -> int:
            f"num_gpu={0 if args.device == 'cpu' else 1}"]
     if args.max_memory:
         cmd += ["--max-memory", str(args.max_memory)]
-    timed = ["/usr/bin/time", "-v"] + cmd
+    # Peak RSS: /usr/bin/time -v where installed; resource.getrusage of the waited-for children otherwise.
+    timed = (["/usr/bin/time", "-v"] if os.path.exists("/usr/bin/time") else []) + cmd
     if args.device == "cpu" and args.nice:
         timed = ["nice", "-n", str(args.nice)] + timed
     print("running:", " ".join(timed), flush=True)
@@ -118,7 +121,8 @@ def main(argv=None) -> int:
                                        (work / "test_stderr.txt").read_text())
     print(proc.stdout)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    peak_rss_gb = int(rss.group(1)) / 2**20 if rss else None
+    rss_kb = int(rss.group(1)) if rss else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KB on Linux
+    peak_rss_gb = rss_kb / 2**20 if rss_kb else None
     notes = [line for line in re.split(r"[\r\n]", proc.stderr) if line.startswith(("note:", "error:"))]
     per_image_path = work / "results" / "eval_memory" / "per_image.csv"
     per_image = list(csv.DictReader(per_image_path.open())) if per_image_path.is_file() else []
