@@ -599,12 +599,15 @@ def _profile_or_none(net, device, precision, channels, multiple) -> Optional[Mem
 
 
 def parse_tile(value: TileSetting) -> TileSetting:
-    """'auto' (or None) -> 'auto'; 0 -> 0 (whole image); a positive int -> that tile size.
+    """'auto' -> 'auto'; 0 or None -> 0 (whole image, as ``restore_image``'s ``tile=None``); a
+    positive int (or its text) -> that tile size.
 
     Raises:
         ValueError: anything else, with the accepted forms.
     """
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     try:
         tile = int(value)
