@@ -106,7 +106,7 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
     bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, disable=not show_progress,
                desc=desc, leave=False)
     try:
-        with evaluation_mode():
+        with evaluation_mode(), validation_stance(net):  # eager compiled blocks: no compile per image size
             for batch in loader:
                 seen += 1
                 path = batch["lq_path"][0] if "lq_path" in batch else f"image {seen}"
