@@ -12,12 +12,19 @@ dynamo_testing = pytest.importorskip("torch._dynamo.testing")
 
 
 class Block(nn.Module):
+    """Breaks its graph in the middle with the image size in plain integers, as VmambaIR's blocks do
+    around a scan backend dynamo cannot trace: the code after the break is a frame of its own."""
+
     def __init__(self, c):
         super().__init__()
         self.conv = nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, x):
-        return x + torch.relu(self.conv(x)) * x.mean(dim=(2, 3), keepdim=True)
+        b, c, H, W = x.shape
+        y = torch.relu(self.conv(x)).reshape(b, c, H * W)
+        torch._dynamo.graph_break()
+        y = y.reshape(b, c, H, W)
+        return x + y * x.mean(dim=(2, 3), keepdim=True)
 
 
 class TinyNet(nn.Module):
@@ -49,43 +56,53 @@ def run_sizes(net, sizes, batch=1):
             net(torch.rand(batch, 3, h, w))
 
 
-SIZES = [(16, 16), (24, 40), (32, 8), (40, 24)]
+SIZES = [(24, 40), (16, 16), (32, 8), (40, 24)]  # the first is not square (see the next tests)
 
 
-def test_without_policy_each_new_size_compiles_again():
-    """The control: plain compile_blocks builds more than one graph for these sizes."""
+def frames_first_and_all(net, counter, sizes):
+    """Graphs compiled after the first size, and after all of them."""
+    run_sizes(net, sizes[:1])
+    first = counter.frame_count
+    run_sizes(net, sizes[1:])
+    return first, counter.frame_count
+
+
+def test_without_policy_new_sizes_compile_again():
+    """The control: plain compile_blocks compiles again for new sizes."""
     counter = dynamo_testing.CompileCounter()
     net = TinyNet()
     net.compile_blocks(backend=counter)
-    run_sizes(net, SIZES)
-    assert counter.frame_count >= 2
+    first, total = frames_first_and_all(net, counter, SIZES)
+    assert total > first
 
 
 def test_inference_policy_builds_one_graph_for_all_sizes():
     counter = dynamo_testing.CompileCounter()
     net = compiling.compile_network(TinyNet(), training=False, backend=counter)
     assert compiling.compiled_modules(net) == ["stage.0", "stage.1"]
-    run_sizes(net, SIZES)
-    assert counter.frame_count == 1
+    first, total = frames_first_and_all(net, counter, SIZES)
+    assert total == first
 
 
 def test_training_policy_also_lets_the_batch_change():
     counter = dynamo_testing.CompileCounter()
     net = compiling.compile_network(TinyNet(), training=True, backend=counter)
+    counts = []
     for batch, size in [(8, 16), (5, 20), (3, 24), (2, 32)]:  # progressive stages
-        out = net(torch.rand(batch, 3, size, size))
-        out.mean().backward()
-    assert counter.frame_count == 1
+        net(torch.rand(batch, 3, size, size)).mean().backward()
+        counts.append(counter.frame_count)
+    assert counts[0] > 0 and counts[-1] == counts[0]
 
 
-def test_marks_are_applied_to_the_inputs_of_compiled_blocks():
-    net = compiling.compile_network(TinyNet(), training=False, backend=dynamo_testing.CompileCounter())
-    seen = []
-    net.stage[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))  # runs after the parent's hook
-    with compiling.validation_stance(net):  # eager: the hook sees the real tensor
-        net(torch.rand(1, 3, 8, 8))
-    marked = getattr(seen[0], "_dynamo_weak_dynamic_indices", None) or getattr(seen[0], "_dynamo_dynamic_indices", None)
-    assert marked is not None and set(marked) == {2, 3}
+def test_inference_policy_compiles_dynamic():
+    """The policy's compile is dynamic=True: a first square input still serves other sizes once a
+    non-square one has compiled (H == W is the only tie torch makes)."""
+    counter = dynamo_testing.CompileCounter()
+    net = compiling.compile_network(TinyNet(), training=False, backend=counter)
+    run_sizes(net, [(24, 24), (16, 40)])
+    after_two = counter.frame_count
+    run_sizes(net, [(32, 8), (48, 24), (8, 56)])
+    assert counter.frame_count == after_two
 
 
 def test_validation_stance_runs_compiled_blocks_eagerly():
@@ -110,12 +127,10 @@ def test_validation_stance_on_an_uncompiled_network_is_a_no_op():
         net(torch.rand(1, 3, 8, 8))
 
 
-def test_vmambair_blocks_get_the_hooks_on_their_stages():
+def test_vmambair_compiles_its_blocks():
     from vmambair.archs.vmambair_arch import VmambaIR
 
     net = VmambaIR(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
     compiling.compile_network(net, training=True, backend=dynamo_testing.CompileCounter())
     names = compiling.compiled_modules(net)
     assert names and all(type(dict(net.named_modules())[n]).__name__ == "OSSBlock" for n in names)
-    hooked = [n for n, m in net.named_modules() if getattr(m, compiling._HOOK_ATTR, None) is not None]
-    assert sorted(hooked) == sorted({n.rpartition(".")[0] for n in names})
