@@ -8,7 +8,8 @@
 #   OUT=/some/folder bash scripts/bench/authors_suite.sh [AUTHORS_CHECKOUT]   # default .authors/VmambaIR
 #
 # ITERS / WARMUP override the timed iterations (default 6 / 2); PATHS the paths beside the
-# authors' (default "reference graphed").
+# authors' (default "reference graphed"). BUILD_ONLY=1 stops after the builds; SKIP_BUILD=1 skips
+# them (both builds are kept: our extension installed, theirs in .authors/kernel_build).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 orig="${1:-.authors/VmambaIR}"
@@ -17,11 +18,15 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 t0=$(date +%s)
 # The two builds in parallel (each uses several cores).
-( pip install ./kernels/selective_scan > "$out/build_ours.log" 2>&1; echo "ours: rc $?" >> "$out/build_ours.log" ) &
-( bash scripts/bench/build_authors_kernel.sh "$orig" > "$out/build_authors.log" 2>&1; echo "authors: rc $?" >> "$out/build_authors.log" ) &
-wait
-tail -n 2 "$out/build_ours.log" "$out/build_authors.log"
-echo "builds: $(( $(date +%s) - t0 )) s"
+if [ -z "${SKIP_BUILD:-}" ]; then
+    ( python -m pip install --no-build-isolation --no-deps ./kernels/selective_scan > "$out/build_ours.log" 2>&1; echo "ours: rc $?" >> "$out/build_ours.log" ) &
+    ( bash scripts/bench/build_authors_kernel.sh "$orig" > "$out/build_authors.log" 2>&1
+      echo "authors: rc $?" >> "$out/build_authors.log" ) &
+    wait
+    tail -n 2 "$out/build_ours.log" "$out/build_authors.log"
+    echo "builds: $(( $(date +%s) - t0 )) s"
+    [ -n "${BUILD_ONLY:-}" ] && exit 0
+fi
 common=(--original "$orig" --paths authors ${PATHS:-reference graphed} --stages --stage-paths authors graphed
         --warmup "${WARMUP:-2}" --iters "${ITERS:-6}" --json "$out/")
 python scripts/bench/bench_model.py -opt options/realsr_x4_psnr.yml "${common[@]}" \

@@ -16,7 +16,8 @@ stated against the first path given (the authors' code when --original is given)
              (the original implementation's execution strategy).
   fast:      bf16 autocast with the scan state in fp32, projections as 1x1 convolutions, the
              fused omni-scan op for small batches (see vmambair.ops.omni_scan).
-  compiled:  the fast path under torch.compile.
+  compiled:  the fast path under torch.compile (the blocks, with dynamic sizes, as train.compile
+             and restore.py --compile run it; --compile-static: sizes of the first call).
   graphed:   the compiled path with CUDA graphs (vmambair.engine.cuda_graph), as train.cuda_graph
              and restore.py --cuda-graphs run it: forward + loss + backward replayed as one graph,
              then the fused Adam step; inference as one graph per input size.
@@ -47,6 +48,7 @@ import vmambair  # noqa: E402,F401
 from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
 from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES, original_projections  # noqa: E402
+from vmambair.engine.compiling import compile_network  # noqa: E402
 from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
 from vmambair.engine.profiling import summarize  # noqa: E402
 
@@ -88,11 +90,18 @@ def build_for_path(net_opt: dict, path: str):
     return build_network(net_opt).cuda()
 
 
+STATIC_COMPILE: list = []  # --compile-static
+
+
 def for_path(net, path: str):
     """The network as the path runs it: "compiled" and "graphed" compile its blocks in place, as
-    train.compile does."""
+    train.compile does (vmambair.engine.compiling: dynamic sizes; --compile-static: sizes fixed at
+    the first call, as before that policy)."""
     if path in ("compiled", "graphed"):
-        net.compile_blocks(**COMPILE_KWARGS)
+        if STATIC_COMPILE:
+            net.compile_blocks(**COMPILE_KWARGS)
+        else:
+            compile_network(net, training=net.training, **COMPILE_KWARGS)
     return net
 
 
@@ -276,6 +285,9 @@ def main(argv=None):
     p.add_argument("--stage-paths", nargs="+", default=["graphed"], choices=list(PATH_TITLES))
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode of the compiled and graphed paths (default: torch's default)")
+    p.add_argument("--compile-static", action="store_true",
+                   help="compile the blocks for the sizes of their first call (compile_blocks() as it was before "
+                        "vmambair.engine.compiling's dynamic sizes), to compare the two")
     p.add_argument("--plain-backend", default=None,
                    help="scan backend of the reference path (default: mamba_ssm if available, else cuda)")
     p.add_argument("--warmup", type=int, default=3)
@@ -298,6 +310,8 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = False
     if args.compile_mode:
         COMPILE_KWARGS["mode"] = args.compile_mode
+    if args.compile_static:
+        STATIC_COMPILE.append(True)
     try:
         with open(args.opt) as f:
             opt = yaml.safe_load(f)
