@@ -1,0 +1,143 @@
+"""The benchmark tools' CPU logic: record schema, Markdown conversion, the generated page, the
+time-to-train sum, and the stand-in for the authors' scan kernel. No timing."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
+sys.path.insert(0, str(BENCH))
+
+import authors_code  # noqa: E402
+import bench_record  # noqa: E402
+import report  # noqa: E402
+import time_to_train  # noqa: E402
+
+
+def good_record(id="demo"):
+    return bench_record.make_record(
+        id, "A demo", [{"title": "t", "columns": ["what", "ms"], "rows": [["step", 1.5], ["restore", None]]}],
+        section="Whole network", machine="test machine", date="2026-12-07", command="python demo.py",
+        charts=[{"title": "c", "kind": "bar", "x": ["step", "restore"], "series": {"ms": [1.5, None]}}])
+
+
+def test_a_complete_record_is_valid():
+    assert bench_record.validate_record(good_record()) == []
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r.pop("command"), "missing key 'command'"),
+    (lambda r: r["tables"][0]["rows"].append(["only one cell"]), "rows[2]"),
+    (lambda r: r.update(date="yesterday"), "ISO date"),
+    (lambda r: r["charts"][0]["series"].update(ms=[1.0]), "series['ms']"),
+    (lambda r: r.update(tables=[], charts=[]), "at least one table or chart"),
+    (lambda r: r.update(id="no spaces allowed"), "id"),
+])
+def test_schema_violations_are_named(change, expected):
+    rec = good_record()
+    change(rec)
+    problems = bench_record.validate_record(rec)
+    assert any(expected in p for p in problems), problems
+
+
+def test_write_record_refuses_an_invalid_record(tmp_path):
+    rec = good_record()
+    rec.pop("title")
+    with pytest.raises(ValueError, match="title"):
+        bench_record.write_record(rec, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+MARKDOWN = """# Model benchmark: demo
+
+- GPU: Some GPU ; torch 9.9
+- date: 2026-11-27T15:45
+- command: `python scripts/bench/bench_model.py -opt x.yml`
+- a note line
+
+## Timing
+
+| what | reference | fast |
+|---|---|---|
+| train | 10.0 ms, 1.00 GB | 5.0 ms, 0.50 GB |
+| `a|b` | 1 | 2 |
+
+```
+void kernel_a(...)         0.00%       0.000us         0.00%       0.000us       0.000us     677.320us        64.66%     677.320us     677.320us             1
+```
+"""
+
+
+def test_record_from_markdown_keeps_tables_metadata_and_text():
+    rec = bench_record.record_from_markdown(MARKDOWN, "demo", "Whole network")
+    assert bench_record.validate_record(rec) == []
+    assert rec["title"] == "Model benchmark: demo"
+    assert rec["machine"] == "Some GPU ; torch 9.9" and rec["date"] == "2026-11-27"
+    assert rec["command"] == "python scripts/bench/bench_model.py -opt x.yml"
+    timing, kernels = rec["tables"]
+    assert timing["title"] == "Timing" and timing["columns"] == ["what", "reference", "fast"]
+    assert timing["rows"] == [["train", "10.0 ms, 1.00 GB", "5.0 ms, 0.50 GB"], ["`a|b`", "1", "2"]]
+    assert kernels["rows"] == [["void kernel_a(...)", "677.320", "64.66%", "1"]]
+    assert "a note line" in rec["summary"]
+
+
+def test_report_renders_valid_records_and_skips_invalid_ones(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    bench_record.write_record(good_record("demo"), data / "demo.json")
+    (data / "broken.json").write_text(json.dumps({"schema": 1, "id": "broken"}))
+    page = tmp_path / "README.md"
+    assert report.main(["--data", str(data), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "### A demo" in text and "| step | 1.5 |" in text and "| restore | - |" in text
+    assert "test machine" in text and "`python demo.py`" in text
+    assert (tmp_path / "charts" / "demo-1.png").stat().st_size > 0
+    assert "broken" not in text and "broken.json" in capsys.readouterr().err
+    assert report.main(["--data", str(data), "--check"]) == 2
+
+
+def test_time_to_train_sums_stage_times(tmp_path):
+    stages = [{"batch": 8, "gt_size": 128, "input_size": 128, "iters": 1000,
+               "paths": {"graphed": {"ms": 100.0, "peak_gb": 1.0, "extra_gb": 0.5}}},
+              {"batch": 2, "gt_size": 256, "input_size": 256, "iters": 3000,
+               "paths": {"graphed": {"ms": 60.0, "peak_gb": 1.0, "extra_gb": 0.5}}}]
+    rec = good_record("model_demo")
+    rec["figures"] = {"recipe": "options/demo.yml", "stages": stages}
+    src = bench_record.write_record(rec, tmp_path / "model_demo.json")
+    out = tmp_path / "ttt.json"
+    assert time_to_train.main([str(src), "--ddp-efficiency", "0.5", "--json", str(out)]) == 0
+    fig = json.loads(out.read_text())["figures"]["recipes"]["options/demo.yml:graphed"]
+    hours = (0.1 * 1000 + 0.06 * 3000) / 3600
+    assert fig["one_gpu_hours"] == pytest.approx(hours)
+    assert fig["8_gpu_hours"] == pytest.approx(hours / 0.5)
+
+
+def test_reference_scan_matches_the_kernel_signature_and_gradients():
+    """The CPU stand-in for the authors' selective_scan_cuda_core: fwd returns [y, x], bwd the
+    gradients of sum(y * dout), checked against autograd through our reference scan."""
+    from vmambair.ops.scan_reference import scan_reference
+
+    torch.manual_seed(0)
+    b, d, L, N, G = 2, 8, 6, 3, 4
+    u, delta = torch.randn(b, d, L, dtype=torch.float64), torch.randn(b, d, L, dtype=torch.float64)
+    A = -torch.rand(d, N, dtype=torch.float64)
+    B, C = torch.randn(b, G, N, L, dtype=torch.float64), torch.randn(b, G, N, L, dtype=torch.float64)
+    D, bias = torch.randn(d, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
+    kernel = authors_code.reference_scan_module()
+    y, _ = kernel.fwd(u, delta, A, B, C, D, bias, True, 1)
+    torch.testing.assert_close(y, scan_reference(u, delta, A, B, C, D, bias, True))
+    dout = torch.randn_like(y)
+    grads = kernel.bwd(u, delta, A, B, C, D, bias, dout, None, True, 1)
+    leaves = [t.clone().requires_grad_(True) for t in (u, delta, A, B, C, D, bias)]
+    expected = torch.autograd.grad((scan_reference(*leaves, delta_softplus=True) * dout).sum(), leaves)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_folder_that_is_not_their_checkout_is_refused(tmp_path):
+    with pytest.raises(authors_code.AuthorsCodeError, match="not a checkout"):
+        authors_code.load_authors_network(tmp_path, "derain")
+    with pytest.raises(authors_code.AuthorsCodeError, match="no such folder"):
+        authors_code.load_authors_network(tmp_path / "missing", "derain")
