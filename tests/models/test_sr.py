@@ -84,7 +84,7 @@ def _tiny_recipe(src: str, tmp: Path, name: str, **changes) -> Path:
         tr["degradation"].update(crop_pad_size=72, queue_size=4)
     if raw["train"].get("perceptual_opt"):
         raw["train"]["perceptual_opt"]["pretrained"] = False  # random VGG19: no weight file needed
-    raw["train"].update(total_iter=1, bf16=False)
+    raw["train"].update(total_iter=1, precision="fp32")
     raw["logger"].update(print_freq=1, use_tb_logger=False)
     raw["val"]["metrics"]["lpips"] = {"type": "calculate_lpips", "crop_border": 4, "pretrained": False}
     for key, value in changes.items():

@@ -526,7 +526,7 @@ class Trainer:
                     self.validate()
                 window_start += time.time() - paused  # keep it/s and ETA about training only
                 stop = self._stop_requested(signals)
-                if stop:
+                if stop and self.iteration < total:  # on the last iteration the run simply ends
                     if self.saved_at != self.iteration:
                         self.save()
                     self._close()
