@@ -29,12 +29,12 @@ if [ -z "${SKIP_BUILD:-}" ]; then
 fi
 common=(--original "$orig" --paths authors ${PATHS:-reference graphed} --stages --stage-paths authors graphed
         --warmup "${WARMUP:-2}" --iters "${ITERS:-6}" --json "$out/")
-python scripts/bench/bench_model.py -opt options/realsr_x4_psnr.yml "${common[@]}" \
+python scripts/bench/bench_model.py -opt options/realsr_x4_psnr.yml "${common[@]}" --id model_realsr_x4_vs_authors \
     --train-batch 9 --train-size 64 --infer-sizes 1024 2>&1 | tee "$out/bench_realsr.log"
 echo "real-world x4 done: $(( $(date +%s) - t0 )) s"
-python scripts/bench/bench_model.py -opt options/derain.yml "${common[@]}" --checkpointing ffn \
+python scripts/bench/bench_model.py -opt options/derain.yml "${common[@]}" --id model_derain_vs_authors --checkpointing ffn \
     --train-batch 8 --train-size 128 --infer-sizes 256 1024 2048 2>&1 | tee "$out/bench_derain.log"
 echo "deraining done: $(( $(date +%s) - t0 )) s"
-python scripts/bench/time_to_train.py "$out"/model_realsr_x4_psnr_*.json "$out"/model_derain_*.json \
+python scripts/bench/time_to_train.py "$out"/model_realsr_x4_vs_authors.json "$out"/model_derain_vs_authors.json \
     --json "$out/time_to_train.json" 2>&1 | tee "$out/time_to_train.log"
 echo "total: $(( $(date +%s) - t0 )) s"
