@@ -345,7 +345,8 @@ class Trainer:
                 save_dir = self.vis_dir / name if val.save_img else None
                 means, n, samples = evaluate_dataset(net, build_eval_loader(ds), val, self.opt.scale,
                                                      self.ctx.device, bf16, save_dir, suffix=str(self.iteration),
-                                                     num_samples=val.num_tb_images if self.tb or self.wandb else 0)
+                                                     num_samples=val.num_tb_images if self.tb or self.wandb else 0,
+                                                     precision=self.model.precision)
                 results[name] = means
                 text = ", ".join(f"{m} {v:.4f}" for m, v in means.items())
                 logger.info(f"Validation {name} ({n} images) at iteration {self.iteration}: {text}")
