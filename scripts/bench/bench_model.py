@@ -86,7 +86,7 @@ def build_for_path(net_opt: dict, path: str):
     if path == "authors":
         kwargs = {k: net_opt[k] for k in AUTHORS_KEYS if k in net_opt}
         return authors_code.load_authors_network(AUTHORS["original"], AUTHORS["family"], scan="kernel",
-                                                 **kwargs).cuda()
+                                                 kernel_dir=AUTHORS.get("kernel_dir"), **kwargs).cuda()
     return build_network(net_opt).cuda()
 
 
@@ -334,7 +334,8 @@ def main(argv=None):
         except authors_code.AuthorsCodeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        AUTHORS.update(original=args.original, family=args.authors_family or authors_family(net_opt))
+        AUTHORS.update(original=args.original, family=args.authors_family or authors_family(net_opt),
+                       kernel_dir=args.authors_kernel_dir)
     avail = ops.available_backends("cuda")
     plain = args.plain_backend or ("mamba_ssm" if "mamba_ssm" in avail else avail[0])
     if args.profile:
