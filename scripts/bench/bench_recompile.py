@@ -6,9 +6,9 @@ to the first iteration of each progressive training stage, under each compile po
 
 Validation (batch 1, bf16 autocast, --images images in --sizes distinct sizes, each size twice):
   eager             the blocks not compiled
-  compiled static   compile_blocks() as before this policy: each new size compiles again
-  compiled dynamic  engine.compiling.compile_network(training=False): height/width dynamic
-  validation stance compiled, but run under engine.compiling.validation_stance (eager), as the
+  compiled-static   compile_blocks() as before this policy: each new size compiles again
+  compiled-dynamic  engine.compiling.compile_network(training=False): height/width dynamic
+  validation-stance compiled, but run under engine.compiling.validation_stance (eager), as the
                     trainer's validation and test.py now do
 Progressive stages (the recipe's datasets.train stages; fwd + L1 + bwd + Adam, compiled blocks,
 CUDA-graphed as train.cuda_graph; activation_checkpointing as in the recipe): for each stage, the
@@ -49,9 +49,9 @@ def validation_run(net_opt: dict, policy: str, sizes: list, per_size: int) -> di
     torch._dynamo.reset()
     torch.manual_seed(0)
     net = build_network(net_opt).cuda().eval()
-    if policy == "compiled static" or policy == "validation stance":
+    if policy == "compiled-static" or policy == "validation-stance":
         net.compile_blocks()
-    elif policy == "compiled dynamic":
+    elif policy == "compiled-dynamic":
         compiling.compile_network(net, training=False)
     times = []
     sync()
@@ -60,7 +60,7 @@ def validation_run(net_opt: dict, policy: str, sizes: list, per_size: int) -> di
         for _ in range(per_size):
             x = torch.rand(1, 3, h, w, device="cuda")
             t = time.perf_counter()
-            ctx = compiling.validation_stance(net) if policy == "validation stance" else _null()
+            ctx = compiling.validation_stance(net) if policy == "validation-stance" else _null()
             with ctx, torch.autocast("cuda", dtype=torch.bfloat16):
                 restore_image(net, x, scale=net_opt.get("scale", 1))
             sync()
@@ -129,8 +129,8 @@ def main(argv=None) -> int:
     p.add_argument("-opt", default="options/derain.yml")
     p.add_argument("--images", type=int, default=20, help="validation images (spread evenly over the sizes)")
     p.add_argument("--sizes", type=int, default=10, help="distinct validation sizes (the first N of a fixed list)")
-    p.add_argument("--policies", nargs="+", default=["eager", "compiled static", "compiled dynamic", "validation stance"],
-                   choices=["eager", "compiled static", "compiled dynamic", "validation stance"])
+    p.add_argument("--policies", nargs="+", default=["eager", "compiled-static", "compiled-dynamic", "validation-stance"],
+                   choices=["eager", "compiled-static", "compiled-dynamic", "validation-stance"])
     p.add_argument("--no-stages", action="store_true", help="skip the progressive-stage measurement")
     p.add_argument("--old", action="store_true", help="also time the stages under the old policy (slow)")
     p.add_argument("--steps", type=int, default=5, help="steps timed per stage after the first")
