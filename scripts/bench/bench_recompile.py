@@ -7,20 +7,21 @@ to the first iteration of each progressive training stage, under each compile po
 Validation (batch 1, bf16 autocast, --images images in --sizes distinct sizes, each size twice):
   eager             the blocks not compiled
   compiled-static   compile_blocks() as before this policy: each new size compiles again
-  compiled-dynamic  engine.compiling.compile_network(training=False): height/width dynamic
+  compiled-dynamic  engine.compiling.compile_network(training=False): dynamic sizes
   validation-stance compiled, but run under engine.compiling.validation_stance (eager), as the
                     trainer's validation and test.py now do
 Progressive stages (the recipe's datasets.train stages; fwd + L1 + bwd + Adam, compiled blocks,
 CUDA-graphed as train.cuda_graph; activation_checkpointing as in the recipe): for each stage, the
 seconds from the stage's first call to the end of its first step (compile + graph recording +
 step) and the mean time of the next steps, under
-  new   compile_network(training=True) (batch/height/width dynamic)
+  new   compile_network(training=True) (dynamic sizes)
   old   compile_blocks() (only with --old: each stage may compile for minutes)
 Each policy starts from an empty compile cache (torch._dynamo.reset()).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -60,7 +61,7 @@ def validation_run(net_opt: dict, policy: str, sizes: list, per_size: int) -> di
         for _ in range(per_size):
             x = torch.rand(1, 3, h, w, device="cuda")
             t = time.perf_counter()
-            ctx = compiling.validation_stance(net) if policy == "validation-stance" else _null()
+            ctx = compiling.validation_stance(net) if policy == "validation-stance" else contextlib.nullcontext()
             with ctx, torch.autocast("cuda", dtype=torch.bfloat16):
                 restore_image(net, x, scale=net_opt.get("scale", 1))
             sync()
@@ -70,14 +71,6 @@ def validation_run(net_opt: dict, policy: str, sizes: list, per_size: int) -> di
     return {"total_s": round(total, 2), "first_s": round(times[0], 2),
             "median_later_ms": round(1000 * rest[len(rest) // 2], 1) if rest else None,
             "max_later_s": round(max(rest), 2) if rest else None}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int) -> list:
