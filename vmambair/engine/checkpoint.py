@@ -73,14 +73,15 @@ def load_network_weights(path: str | os.PathLike, key: Optional[str] = "params")
 
 
 def save_network(nets: Dict[str, torch.nn.Module] | torch.nn.Module, path: str | os.PathLike,
-                 key: str = "params", safetensors: bool = False) -> None:
+                 key: str = "params", safetensors: bool = False, metadata: Optional[Dict[str, str]] = None) -> None:
     """Save network weights atomically, basicsr style: ``{key: state_dict, ...}``.
 
     Args:
         nets: one network (saved under ``key``) or ``{key: network}`` (e.g. ``{'params': net,
             'params_ema': ema_net}``). DDP wrappers are unwrapped.
         path: ``.pth`` target. With ``safetensors=True`` a ``.safetensors`` twin is written
-            beside it with tensors named ``<key>.<param>``.
+            beside it with tensors named ``<key>.<param>`` and ``metadata`` (see
+            :func:`vmambair.engine.portable.training_metadata`).
     """
     if isinstance(nets, torch.nn.Module):
         nets = {key: nets}
@@ -92,7 +93,7 @@ def save_network(nets: Dict[str, torch.nn.Module] | torch.nn.Module, path: str |
     if safetensors:
         from safetensors.torch import save as st_save
         flat = {f"{name}.{k}": v for name, sd in payload.items() for k, v in sd.items()}
-        atomic_write_bytes(st_save(flat), Path(path).with_suffix(".safetensors"))
+        atomic_write_bytes(st_save(flat, metadata=metadata), Path(path).with_suffix(".safetensors"))
 
 
 class PartialLoadError(CheckpointError, OptionsError):

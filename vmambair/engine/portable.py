@@ -76,6 +76,32 @@ def task_label(scale: int) -> str:
     return "restoration" if int(scale) == 1 else f"sr_x{int(scale)}"
 
 
+def guess_task(name: str, scale: int) -> str:
+    """A task label from an experiment or options-file name (``VmambaIR_realsr_x4_psnr`` ->
+    ``realsr_x4``, ``derain`` -> ``derain``), else :func:`task_label`."""
+    low, scale = str(name).lower(), int(scale)
+    if "quickstart" in low:
+        return "quickstart"
+    if "derain" in low:
+        return "derain"
+    if "realsr" in low and scale > 1:
+        return f"realsr_x{scale}"
+    if "sr" in low.replace("_", " ").split() or f"sr_x{scale}" in low:
+        return f"sr_x{scale}" if scale > 1 else task_label(scale)
+    return task_label(scale)
+
+
+def training_metadata(opt: Any, net_name: str, iteration: int) -> Dict[str, str]:
+    """Metadata of the weights training writes for network ``net_name`` (``net_g`` or ``net_d``)
+    of options ``opt`` (a :class:`vmambair.config.Options`) at ``iteration``."""
+    spec = opt.network_g if net_name == "net_g" else getattr(opt, "network_" + net_name.split("_", 1)[-1], None)
+    if not spec:
+        raise CheckpointError(f"No network options for '{net_name}' in the options of '{opt.name}'.")
+    return weights_metadata(spec, scale=opt.scale if net_name == "net_g" else 1,
+                            task=guess_task(opt.name, opt.scale), source="training",
+                            experiment=opt.name, iteration=iteration)
+
+
 def weights_metadata(network_g: Mapping[str, Any], *, scale: int, task: str, source: str,
                      experiment: Optional[str] = None, iteration: Optional[int] = None,
                      key: Optional[str] = None) -> Dict[str, str]:

@@ -29,6 +29,7 @@ from vmambair.engine.compiling import compile_network
 from vmambair.engine.dist import DistContext
 from vmambair.config import Options, OptionsError, build_from_spec
 from vmambair.engine.inference import autocast_context
+from vmambair.engine.portable import training_metadata
 
 
 class ModelEMA:
@@ -304,4 +305,5 @@ class BaseModel:
             if name in self.ema:
                 payload["params_ema"] = self.ema[name].module
             for tag in (str(iteration), "latest"):
-                save_network(payload, Path(models_dir) / f"{name}_{tag}.pth", safetensors=safetensors)
+                save_network(payload, Path(models_dir) / f"{name}_{tag}.pth", safetensors=safetensors,
+                             metadata=training_metadata(self.opt, name, iteration) if safetensors else None)
