@@ -53,11 +53,11 @@ void check_param(const OptTensor& t, const char* name, const Tensor& like, int64
 //   pass(blocks, occ) = cps * (full waves * t(occ) + t(blocks in the last, partial wave)),
 //   t(k) = 1 + kShare * (k - 1): one chunk's time when k blocks share the SM;
 //   total = pass(rows * nseg, occ.main) + kSummary * pass(rows * (nseg - 1), occ.summary) + kCombine.
-// The constants are fitted to GPU times of forced segment counts (benchmarks/scan_segments.md,
-// scripts/sweep_segments.py, H200); the model's pick is within 1-4 % of the best forced count for
+// The constants are fitted to GPU times of forced segment counts (benchmarks/scan_segments.md in
+// git history, scripts/bench/sweep_segments.py, H200); the model's pick is within 1-4 % of the best forced count for
 // every plain shape there. Ties go to fewer segments.
 //
-// The fused op did not fit this model when measured (benchmarks/scan_segments_omni.md, column
+// The fused op did not fit this model when measured (benchmarks/data/scan_segments_omni.json, column
 // directions staged): its column-direction blocks read every position from a different image row
 // and took ~3x as long per chunk as its row-direction blocks, so what counted was enough small
 // blocks for the scheduler to even out SMs. With fewer blocks than the GPU holds, it gets
@@ -226,7 +226,7 @@ void set_segments(vss::ScanParams& p, bool omni, int64_t nseg_req, const Tensor&
 //   "staged"      no copies: gathers in and staged out, both row by row where H divides the chunk.
 // Measured on an H200 at (9, 96, 64x64), fwd + bwd GPU time, before the tiled transposes:
 // transposed vs staged fp32 1.281 vs 1.485 ms, bf16 1.317 vs 1.447 ms
-// (benchmarks/gpu_scan_fused_transposed.md / _staged.md of that date).
+// (benchmarks/gpu_scan_fused_transposed.md / _staged.md of that date, in git history).
 enum class Columns { kStaged = 0, kTransposed = 1, kMixed = 2 };
 constexpr Columns kDefaultColumns = Columns::kMixed;
 
