@@ -97,3 +97,53 @@ def test_gan_step_in_fp16_uses_the_scaler_for_g_only(tmp_path):
         assert all(torch.isfinite(v) for v in losses.values()) and not model.step_skipped
     assert {"l_g_pix", "l_g_gan", "l_d_real", "l_d_fake"} <= set(losses)
     assert model.scaler.get_scale() > 0 and "grad_scaler" in model.state_dict()
+
+
+class StandInGraph:
+    """A CPU stand-in for GraphedLossAndGrad with its contract: ``(*batch) -> loss``, the
+    gradient of ``loss * loss_multiplier`` rewritten (not added) into the same buffers on every
+    call, and with ``flat_grads`` every ``p.grad`` a view of one flat buffer."""
+
+    def __init__(self, loss_fn, params, flat_grads, loss_multiplier):
+        from vmambair.engine.cuda_graph import eager_loss_and_grad
+        self.params = [p for p in params if p.requires_grad]
+        self.step = eager_loss_and_grad(loss_fn, self.params, loss_multiplier)
+        self.flat_grad = torch.zeros(sum(p.numel() for p in self.params)) if flat_grads else None
+        self.views = ([v.view_as(p) for v, p in zip(self.flat_grad.split([p.numel() for p in self.params]),
+                                                     self.params)] if flat_grads else None)
+
+    def __call__(self, *batch):
+        loss = self.step(*batch)
+        if self.views is not None:
+            for v, p in zip(self.views, self.params):
+                v.copy_(p.grad)
+                p.grad = v
+        return loss
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_graphed_accumulation_bookkeeping_matches_eager(tmp_path, one_thread, flat):  # noqa: F811
+    """The graphed step's accumulation (gradients summed outside the graph, the 1/K multiplier
+    read from a buffer) gives the eager step's weights; the graph itself is replaced by a CPU
+    stand-in with the same contract (the recording is covered by the cuda tests)."""
+    over = ["train.accumulate=3", "train.optim_g={type: SGD, lr: 0.5}", "train.clip_grad_norm=null",
+            "train.ema_decay=0"]
+    models = []
+    for graphed in (False, True):
+        opt = load_options(tiny_options(tmp_path), over)
+        torch.manual_seed(0)
+        model = MODEL_REGISTRY.get(opt.model_type)(opt, DistContext())
+        if graphed:
+            net = model.networks["net_g"]
+            model.graphed_step = StandInGraph(lambda lq, gt, net=net, m=model: m.pixel_loss_of(net, lq, gt),
+                                              net.parameters(), flat, model.graph_multiplier)
+        models.append(model)
+    torch.manual_seed(3)
+    steps = [[{"lq": torch.rand(2, 3, 16, 16), "gt": torch.rand(2, 3, 16, 16)} for _ in range(3)] for _ in range(2)]
+    for model in models:
+        for it, micro in enumerate(steps, 1):
+            model.optimize_parameters(it, micro)
+    eager, graphed = (m.networks["net_g"].state_dict() for m in models)
+    assert models[1].graph_multiplier.item() == pytest.approx(1 / 3)
+    for name in eager:
+        torch.testing.assert_close(graphed[name], eager[name], rtol=1e-5, atol=1e-7)

@@ -81,18 +81,20 @@ class ImageRestorationModel(BaseModel):
         except GraphRecordingError as err:
             raise OptionsError(f"Option 'train.cuda_graph': {err} Train without it: set train.cuda_graph: false "
                                "(or --set train.cuda_graph=false).") from err
-        flat = self.graphed_step.flat_grad
         if count > 1:
-            # Each replay rewrites the flat gradient: keep the running sum beside it, and fold it
-            # into the graph's buffer after the last micro-batch (whose p.grad views then hold it).
+            # Each replay rewrites the gradients: keep the running sum beside them, and fold it
+            # into the graph's buffers after the last micro-batch (p.grad then holds the sum).
+            # With flat_grads (set up whenever train.accumulate > 1) that is one tensor.
+            flat = self.graphed_step.flat_grad
+            grads = [flat] if flat is not None else [p.grad for p in self.graphed_step.params if p.grad is not None]
             if index == 0:
-                if self.grad_sum is None or self.grad_sum.shape != flat.shape:
-                    self.grad_sum = torch.empty_like(flat)
-                self.grad_sum.copy_(flat)
+                if self.grad_sum is None or [g.shape for g in self.grad_sum] != [g.shape for g in grads]:
+                    self.grad_sum = [torch.empty_like(g) for g in grads]
+                torch._foreach_copy_(self.grad_sum, grads)
             elif index < count - 1:
-                self.grad_sum.add_(flat)
+                torch._foreach_add_(self.grad_sum, grads)
             else:
-                flat.add_(self.grad_sum)
+                torch._foreach_add_(grads, self.grad_sum)
         return loss
 
     def optimize_parameters(self, iteration: int, micro_batches: Optional[List[Dict[str, Any]]] = None
