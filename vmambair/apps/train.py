@@ -81,13 +81,17 @@ class StopSignals:
     def __init__(self):
         self.signum: Optional[int] = None
         self._previous: Dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a DataLoader worker forked with this handler, before its init function ran
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        again = "; Ctrl+C again aborts without saving" if signum == signal.SIGINT else ""
         logger.warning(f"Received {signal.Signals(signum).name}: finishing this iteration, then saving a "
-                       f"training state and exiting (the same command resumes){'; Ctrl+C again aborts without saving' if signum == signal.SIGINT else ''}.")
+                       f"training state and exiting (the same command resumes){again}.")
 
     def __enter__(self) -> "StopSignals":
         import threading
@@ -104,9 +108,19 @@ class StopSignals:
 
 def _ignore_stop_signals_in_worker(worker_id: int) -> None:
     """DataLoader workers leave SIGTERM / SIGINT to the main process (a terminal's Ctrl+C and
-    SLURM's scancel reach the whole process group): the main process stops cleanly, then ends them."""
+    SLURM's scancel reach the whole process group; a worker killed by them would make the main
+    process fail mid-step). The main process ends them itself: :func:`_shut_down_workers`, on
+    every way out of the training loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _shut_down_workers(batches) -> None:
+    """Stop a DataLoader iterator's worker processes now (they ignore SIGTERM, so they must not
+    be left for the interpreter's exit, which would wait for them forever)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 class WandbLogger:
@@ -458,80 +472,83 @@ class Trainer:
                                      f"{opt.name}: {self.ctx.world_size} process(es)")
         self.saved_at = None
         with StopSignals() as signals:
-            while self.iteration < total:
-                new_stage = self.schedule.stage_at(self.iteration)
-                if loader is None or new_stage != stage:
-                    if stage is not None and new_stage != stage:
-                        logger.info(f"Progressive training: stage {new_stage + 1}/{len(self.schedule)}, GT patch "
-                                    f"{self.schedule.gt_sizes[new_stage]}, batch {self.schedule.batch_sizes[new_stage]} "
-                                    f"per process, from iteration {self.iteration + 1}.")
-                    stage = new_stage
-                    loader, batch = self._make_loader(stage)
-                waited = time.perf_counter()
-                loader, batches = self._next_micro_batches(loader, stage, accumulate)
-                window_data_s += time.perf_counter() - waited
-                self.iteration += 1
-                profiler.step_begins(self.iteration)
-                if accumulate == 1:
-                    self.model.feed_data(batches[0])
-                    losses = self.model.optimize_parameters(self.iteration)
-                else:
-                    losses = self.model.optimize_parameters(self.iteration, batches)
-                self.model.update_learning_rate(self.iteration)
-                self._after_step(losses)
-                for k, v in losses.items():
-                    pending.setdefault(k, []).append(v)
-                window_iters += 1
-                profiler.step_ends(self.iteration)
-
-                if self.iteration % lg.print_freq == 0 or self.iteration == total:
-                    means = {k: self.ctx.mean(torch.stack(v).float().mean().item()) for k, v in pending.items()}
-                    pending.clear()
-                    elapsed = time.time() - window_start
-                    rate = window_iters / max(elapsed, 1e-9)
-                    data_ms = 1000 * window_data_s / max(window_iters, 1)
-                    lr = self.model.current_learning_rate()
-                    loss_text = " ".join(f"{k} {v:.4e}" for k, v in means.items())
-                    extra = ""
-                    if self.model.scaler is not None:
-                        extra += f" | loss scale {self.model.scaler.get_scale():.0f} ({self.fp16_overflows} overflows)"
-                    if self.nonfinite_total:
-                        extra += f" | {self.nonfinite_total} non-finite steps skipped"
-                    logger.info(f"iter {self.iteration:,}/{total:,} | {rate:.2f} it/s (data wait {data_ms:.1f} ms/it) | eta "
-                                f"{_format_eta((total - self.iteration) / max(rate, 1e-9))} | epoch {self.epoch} | "
-                                f"stage {stage + 1}/{len(self.schedule)} patch {self.schedule.gt_sizes[stage]} "
-                                f"batch {batch}x{self.ctx.world_size}{f'x{accumulate}' if accumulate > 1 else ''} | "
-                                f"lr {lr:.3e} | {loss_text}{extra}")
-                    if self.tb:
-                        for k, v in means.items():
-                            self.tb.add_scalar(f"losses/{k}", v, self.iteration)
-                        self.tb.add_scalar("train/lr", lr, self.iteration)
-                        self.tb.add_scalar("train/it_per_s", rate, self.iteration)
-                    if self.wandb:
-                        self.wandb.log({**{f"losses/{k}": v for k, v in means.items()}, "train/lr": lr,
-                                        "train/it_per_s": rate}, self.iteration)
-                    self._jsonl({"iter": self.iteration, "lr": lr, "it_per_s": rate, "data_ms": data_ms, **means})
-                    window_start, window_iters, window_data_s = time.time(), 0, 0.0
-
-                paused = time.time()
-                if self.iteration % lg.save_checkpoint_freq == 0 or self.iteration == total:
-                    if self.nonfinite_streak:
-                        # The weights are those of the last good step, but keep the newest state
-                        # one written from a healthy run: the next periodic save catches up.
-                        logger.warning(f"Not saving at iteration {self.iteration}: inside a run of "
-                                       f"{self.nonfinite_streak} non-finite steps.")
+            try:
+                while self.iteration < total:
+                    new_stage = self.schedule.stage_at(self.iteration)
+                    if loader is None or new_stage != stage:
+                        if stage is not None and new_stage != stage:
+                            logger.info(f"Progressive training: stage {new_stage + 1}/{len(self.schedule)}, GT patch "
+                                        f"{self.schedule.gt_sizes[new_stage]}, batch {self.schedule.batch_sizes[new_stage]} "
+                                        f"per process, from iteration {self.iteration + 1}.")
+                        stage = new_stage
+                        loader, batch = self._make_loader(stage)
+                    waited = time.perf_counter()
+                    loader, batches = self._next_micro_batches(loader, stage, accumulate)
+                    window_data_s += time.perf_counter() - waited
+                    self.iteration += 1
+                    profiler.step_begins(self.iteration)
+                    if accumulate == 1:
+                        self.model.feed_data(batches[0])
+                        losses = self.model.optimize_parameters(self.iteration)
                     else:
-                        self.save()
-                if opt.val is not None and self.val_sets and (self.iteration % opt.val.val_freq == 0
-                                                               or self.iteration == total):
-                    self.validate()
-                window_start += time.time() - paused  # keep it/s and ETA about training only
-                stop = self._stop_requested(signals)
-                if stop and self.iteration < total:  # on the last iteration the run simply ends
-                    if self.saved_at != self.iteration:
-                        self.save()
-                    self._close()
-                    raise TrainingInterrupted(stop, self.iteration)
+                        losses = self.model.optimize_parameters(self.iteration, batches)
+                    self.model.update_learning_rate(self.iteration)
+                    self._after_step(losses)
+                    for k, v in losses.items():
+                        pending.setdefault(k, []).append(v)
+                    window_iters += 1
+                    profiler.step_ends(self.iteration)
+
+                    if self.iteration % lg.print_freq == 0 or self.iteration == total:
+                        means = {k: self.ctx.mean(torch.stack(v).float().mean().item()) for k, v in pending.items()}
+                        pending.clear()
+                        elapsed = time.time() - window_start
+                        rate = window_iters / max(elapsed, 1e-9)
+                        data_ms = 1000 * window_data_s / max(window_iters, 1)
+                        lr = self.model.current_learning_rate()
+                        loss_text = " ".join(f"{k} {v:.4e}" for k, v in means.items())
+                        extra = ""
+                        if self.model.scaler is not None:
+                            extra += f" | loss scale {self.model.scaler.get_scale():.0f} ({self.fp16_overflows} overflows)"
+                        if self.nonfinite_total:
+                            extra += f" | {self.nonfinite_total} non-finite steps skipped"
+                        logger.info(f"iter {self.iteration:,}/{total:,} | {rate:.2f} it/s (data wait {data_ms:.1f} ms/it) | eta "
+                                    f"{_format_eta((total - self.iteration) / max(rate, 1e-9))} | epoch {self.epoch} | "
+                                    f"stage {stage + 1}/{len(self.schedule)} patch {self.schedule.gt_sizes[stage]} "
+                                    f"batch {batch}x{self.ctx.world_size}{f'x{accumulate}' if accumulate > 1 else ''} | "
+                                    f"lr {lr:.3e} | {loss_text}{extra}")
+                        if self.tb:
+                            for k, v in means.items():
+                                self.tb.add_scalar(f"losses/{k}", v, self.iteration)
+                            self.tb.add_scalar("train/lr", lr, self.iteration)
+                            self.tb.add_scalar("train/it_per_s", rate, self.iteration)
+                        if self.wandb:
+                            self.wandb.log({**{f"losses/{k}": v for k, v in means.items()}, "train/lr": lr,
+                                            "train/it_per_s": rate}, self.iteration)
+                        self._jsonl({"iter": self.iteration, "lr": lr, "it_per_s": rate, "data_ms": data_ms, **means})
+                        window_start, window_iters, window_data_s = time.time(), 0, 0.0
+
+                    paused = time.time()
+                    if self.iteration % lg.save_checkpoint_freq == 0 or self.iteration == total:
+                        if self.nonfinite_streak:
+                            # The weights are those of the last good step, but keep the newest state
+                            # one written from a healthy run: the next periodic save catches up.
+                            logger.warning(f"Not saving at iteration {self.iteration}: inside a run of "
+                                           f"{self.nonfinite_streak} non-finite steps.")
+                        else:
+                            self.save()
+                    if opt.val is not None and self.val_sets and (self.iteration % opt.val.val_freq == 0
+                                                                   or self.iteration == total):
+                        self.validate()
+                    window_start += time.time() - paused  # keep it/s and ETA about training only
+                    stop = self._stop_requested(signals)
+                    if stop and self.iteration < total:  # on the last iteration the run simply ends
+                        if self.saved_at != self.iteration:
+                            self.save()
+                        self._close()
+                        raise TrainingInterrupted(stop, self.iteration)
+            finally:
+                _shut_down_workers(loader)
         logger.info(f"Training {opt.name} finished at iteration {self.iteration}.")
         if opt.val is not None and opt.val.report_inputs:
             self.report_inputs()
