@@ -41,6 +41,7 @@ from vmambair.data.image_io import DataError, is_image_file, read_image_unchange
 from ..engine.checkpoint import CheckpointError, atomic_write_bytes, load_into_network
 from ..engine.compiling import compile_network
 from ..engine.cuda_graph import GraphedForward, GraphRecordingError
+from ..engine.portable import load_model
 from ..engine.inference import parse_tile, restore_array  # noqa: F401  (restore_array: also imported from here)
 from ..config import bundled_options, OptionsError, build_from_spec, load_options
 
@@ -170,7 +171,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=sorted(TASKS), help="Use this task's options and default weights "
                    "(default: quickstart).")
     p.add_argument("--weights", help="Weights (.safetensors, or .pth read with weights_only=True); default: the "
-                   "options' path.pretrain_network_g, else experiments/<name>/models/net_g_latest.*.")
+                   "options' path.pretrain_network_g, else experiments/<name>/models/net_g_latest.*. Self-describing "
+                   ".safetensors (scripts/export.py, training, convert_original.py) need neither -opt nor --task.")
     p.add_argument("--param-key", help="Entry of a .pth to load (params or params_ema); default: the options' "
                    "path.param_key_g.")
     p.add_argument("--tile", type=_tile_arg, default="auto", help="'auto' (default): the whole image where its "
@@ -229,8 +231,16 @@ def restore_main(argv: Optional[List[str]] = None) -> int:
             raise UsageError(f"--max-memory must be a positive number of GB; got {args.max_memory}.")
         device, precision = _pick_device(args.device, args.precision)
         files = list_inputs(args.input)
-        opt_path = resolve_options(args.opt, args.task)
-        net, scale, multiple, weights = load_network(opt_path, args.weights, args.param_key, device)
+        if args.weights and not args.opt and not args.task:
+            # Self-describing weights (vmambair.engine.portable): the network from their metadata.
+            try:
+                net = load_model(args.weights, device, key=args.param_key)
+            except CheckpointError as err:
+                raise UsageError(f"{err} (or choose a task's network with --task)") from None
+            scale, multiple, weights = int(net.vmambair_scale), 8, Path(args.weights)
+        else:
+            opt_path = resolve_options(args.opt, args.task)
+            net, scale, multiple, weights = load_network(opt_path, args.weights, args.param_key, device)
         if args.compile:
             if device.type != "cuda":
                 raise UsageError("--compile needs a CUDA device (--device cuda); on the CPU, leave it out.")

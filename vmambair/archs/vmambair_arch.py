@@ -40,7 +40,8 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        # the normalised shape from the parameter's length, not x.shape: a constant when traced for ONNX
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (len(self.weight),), self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
 
@@ -181,8 +182,8 @@ class SSMParams(nn.Module):
         per direction first, so the low-rank detour (R = d/16 channels, which runs as badly shaped
         GEMMs) is never materialised. More multiply-adds, far fewer and better-shaped kernels.
         """
-        b, d, H, W = x.shape
-        K, R, N = self.K, self.rank, self.d_state
+        b, _, H, W = x.shape
+        K, R, N, d = self.K, self.rank, self.d_state, self.d  # d from the module: a constant when traced for ONNX
         with torch.autocast(x.device.type, enabled=False):  # the product of weights stays fp32
             w_delta = torch.bmm(self.dt_projs_weight, self.x_proj_weight[:, :R]).reshape(K * d, d, 1, 1)
         w_b = self.x_proj_weight[:, R:R + N].reshape(K * N, d, 1, 1)

@@ -48,7 +48,12 @@ def load_network_weights(path: str | os.PathLike, key: Optional[str] = "params")
             raise CheckpointError("Reading .safetensors needs `pip install safetensors`.") from err
         if not path.is_file():
             raise CheckpointError(f"Weight file '{path}' does not exist.")
-        flat = load_file(str(path), device="cpu")
+        try:
+            flat = load_file(str(path), device="cpu")
+        except Exception as err:  # SafetensorError, OSError...: a truncated or foreign file
+            raise CheckpointError(f"Weight file '{path}' is not a readable safetensors file "
+                                  f"({(str(err).splitlines() or [type(err).__name__])[0]}); it may be truncated "
+                                  f"or corrupt.") from None
         if key and any(k.startswith(key + ".") for k in flat):
             flat = {k[len(key) + 1:]: v for k, v in flat.items() if k.startswith(key + ".")}
         return _strip_module_prefix(flat)
