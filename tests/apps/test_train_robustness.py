@@ -81,6 +81,37 @@ def test_sigterm_and_sigint_save_exit_and_resume_bit_identical(tmp_path):
     _assert_same_weights(_weights(ref_dir, 5), _weights(run_dir, 5))
 
 
+def test_sigterm_to_the_process_group_with_dataloader_workers(tmp_path):
+    """SLURM's scancel and a terminal's Ctrl+C signal every process of the job, DataLoader workers
+    included: the run still saves and exits 143, and leaves no process behind."""
+    import os
+    import subprocess
+    import sys
+    import time
+    opt = tiny_options(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-opt", str(opt), "--set", "train.total_iter=100000",
+                             "--set", "datasets.train.num_worker_per_gpu=2", "--set", "val.val_freq=100000"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    log = tmp_path / "experiments" / "tiny" / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, (out[-2000:], err[-3000:])
+    assert out.count("Received SIGTERM") == 1
+    stopped = [int(x) for x in out.split("stopped by SIGTERM at iteration ")[1:2][0].split(";")[:1]]
+    assert (tmp_path / "experiments" / "tiny" / "training_states" / f"{stopped[0]}.state").is_file()
+    with pytest.raises(ProcessLookupError):  # the whole group is gone
+        os.killpg(proc.pid, 0)
+
+
 # ----------------------------------------------------------------------------- NaN guard
 if "NaNAtCallsL1Loss" not in LOSS_REGISTRY:
     @LOSS_REGISTRY.register()
