@@ -10,6 +10,7 @@
 * the options: precision / bf16 alias, accumulate, wandb keys, the missing-wandb error.
 """
 import json
+import re
 import signal
 
 import pytest
@@ -106,8 +107,8 @@ def test_sigterm_to_the_process_group_with_dataloader_workers(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, (out[-2000:], err[-3000:])
     assert out.count("Received SIGTERM") == 1
-    stopped = [int(x) for x in out.split("stopped by SIGTERM at iteration ")[1:2][0].split(";")[:1]]
-    assert (tmp_path / "experiments" / "tiny" / "training_states" / f"{stopped[0]}.state").is_file()
+    stopped = int(re.search(r"stopped by SIGTERM at iteration (\d+);", out).group(1))
+    assert (tmp_path / "experiments" / "tiny" / "training_states" / f"{stopped}.state").is_file()
     with pytest.raises(ProcessLookupError):  # the whole group is gone
         os.killpg(proc.pid, 0)
 
