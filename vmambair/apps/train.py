@@ -423,37 +423,53 @@ class Trainer:
             self.epoch_offset += self.schedule.batch_sizes[stage]
         return loader, batches
 
-    def _after_step(self, losses: Dict[str, torch.Tensor]) -> None:
-        """NaN guard bookkeeping of the step just taken: count, log, stop after too many in a row."""
-        if not self.model.step_skipped:
+    def _check_steps(self, keep: int = 0) -> None:
+        """NaN-guard bookkeeping of the steps taken so far, all but the newest ``keep``: a step's
+        outcome is read one iteration late where nothing needs it sooner, so that reading it does
+        not stall the GPU (it waits for that step, while the next one is already queued)."""
+        while len(self.unchecked) > keep:
+            iteration, outcome, losses = self.unchecked.pop(0)
+            self._after_step(iteration, outcome, losses)
+
+    def _after_step(self, iteration: int, outcome, losses: Dict[str, torch.Tensor]) -> None:
+        """NaN guard bookkeeping of one step: count, log, stop after too many in a row."""
+        skipped, overflow = outcome.values() if outcome is not None else (False, False)
+        if not skipped:
             self.nonfinite_streak = 0
             return
-        if self.model.fp16_overflow:  # the scaler lowered the loss scale; not a NaN-guard event
+        if overflow:  # the scaler lowered the loss scale; not a NaN-guard event
             self.fp16_overflows += 1
             return
         self.nonfinite_total += 1
         self.nonfinite_streak += 1
         limit = self.opt.train.max_nonfinite_steps
         values = ", ".join(f"{k} {v.float().item():.4g}" for k, v in losses.items())
-        logger.warning(f"Iteration {self.iteration}: non-finite loss or gradient ({values}); optimizer step "
+        logger.warning(f"Iteration {iteration}: non-finite loss or gradient ({values}); optimizer step "
                        f"skipped ({self.nonfinite_streak} in a row{f' of at most {limit}' if limit else ''}, "
                        f"{self.nonfinite_total} in this run).")
-        self._jsonl({"iter": self.iteration, "nonfinite_step": True, "streak": self.nonfinite_streak})
+        self._jsonl({"iter": iteration, "nonfinite_step": True, "streak": self.nonfinite_streak})
         if limit and self.nonfinite_streak >= limit:
             newest = list_training_states(self.states_dir)
             where = f"the newest training state, {newest[-1]}, was saved before them" if newest else \
                 "no training state was saved yet"
             raise NonFiniteTrainingError(
-                f"Training stopped at iteration {self.iteration}: {self.nonfinite_streak} optimizer steps in a row "
+                f"Training stopped at iteration {iteration}: {self.nonfinite_streak} optimizer steps in a row "
                 f"had a non-finite loss or gradient (train.max_nonfinite_steps = {limit}); {where}. Lower the "
                 f"learning rate (train.optim_g.lr), set train.clip_grad_norm, try train.precision: fp32, or check "
                 f"the training data for broken images; then re-run the same command to resume.")
 
     def _stop_requested(self, signals: StopSignals) -> Optional[int]:
-        """The signal that asked this run (any rank) to stop, agreed by all ranks; None to go on."""
-        mine = signals.signum or 0
-        agreed = self.ctx.max_int(mine)
-        return agreed or None
+        """The signal that asked this run (any rank) to stop, agreed by all ranks; None to go on.
+
+        One process: the signal itself. Under torchrun / srun every rank starts, each iteration,
+        an all-reduce (max) of its signal and reads the previous iteration's result: all ranks
+        read the same values at the same iterations, so they stop together (one iteration after
+        the signal), and the GPU never waits for the vote.
+        """
+        if not self.ctx.distributed:
+            return signals.signum
+        previous, self.stop_vote = self.stop_vote, self.ctx.start_max_int(signals.signum or 0)
+        return (previous.result() if previous is not None else 0) or None
 
     def run(self) -> None:
         opt, t, lg = self.opt, self.opt.train, self.opt.logger
@@ -471,6 +487,8 @@ class Trainer:
         profiler = IterationProfiler(lg.profile_iters if self.ctx.is_main else None, self.exp_dir / "profile_iters.md",
                                      f"{opt.name}: {self.ctx.world_size} process(es)")
         self.saved_at = None
+        self.unchecked: List[tuple] = []  # (iteration, model.last_outcome, losses) not yet checked
+        self.stop_vote = None
         with StopSignals() as signals:
             try:
                 while self.iteration < total:
@@ -493,7 +511,11 @@ class Trainer:
                     else:
                         losses = self.model.optimize_parameters(self.iteration, batches)
                     self.model.update_learning_rate(self.iteration)
-                    self._after_step(losses)
+                    self.unchecked.append((self.iteration, self.model.last_outcome, losses))
+                    due = (self.iteration % lg.print_freq == 0 or self.iteration % lg.save_checkpoint_freq == 0
+                           or self.iteration == total
+                           or (opt.val is not None and self.iteration % opt.val.val_freq == 0))
+                    self._check_steps(keep=0 if due else 1)
                     for k, v in losses.items():
                         pending.setdefault(k, []).append(v)
                     window_iters += 1
@@ -543,6 +565,7 @@ class Trainer:
                     window_start += time.time() - paused  # keep it/s and ETA about training only
                     stop = self._stop_requested(signals)
                     if stop and self.iteration < total:  # on the last iteration the run simply ends
+                        self._check_steps()
                         if self.saved_at != self.iteration:
                             self.save()
                         self._close()

@@ -61,6 +61,11 @@ class DistContext:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return int(t.item())
 
+    def start_max_int(self, value: int) -> "PendingMax":
+        """Start an all-reduce (max) of ``value`` over ranks, to read later with ``.result()``;
+        every rank must start it. The host does not wait for it, nor does the GPU's work queue."""
+        return PendingMax(value, self.device)
+
     def broadcast_(self, tensors) -> None:
         """Overwrite ``tensors`` in place with rank 0's values (what DDP does to a network once)."""
         if self.distributed:
@@ -83,6 +88,31 @@ class DistContext:
         for t in tensors:
             t.copy_(flat[offset: offset + t.numel()].view_as(t))
             offset += t.numel()
+
+
+class PendingMax:
+    """An all-reduce (max) of one integer in flight. NCCL: the collective and a copy into pinned
+    host memory are queued behind the GPU work already queued, and :meth:`result` waits for that
+    copy only. gloo: an asynchronous CPU collective."""
+
+    def __init__(self, value: int, device: torch.device):
+        cuda = device.type == "cuda"
+        self.tensor = torch.tensor([int(value)], dtype=torch.int64, device=device if cuda else "cpu")
+        self.work = tdist.all_reduce(self.tensor, op=tdist.ReduceOp.MAX, async_op=True)
+        self.event = None
+        if cuda:
+            self.work.wait()  # NCCL: the current stream waits for the collective; the host does not
+            self.host = torch.empty(1, dtype=torch.int64, pin_memory=True)
+            self.host.copy_(self.tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def result(self) -> int:
+        if self.event is not None:
+            self.event.synchronize()
+            return int(self.host[0])
+        self.work.wait()
+        return int(self.tensor[0])
 
 
 def first_slurm_host(nodelist: str) -> str:

@@ -45,12 +45,17 @@ class ModelEMA:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, net: nn.Module) -> None:
+    def update(self, net: nn.Module, enabled: Optional[torch.Tensor] = None) -> None:
+        """Move the average towards ``net``; ``enabled`` (0-dim bool tensor): only when true,
+        decided on the device (a false one leaves every average exactly as it was)."""
         ema_state = self.module.state_dict()
+        weight = 1.0 - self.decay
+        if enabled is not None:
+            weight = enabled.float() * weight
         for name, value in net.state_dict().items():
             target = ema_state[name]
             if target.dtype.is_floating_point:
-                target.lerp_(value.detach(), 1.0 - self.decay)
+                target.lerp_(value.detach(), weight if isinstance(weight, float) else weight.to(target.dtype))
             else:
                 target.copy_(value)
 
@@ -86,6 +91,32 @@ def check_precision_supported(precision: str, device: torch.device) -> None:
         raise OptionsError(f"Option 'train.precision' is bf16, but {name} has no bf16 support (compute capability "
                            f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))} < 8.0): use fp16 on this "
                            f"card (--set train.precision=fp16), or fp32.")
+
+
+class StepOutcome:
+    """Whether one optimizer step was skipped (and whether only for an fp16 overflow), read back
+    from the device without stalling it: the flags are copied to pinned host memory behind the
+    step, and reading waits for that step only, not for work queued after it."""
+
+    def __init__(self, skipped: torch.Tensor, overflow: torch.Tensor):
+        flags = torch.stack([skipped, overflow])
+        self._event = None
+        if flags.is_cuda:
+            self._host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+            self._host.copy_(flags, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = flags
+        self._values = None
+
+    def values(self):
+        """(skipped, fp16_overflow) as Python bools."""
+        if self._values is None:
+            if self._event is not None:
+                self._event.synchronize()
+            self._values = tuple(bool(v) for v in self._host.tolist())
+        return self._values
 
 
 def tensors_are_finite(tensors) -> torch.Tensor:
@@ -126,8 +157,7 @@ class BaseModel:
         self.scaler = None
         if self.is_train and self.precision == "fp16" and self.device.type == "cuda":
             self.scaler = torch.amp.GradScaler("cuda")
-        self.step_skipped = False          # the last optimize_parameters skipped a step (non-finite)
-        self.fp16_overflow = False         # ... only because of an fp16 overflow the scaler handles
+        self.last_outcome: Optional[StepOutcome] = None  # of the last optimize_parameters
         if self.is_train:
             check_precision_supported(self.precision, self.device)
 
@@ -163,29 +193,50 @@ class BaseModel:
             finite = tensors_are_finite([p.grad for p in params])
         return finite & loss_finite.to(finite.device)
 
-    def step_optimizer(self, optimizer_name: str, finite: bool) -> None:
-        """The optimizer step when the gradients are finite; skipped otherwise (the weights,
-        optimizer moments and EMA stay those of the last good step)."""
-        if not finite:
-            return
-        if self.scaler is not None:
-            self.scaler.step(self.optimizers[optimizer_name])
-        else:
-            self.optimizers[optimizer_name].step()
+    def step_optimizer(self, optimizer_name: str, finite: torch.Tensor) -> None:
+        """The optimizer step when ``finite`` (0-dim bool tensor) is true; skipped otherwise (the
+        weights and optimizer moments stay those of the last good step).
 
-    def record_step(self, finite: bool, loss_finite: bool, scaler_used: bool = True) -> None:
-        """Set :attr:`step_skipped` / :attr:`fp16_overflow` and update the fp16 loss scale.
+        Optimizers that take a ``found_inf`` flag (fused Adam / AdamW / SGD, the default on CUDA)
+        skip on the device, with no host synchronisation; others read the flag first. The
+        gradients are already unscaled (fp16), so the scaler's own ``step`` adds nothing here.
+        """
+        optimizer = self.optimizers[optimizer_name]
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            optimizer.grad_scale, optimizer.found_inf = None, (~finite).float()  # 0-dim, as GradScaler makes it
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.grad_scale, optimizer.found_inf
+        elif bool(finite):
+            optimizer.step()
+
+    def record_step(self, finite: torch.Tensor, loss_finite: torch.Tensor, scaler_used: bool = True) -> None:
+        """Keep the step's outcome (:attr:`last_outcome`, read later without stalling the GPU) and
+        update the fp16 loss scale.
 
         In fp16 a finite loss with overflowing gradients is the scaler's business (it halves the
         scale and the next steps go on): such a step counts as an overflow, not as non-finite,
         while the scale is above 1. Below that, scaling is not the problem and it counts.
         """
-        overflow = False
+        skipped = ~finite.to(self.device)
+        overflow = torch.zeros((), dtype=torch.bool, device=self.device)
         if self.scaler is not None and scaler_used:
-            overflow = not finite and loss_finite and self.scaler.get_scale() > 1.0
+            scale_above_one = self.scaler.scale(torch.ones((), device=self.device)) > 1.0  # before update()
+            overflow = skipped & loss_finite.to(self.device) & scale_above_one
             self.scaler.update()
-        self.fp16_overflow = overflow
-        self.step_skipped = not finite
+        self.last_outcome = StepOutcome(skipped, overflow)
+
+    @property
+    def step_skipped(self) -> bool:
+        """The last optimize_parameters skipped its step (non-finite loss or gradient). Reading
+        it waits for that step to finish on the device."""
+        return self.last_outcome is not None and self.last_outcome.values()[0]
+
+    @property
+    def fp16_overflow(self) -> bool:
+        """... and only because of an fp16 gradient overflow, which the loss scaler handles."""
+        return self.last_outcome is not None and self.last_outcome.values()[1]
 
     @property
     def uses_cuda_graph(self) -> bool:

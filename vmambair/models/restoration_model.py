@@ -135,9 +135,9 @@ class ImageRestorationModel(BaseModel):
         loss_finite = torch.isfinite(loss)
         finite = self.finish_gradients("optim_g", self.networks["net_g"].parameters(), loss_finite,
                                        self.clip_grad_norm)
-        finite, loss_ok = [bool(v) for v in torch.stack([finite, loss_finite]).tolist()]  # one sync
+        # The skip is decided on the device (no host synchronisation with a fused optimizer).
         self.step_optimizer("optim_g", finite)
-        if finite and "net_g" in self.ema:
-            self.ema["net_g"].update(self.networks["net_g"])
-        self.record_step(finite, loss_ok)
+        if "net_g" in self.ema:
+            self.ema["net_g"].update(self.networks["net_g"], enabled=finite)
+        self.record_step(finite, loss_finite)
         return {"l_pix": loss}

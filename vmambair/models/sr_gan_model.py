@@ -139,11 +139,12 @@ class SRGANRestorationModel(ImageRestorationModel):
                 with torch.no_grad(), self.autocast():
                     output = self.networks["net_g"](self.lq).float()
             fakes.append((output.detach(), gan_gt))
-        checks = []
+        yes = torch.ones((), dtype=torch.bool, device=self.device)
+        g_finite, g_loss_finite = yes, yes
         if update_g:
             g_loss_finite = torch.isfinite(torch.stack(losses.pop("_g_total")).sum())
-            checks += [self.finish_gradients("optim_g", self.networks["net_g"].parameters(), g_loss_finite,
-                                             self.clip_grad_norm), g_loss_finite]
+            g_finite = self.finish_gradients("optim_g", self.networks["net_g"].parameters(), g_loss_finite,
+                                             self.clip_grad_norm)
             self._set_requires_grad("net_d", True)
 
         # ---------------------------------------------------------------- discriminator
@@ -163,16 +164,13 @@ class SRGANRestorationModel(ImageRestorationModel):
                 losses.setdefault(k, []).append(v.detach())
         d_loss_finite = torch.isfinite(torch.stack(losses["l_d_real"] + losses["l_d_fake"]).sum())
         d_params = [p for p in self.networks["net_d"].parameters() if p.grad is not None]
-        checks.append(tensors_are_finite([p.grad for p in d_params]) & d_loss_finite)
+        d_finite = tensors_are_finite([p.grad for p in d_params]).to(self.device) & d_loss_finite
 
-        flags = [bool(v) for v in torch.stack([c.to(self.device) for c in checks]).tolist()]  # one sync
-        g_finite, g_loss_ok = (flags[0], flags[1]) if update_g else (True, True)
-        d_finite = flags[-1]
+        # Each skip is decided on the device (no host synchronisation with fused optimizers).
         if update_g:
             self.step_optimizer("optim_g", g_finite)
-        if d_finite:
-            opt_d.step()
-        if g_finite and "net_g" in self.ema:
-            self.ema["net_g"].update(self.networks["net_g"])
-        self.record_step(g_finite and d_finite, g_loss_ok and d_finite, scaler_used=update_g)
+        self.step_optimizer("optim_d", d_finite)
+        if "net_g" in self.ema:
+            self.ema["net_g"].update(self.networks["net_g"], enabled=g_finite)
+        self.record_step(g_finite & d_finite, g_loss_finite & d_finite, scaler_used=update_g)
         return {k: torch.stack(v).mean() if len(v) > 1 else v[0] for k, v in losses.items()}
