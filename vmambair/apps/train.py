@@ -572,6 +572,9 @@ class Trainer:
                         raise TrainingInterrupted(stop, self.iteration)
             finally:
                 _shut_down_workers(loader)
+        if self.stop_vote is not None:  # every rank started it: let it complete before the group goes
+            self.stop_vote.result()
+        self._check_steps()
         logger.info(f"Training {opt.name} finished at iteration {self.iteration}.")
         if opt.val is not None and opt.val.report_inputs:
             self.report_inputs()
