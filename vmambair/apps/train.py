@@ -74,7 +74,7 @@ class StopSignals:
     """Turns SIGTERM / SIGINT into a request to stop after the current iteration.
 
     The first signal only sets :attr:`signum`; the trainer finishes the iteration, saves and
-    exits. A second SIGINT (Ctrl+C twice) restores Python's default and interrupts at once.
+    exits. A second SIGINT (Ctrl+C twice) raises KeyboardInterrupt at once, without saving.
     Installed in the main thread only (Python delivers signals there).
     """
 
@@ -570,6 +570,9 @@ class Trainer:
                             self.save()
                         self._close()
                         raise TrainingInterrupted(stop, self.iteration)
+            except BaseException:
+                self._close()  # TensorBoard, train_log.jsonl and wandb end cleanly on any error too
+                raise
             finally:
                 _shut_down_workers(loader)
         if self.stop_vote is not None:  # every rank started it: let it complete before the group goes
