@@ -9,18 +9,21 @@ Every figure comes from ``ImageRestorationModel.optimize_parameters``, the step 
 (autocast in train.precision, fp16 through the gradient scaler, the NaN guard, accumulation), on
 fixed synthetic batches kept on the device (no data loading in the timings):
 
-1. Step time and peak memory of both full networks (options/derain.yml and
+Phases, in this order (each configuration starts only while --budget-s has not run out):
+
+1. Loss curves: the deraining network trained for --curve-iters iterations from the same initial
+   weights on the same batches in fp32, bf16 and fp16 (CUDA graph; not compiled, to keep the run
+   short; batch 8 x 64x64 instead of the recipe's 128x128, for the same reason), window means
+   side by side with their noise level.
+2. Accumulation: batch 8 x accumulate 1 against batch 4 x accumulate 2 (the same 8 samples per
+   step) from the same weights, fp32 so that only the summation order differs (150 iterations).
+3. Step time and peak memory of both full networks (options/derain.yml and
    options/realsr_x4_psnr.yml network_g) on the recipes' fast path (train.compile +
    train.cuda_graph), fp16 beside bf16: deraining at batch 8 x 128x128 (the recipe's first
    stage), real-world x4 at batch 9 x 64x64 LQ (its recipe). Adam, no clipping.
-2. Loss curves: the deraining network trained for --curve-iters iterations from the same initial
-   weights on the same batches in fp16, bf16 and fp32 (CUDA graph; not compiled, to keep the run
-   short), window means side by side with their noise level.
-3. Accumulation: batch 8 x accumulate 1 against batch 4 x accumulate 2 (the same 8 samples per
-   step) from the same weights, fp32 so that only the summation order differs.
 
-Each phase is skipped, and the skip written into the report, once --budget-s seconds have passed
-(the default keeps the whole run under 5 minutes on one H100).
+A configuration that would start after --budget-s seconds is skipped, and the skip written into
+the report (the default aims at 5 minutes on one H100); ``--phases timing`` runs one phase alone.
 """
 import argparse
 import statistics
@@ -154,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=50, help="iterations per averaged window")
     p.add_argument("--no-compile", action="store_true", help="time the steps without torch.compile (faster start)")
     p.add_argument("--budget-s", type=float, default=270, help="skip the phases that would start after this many seconds")
+    p.add_argument("--phases", nargs="+", default=["curves", "accumulation", "timing"],
+                   choices=["curves", "accumulation", "timing"], help="what to run (in this order)")
     p.add_argument("--json", default=None, help="record path (default benchmarks/data/precision_h100.json; --tiny: a temp dir)")
     p.add_argument("--md", default=None, help="Markdown path (default benchmarks/precision_h100.md; --tiny: a temp dir)")
     args = p.parse_args(argv)
@@ -186,15 +191,61 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - started:6.1f} s] {text}", flush=True)
 
     tables, figures = [], {}
-    # ------------------------------------------------------------------ 1. step time and memory
+    compile_ = not args.no_compile and device.type == "cuda"
+    graph = device.type == "cuda"
+    # ------------------------------------------------------------------ 1. loss curves by precision
+    derain_net = TINY_NET if args.tiny else recipe_network("derain")
+    batches = make_batches(max(args.curve_iters, args.accum_iters), 8, args.curve_size, 1, device, seed=1)
+    curves, skips = {}, {}
+    for precision in (("fp32", "bf16", "fp16") if "curves" in args.phases else ()):
+        if not in_budget(f"loss curve {precision}"):
+            continue
+        model = build_model(derain_net, precision, device, graph=graph)
+        curves[precision], skips[precision] = train_curve(model, batches[: args.curve_iters])
+        log(f"curve {precision}: last window {statistics.mean(curves[precision][-args.window:]):.5f}, "
+            f"{skips[precision]} steps skipped")
+        del model
+        release(device)
+    if "fp32" in curves and len(curves) > 1:
+        names = list(curves)
+        tables.append({"title": f"Deraining network, loss by precision: {args.curve_iters} iterations, batch 8 x "
+                                f"{args.curve_size}x{args.curve_size}, same initial weights and batches "
+                                f"({'CUDA graph' if graph else 'eager'}), window means",
+                       "columns": ["iterations", *names, *[f"{k} - fp32" for k in names if k != "fp32"],
+                                   "noise of a window mean"],
+                       "rows": window_rows(curves, args.window, "fp32"),
+                       "notes": [f"steps skipped (fp16: gradient overflows the scaler handled): "
+                                 + ", ".join(f"{k} {v}" for k, v in skips.items())]})
+        figures["curves"] = curves
+    # ------------------------------------------------------------------ 2. accumulation
+    acc_batches = batches[: args.accum_iters]
+    acc = {}
+    for label, k in ((("batch 8 x K=1", 1), ("batch 4 x K=2", 2)) if "accumulation" in args.phases else ()):
+        if not in_budget(f"accumulation {label}"):
+            continue
+        model = build_model(derain_net, "fp32", device, accumulate=k, graph=graph)
+        acc[label], _ = train_curve(model, acc_batches, accumulate=k)
+        log(f"{label}: last loss {acc[label][-1]:.6f}")
+        del model
+        release(device)
+    if len(acc) == 2:
+        a, b = acc["batch 8 x K=1"], acc["batch 4 x K=2"]
+        worst = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b))
+        tables.append({"title": f"Accumulation: batch 8 x K=1 against batch 4 x K=2, {len(a)} iterations, fp32, "
+                                f"same weights and samples ({'CUDA graph' if graph else 'eager'}), window means",
+                       "columns": ["iterations", "batch 8 x K=1", "batch 4 x K=2", "K=2 - K=1",
+                                   "noise of a window mean"],
+                       "rows": window_rows(acc, args.window, "batch 8 x K=1"),
+                       "notes": [f"largest per-iteration relative loss difference: {worst:.2e}"]})
+        figures["accumulation"] = {**acc, "max_relative_difference": worst}
+
+    # ------------------------------------------------------------------ 3. step time and memory
     nets = ({"deraining (tiny)": (TINY_NET, 2, 16, 1), "real-world x4 (tiny)": (dict(TINY_NET, scale=4), 2, 8, 4)}
             if args.tiny else
             {"deraining (options/derain.yml)": (recipe_network("derain"), 8, 128, 1),
              "real-world x4 (options/realsr_x4_psnr.yml)": (recipe_network("realsr_x4_psnr"), 9, 64, 4)})
-    compile_ = not args.no_compile and device.type == "cuda"
-    graph = device.type == "cuda"
     rows = []
-    for label, (net_opt, batch, lq_size, scale) in nets.items():
+    for label, (net_opt, batch, lq_size, scale) in (nets.items() if "timing" in args.phases else ()):
         batches = make_batches(4, batch, lq_size * scale, scale, device)
         result = {}
         for precision in ("fp16", "bf16"):
@@ -214,56 +265,10 @@ def main(argv=None) -> int:
             figures[label] = {"fp16_ms": t16, "bf16_ms": tb, "fp16_peak_gb": m16, "bf16_peak_gb": mb}
     path_note = ("train.compile + train.cuda_graph" if compile_ else "train.cuda_graph, not compiled") if graph \
         else "eager (CPU)"
-    tables.append({"title": f"Training step, fp16 against bf16 ({path_note}; mean of {args.iters} steps after "
+    tables.insert(0, {"title": f"Training step, fp16 against bf16 ({path_note}; mean of {args.iters} steps after "
                             f"{args.warmup} untimed)",
                    "columns": ["network, batch", "fp16 ms", "bf16 ms", "fp16 / bf16 time", "fp16 peak GB",
                                "bf16 peak GB", "fp16 / bf16 memory"], "rows": rows})
-
-    # ------------------------------------------------------------------ 2. loss curves by precision
-    derain_net = TINY_NET if args.tiny else recipe_network("derain")
-    batches = make_batches(args.curve_iters, 8, args.curve_size, 1, device, seed=1)
-    curves, skips = {}, {}
-    for precision in ("fp32", "bf16", "fp16"):
-        if not in_budget(f"loss curve {precision}"):
-            continue
-        model = build_model(derain_net, precision, device, graph=graph)
-        curves[precision], skips[precision] = train_curve(model, batches)
-        log(f"curve {precision}: last window {statistics.mean(curves[precision][-args.window:]):.5f}, "
-            f"{skips[precision]} steps skipped")
-        del model
-        release(device)
-    if "fp32" in curves and len(curves) > 1:
-        names = list(curves)
-        tables.append({"title": f"Deraining network, loss by precision: {args.curve_iters} iterations, batch 8 x "
-                                f"{args.curve_size}x{args.curve_size}, same initial weights and batches "
-                                f"({'CUDA graph' if graph else 'eager'}), window means",
-                       "columns": ["iterations", *names, *[f"{k} - fp32" for k in names if k != "fp32"],
-                                   "noise of a window mean"],
-                       "rows": window_rows(curves, args.window, "fp32"),
-                       "notes": [f"steps skipped (fp16: gradient overflows the scaler handled): "
-                                 + ", ".join(f"{k} {v}" for k, v in skips.items())]})
-        figures["curves"] = curves
-    # ------------------------------------------------------------------ 3. accumulation
-    acc_batches = batches[: args.accum_iters]
-    acc = {}
-    for label, k in (("batch 8 x K=1", 1), ("batch 4 x K=2", 2)):
-        if not in_budget(f"accumulation {label}"):
-            continue
-        model = build_model(derain_net, "fp32", device, accumulate=k, graph=graph)
-        acc[label], _ = train_curve(model, acc_batches, accumulate=k)
-        log(f"{label}: last loss {acc[label][-1]:.6f}")
-        del model
-        release(device)
-    if len(acc) == 2:
-        a, b = acc["batch 8 x K=1"], acc["batch 4 x K=2"]
-        worst = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b))
-        tables.append({"title": f"Accumulation: batch 8 x K=1 against batch 4 x K=2, {len(a)} iterations, fp32, "
-                                f"same weights and samples ({'CUDA graph' if graph else 'eager'}), window means",
-                       "columns": ["iterations", "batch 8 x K=1", "batch 4 x K=2", "K=2 - K=1",
-                                   "noise of a window mean"],
-                       "rows": window_rows(acc, args.window, "batch 8 x K=1"),
-                       "notes": [f"largest per-iteration relative loss difference: {worst:.2e}"]})
-        figures["accumulation"] = {**acc, "max_relative_difference": worst}
 
     total_s = time.perf_counter() - started
     summary = (f"Whole run {total_s:.0f} s." + (f" Skipped (time budget {args.budget_s:.0f} s): "
