@@ -119,6 +119,11 @@ def _onnx_bytes(net: torch.nn.Module, example: torch.Tensor, opset: int) -> byte
     old_strip = getattr(net, "tail_strip_pixels", None)
     if old_strip is not None:
         net.tail_strip_pixels = 1 << 62
+    # The exporter lints its TorchScript graph about ten times, in time that grows faster than the
+    # graph (most of the export time of a full-size network); the written model is checked with
+    # onnx.checker instead.
+    lint = torch._C._jit_pass_lint
+    torch._C._jit_pass_lint = lambda graph: None
     try:
         # effn_align 0: the EFFN convolutions at their natural width (the same function; the
         # zero-padded weights are computed tensors, which the exporter cannot give a shape).
@@ -127,9 +132,14 @@ def _onnx_bytes(net: torch.nn.Module, example: torch.Tensor, opset: int) -> byte
                               input_names=["input"], output_names=["output"],
                               dynamic_axes={"input": dims, "output": {0: "batch", 2: "out_height", 3: "out_width"}})
     finally:
+        torch._C._jit_pass_lint = lint
         if old_strip is not None:
             net.tail_strip_pixels = old_strip
-    return buffer.getvalue()
+    data = buffer.getvalue()
+    import onnx
+
+    onnx.checker.check_model(onnx.load_model_from_string(data))
+    return data
 
 
 def export_onnx(src: str | Path, dst: str | Path, opset: int = DEFAULT_OPSET, fp16: bool = False,

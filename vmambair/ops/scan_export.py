@@ -28,6 +28,9 @@ it works but stores every step).
 """
 from __future__ import annotations
 
+import functools
+from typing import List
+
 import torch
 import torch.nn.functional as F
 
@@ -44,6 +47,22 @@ def _pad_last(t: torch.Tensor, multiple: int) -> torch.Tensor:
     """
     n = t.shape[-1]
     return F.pad(t, (0, multiple - 1))[..., : (n + multiple - 1) // multiple * multiple]
+
+
+def _scripted_when_traced(fn):
+    """``fn`` itself, but while a tracer runs, its TorchScript compilation (compiled once): the
+    ONNX exporter then writes its loop as one ``Loop`` node instead of one copy per step.
+    (``torch.jit.script_if_tracing`` does the same but compiles again at every call.)"""
+    compiled = []
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        if not torch.jit.is_tracing():
+            return fn(*args)
+        if not compiled:
+            compiled.append(torch.jit.script(fn))
+        return compiled[0](*args)
+    return wrapper
 
 
 def _chunked(t: torch.Tensor) -> torch.Tensor:
@@ -81,6 +100,41 @@ def _entering_states_closed_form(log_a: torch.Tensor, x: torch.Tensor) -> torch.
     return (weights * x.unsqueeze(-2)).sum(-1)
 
 
+@_scripted_when_traced
+def _inclusive_states(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + x_t from h_{-1} = 0 along dim 0: a, x (T, ...) -> h (T, ...).
+
+    Scripted when traced: the exporter writes the loop as one ONNX ``Loop`` instead of T copies."""
+    h = x[0]
+    out: List[torch.Tensor] = [h]
+    for t in range(1, x.shape[0]):
+        h = a[t] * h + x[t]
+        out.append(h)
+    return torch.stack(out, 0)
+
+
+@_scripted_when_traced
+def _chunk_final_states(dt: torch.Tensor, dtu: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Each chunk's state after its last step, from zero: dt, dtu (T, b, G, dg, 1, nc); B (T, b, G, 1, N, nc);
+    A (1, G, dg, N, 1) -> (b, G, dg, N, nc). Only the running state is kept."""
+    s = dtu[0] * B[0]
+    for t in range(1, dt.shape[0]):
+        s = torch.exp(dt[t] * A) * s + dtu[t] * B[t]
+    return s
+
+
+@_scripted_when_traced
+def _chunk_outputs(dt: torch.Tensor, dtu: torch.Tensor, B: torch.Tensor, C: torch.Tensor, A: torch.Tensor,
+                   h: torch.Tensor) -> torch.Tensor:
+    """Every step of every chunk from its entering state h (b, G, dg, N, nc), contracted with C
+    (T, b, G, 1, N, nc) at once: -> y (T, b, G, dg, nc) without D."""
+    ys: List[torch.Tensor] = []
+    for t in range(dt.shape[0]):
+        h = torch.exp(dt[t] * A) * h + dtu[t] * B[t]
+        ys.append((h * C[t]).sum(3))
+    return torch.stack(ys, 0)
+
+
 def entering_states(log_a: torch.Tensor, x: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
     """State before each element of h_i = exp(log_a_i) h_{i-1} + x_i (h_{-1} = 0), along the last dim.
 
@@ -93,20 +147,16 @@ def entering_states(log_a: torch.Tensor, x: torch.Tensor, levels: int = LEVELS) 
     if levels == 0:
         return _entering_states_closed_form(log_a, x)
     n = x.shape[-1]
-    la = _last_to_front(_chunked(log_a))   # (T, ..., nc)
-    xs = _last_to_front(_chunked(x))
-    la_steps, x_steps = la.unbind(0), xs.unbind(0)
-    # local[t]: the state before step t from a zero state at the chunk start. (x * 0, not
-    # zeros_like: the TorchScript exporter folds zeros_like into a constant of the example's shape.)
-    local = [x_steps[0] * 0.0, x_steps[0]]
-    for la_t, x_t in zip(la_steps[1:-1], x_steps[1:-1]):
-        local.append(torch.exp(la_t) * local[-1] + x_t)
-    state = torch.exp(la_steps[-1]) * local[-1] + x_steps[-1]
-    chunk_enter = entering_states(la.sum(0), state, levels - 1)            # (..., nc)
-    # decay from the chunk start to before step t: an exclusive cumulative sum (summed as such,
-    # not as cumsum - la, which would cancel digits)
+    la = _last_to_front(_chunked(log_a))                                   # (T, ..., nc)
+    inclusive = _inclusive_states(torch.exp(la), _last_to_front(_chunked(x)))
+    chunk_enter = entering_states(la.sum(0), inclusive[-1], levels - 1)    # (..., nc)
+    # Before step t: the local state of step t - 1 (zero at t = 0; x * 0, not zeros_like, which
+    # the TorchScript exporter folds into a constant of the example's shape), plus the entering
+    # state decayed by an exclusive cumulative sum (summed as such, not as cumsum - la, which
+    # would cancel digits).
+    local = torch.cat([inclusive[:1] * 0.0, inclusive[:-1]], 0)
     decay_before = torch.exp(torch.cumsum(torch.cat([la[:1] * 0.0, la[:-1]], 0), dim=0))
-    h = torch.stack(local, 0) + decay_before * chunk_enter.unsqueeze(0)    # (T, ..., nc)
+    h = local + decay_before * chunk_enter.unsqueeze(0)                    # (T, ..., nc)
     return _front_to_last(h).flatten(-2)[..., :n]
 
 
@@ -120,9 +170,11 @@ def scan_export(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False
     if delta_softplus:
         delta = F.softplus(delta)
 
-    def steps(t: torch.Tensor, shape) -> tuple:
-        # (b, ?, L) -> padded, chunked (b, G, ., ., nc, T) -> CHUNK tensors (b, G, ., ., nc)
-        return _last_to_front(_pad_last(t, CHUNK).reshape(*shape, -1, CHUNK)).unbind(0)
+    padded = (L + CHUNK - 1) // CHUNK * CHUNK
+
+    def steps(t: torch.Tensor, shape) -> torch.Tensor:
+        # (b, ?, L) -> zero-padded (see _pad_last) and chunked, step first: (T, b, G, ., ., nc)
+        return _last_to_front(F.pad(t, (0, CHUNK - 1))[..., :padded].reshape(*shape, -1, CHUNK))
 
     dt = steps(delta, (b, G, dg, 1))
     dtu = steps(delta * u, (b, G, dg, 1))
@@ -130,19 +182,10 @@ def scan_export(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False
     Cs = steps(C, (b, G, 1, N))
     A_ = A.to(u.dtype).reshape(1, G, dg, N, 1)
 
-    # 1. each chunk's final state from a zero state
-    state = dtu[0] * Bs[0]                                         # (b, G, dg, N, nc)
-    for dt_t, dtu_t, B_t in zip(dt[1:], dtu[1:], Bs[1:]):
-        state = torch.exp(dt_t * A_) * state + dtu_t * B_t
-    # 2. the state entering each chunk
-    chunk_log_decay = torch.stack(dt, 0).sum(0) * A_
-    h = entering_states(chunk_log_decay, state)
-    # 3. every chunk again from its entering state, contracted with C step by step
-    ys = []
-    for dt_t, dtu_t, B_t, C_t in zip(dt, dtu, Bs, Cs):
-        h = torch.exp(dt_t * A_) * h + dtu_t * B_t
-        ys.append((h * C_t).sum(3))                                  # (b, G, dg, nc)
-    y = torch.stack(ys, -1).reshape(b, d, -1)[..., :L]
+    state = _chunk_final_states(dt, dtu, Bs, A_)                 # 1. each chunk from a zero state
+    h = entering_states(dt.sum(0) * A_, state)                   # 2. the state entering each chunk
+    ys = _chunk_outputs(dt, dtu, Bs, Cs, A_, h)                   # 3. each chunk from its true start
+    y = _front_to_last(ys).reshape(b, d, -1)[..., :L]
     if D is not None:
         y = y + D.to(u.dtype)[:, None] * u
     return y
