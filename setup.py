@@ -32,7 +32,8 @@ setup(
     install_requires=requirements,
     extras_require={
         "mamba": ["mamba-ssm"],
-        "test": ["pytest"],
+        "test": ["pytest", "onnx", "onnxruntime"],   # onnx/onnxruntime: tests/apps/test_onnx.py
+        "onnx": ["onnx", "onnxruntime"],             # scripts/export.py --onnx (and its onnxruntime check)
         "plots": ["matplotlib"],   # scripts/study.py's curves, bar charts and image grids
         "wandb": ["wandb"],        # logger.wandb: Weights & Biases logging of training runs
     },
