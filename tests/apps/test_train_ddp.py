@@ -69,3 +69,23 @@ def test_dist_context_gradient_mean_and_broadcast():
         assert g0 == [[1.5] * 3] * 2 and g2 == [0.0, 1.5, 3.0, 4.5]
         assert flat == [0.0, 1.5, 3.0, 4.5, 6.0]
         assert weights == [[0.0] * 3, [0.0]]
+
+
+def test_torchrun_with_accumulation_matches_one_process(tmp_path):
+    """2 processes x batch 1 x accumulate 2 (DDP's no_sync for the first micro-batch, one
+    all-reduce after the second) see the samples of one process's batch of 4 and give its losses
+    (this checks the result; an extra all-reduce would give the same numbers, only slower)."""
+    common = ["--set", "train.total_iter=3", "--set", "datasets.train.mini_gt_sizes=[16,16]",
+              "--set", "val.val_freq=100"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    assert train_main(["-opt", str(tiny_options(one)), *common, "--set", "datasets.train.mini_batch_sizes=[4,4]"]) == 0
+    run = run_script(["-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                      f"--master_port={_free_port()}", str(ROOT / "train.py"), "-opt", str(tiny_options(two)),
+                      *common, "--set", "datasets.train.mini_batch_sizes=[1,1]", "--set", "train.accumulate=2"],
+                     cwd=two)
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
+    assert "batch 1x2x2" in run.stdout
+    a, b = _losses(one), _losses(two)
+    assert len(a) == len(b) == 3
+    assert b == pytest.approx(a, rel=1e-4), (a, b)

@@ -221,6 +221,31 @@ def test_accumulation_matches_the_larger_batch(tmp_path):
     assert moved > 0
 
 
+def test_gan_step_accumulates_both_networks(tmp_path):
+    """The GAN step over 2 micro-batches updates G and D once each, with finite losses averaged
+    over the micro-batches; NaN targets skip the step, D's weights untouched."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+    from vmambair.engine.dist import DistContext
+    from tests.models.test_sr import _paired_gan_options
+    model = MODEL_REGISTRY.get("SRGANRestorationModel")(load_options(_paired_gan_options(tmp_path),
+                                                                     ["train.accumulate=2"]), DistContext())
+    torch.manual_seed(0)
+    micro = [{"lq": torch.rand(2, 3, 8, 8), "gt": torch.rand(2, 3, 32, 32)} for _ in range(2)]
+    g0 = [p.detach().clone() for p in model.networks["net_g"].parameters()]
+    d0 = [p.detach().clone() for p in model.networks["net_d"].parameters()]
+    losses = model.optimize_parameters(1, micro)
+    assert not model.step_skipped and all(torch.isfinite(v) for v in losses.values())
+    assert {"l_g_pix", "l_g_gan", "l_d_real", "l_d_fake"} <= set(losses)
+    assert any(not torch.equal(a, b) for a, b in zip(g0, model.networks["net_g"].parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, model.networks["net_d"].parameters()))
+    g1 = [p.detach().clone() for p in model.networks["net_g"].parameters()]
+    d1 = [p.detach().clone() for p in model.networks["net_d"].parameters()]
+    bad = [dict(micro[0], gt=micro[0]["gt"].clone().fill_(float("nan"))), micro[1]]  # NaN real images reach D
+    model.optimize_parameters(2, bad)
+    assert model.step_skipped
+    assert all(torch.equal(a, b) for a, b in zip(d1, model.networks["net_d"].parameters()))
+
+
 # ----------------------------------------------------------------------------- options
 def test_precision_options_and_bf16_alias(tmp_path):
     opt = tiny_options(tmp_path)
