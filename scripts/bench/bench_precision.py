@@ -26,6 +26,7 @@ A configuration that would start after --budget-s seconds is skipped, and the sk
 the report (the default aims at 5 minutes on one H100); ``--phases timing`` runs one phase alone.
 """
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -90,6 +91,9 @@ def synchronize(device: torch.device) -> None:
 
 
 def release(device: torch.device) -> None:
+    """Free the previous model before the next: its graphs and weights (the model and its
+    graphed step refer to each other, so only the garbage collector frees them) and compiled code."""
+    gc.collect()
     torch._dynamo.reset()  # the next model compiles afresh (no recompile limit reached by earlier ones)
     if device.type == "cuda":
         torch.cuda.empty_cache()
