@@ -279,7 +279,7 @@ def main(argv=None) -> int:
                                                  f"{'; '.join(skipped_phases)}." if skipped_phases else ""))
     if args.tiny:
         summary = "Tiny network on the CPU: a check of the script, not a measurement. " + summary
-    rec = bench_record.make_record("precision_tiny" if args.tiny else "precision_h100",
+    rec = bench_record.make_record(Path(json_path).stem,  # the record id is the file's name
                                    "Training precision (fp16 / bf16 / fp32) and gradient accumulation",
                                    tables, section="Training", figures=figures, summary=summary)
     out = bench_record.write_record(rec, json_path)
