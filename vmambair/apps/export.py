@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -125,9 +126,13 @@ def _onnx_bytes(net: torch.nn.Module, example: torch.Tensor, opset: int) -> byte
     lint = torch._C._jit_pass_lint
     torch._C._jit_pass_lint = lambda graph: None
     try:
-        # effn_align 0: the EFFN convolutions at their natural width (the same function; the
-        # zero-padded weights are computed tensors, which the exporter cannot give a shape).
-        with ops.use_backend("export"), runtime.use(effn_align=0), torch.no_grad():
+        # The tracer's notes on shape-dependent Python values (the SR tail's strip count, EFFN's
+        # size check: both take the same branch at every size here), the exporter's notes on its
+        # own passes and its deprecation notice are not the user's business. effn_align 0: the
+        # EFFN convolutions at their natural width (the same function; the zero-padded weights
+        # are computed tensors, which the exporter cannot give a shape).
+        with warnings.catch_warnings(), ops.use_backend("export"), runtime.use(effn_align=0), torch.no_grad():
+            warnings.simplefilter("ignore")
             torch.onnx.export(net, (example,), buffer, dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["output"],
                               dynamic_axes={"input": dims, "output": {0: "batch", 2: "out_height", 3: "out_width"}})
