@@ -7,6 +7,7 @@ and the others still count.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from basicsr.utils import imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 
 from .compiling import validation_stance
-from .inference import ImageTooLargeError, evaluation_mode, run_inference
+from .inference import ImageTooLargeError, evaluation_mode, run_inference, unwrap_network
 from ..config import ValOptions
 
 
@@ -106,7 +107,9 @@ def evaluate_dataset(net: torch.nn.Module, loader: DataLoader, val: ValOptions, 
     bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, disable=not show_progress,
                desc=desc, leave=False)
     try:
-        with evaluation_mode(), validation_stance(net):  # eager compiled blocks: no compile per image size
+        module = unwrap_network(net)  # a wrapper (CUDA graphs) holds the module; a plain function has none
+        stance = validation_stance(module) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
+        with evaluation_mode(), stance:  # eager compiled blocks: no compile per image size
             for batch in loader:
                 seen += 1
                 path = batch["lq_path"][0] if "lq_path" in batch else f"image {seen}"
