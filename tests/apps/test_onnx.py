@@ -104,3 +104,56 @@ def test_fp16_and_bad_opset(tmp_path, capsys):
     assert export_main([str(weights), "--onnx", str(tmp_path / "x.onnx"), "--opset", "12"]) == 2
     assert "opset" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("L,G", [(1, 1), (15, 1), (16, 2), (17, 1), (300, 2), (5000, 1)])
+def test_export_scan_backend_matches_reference(L, G):
+    """The export backend's chunked scan (any length, padding, three chunk levels, closed form)
+    against the step-by-step reference, in float64."""
+    from vmambair import ops
+    from vmambair.ops.scan_reference import scan_reference
+
+    g = torch.Generator().manual_seed(L)
+    b, d, N = 2, 4, 3
+    u, delta = torch.randn(2, b, d, L, generator=g, dtype=torch.float64)
+    A = -torch.rand(d, N, generator=g, dtype=torch.float64) * 4
+    B, C = torch.randn(2, b, G, N, L, generator=g, dtype=torch.float64)
+    D, bias = torch.randn(2, d, generator=g, dtype=torch.float64)
+    want = scan_reference(u, delta, A, B, C, D, bias, True)
+    got = ops.selective_scan(u, delta, A, B, C, D, bias, True, backend="export")
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_export_scan_long_sequence_float32():
+    """65537 steps (every level and the closed form in use) with slow and fast decays: float32
+    stays within 1e-4 of float64 (no cancellation of long cumulative sums)."""
+    from vmambair import ops
+
+    g = torch.Generator().manual_seed(0)
+    b, d, N, L = 1, 2, 4, 65537
+    u = torch.randn(b, d, L, generator=g)
+    delta = torch.randn(b, d, L, generator=g) - 3          # softplus -> small steps: long memory
+    A = -torch.tensor([[0.01, 0.1, 1.0, 16.0], [0.05, 0.5, 2.0, 8.0]])
+    B, C = torch.randn(2, b, 1, N, L, generator=g)
+    want = ops.selective_scan(*(t.double() for t in (u, delta, A, B, C)), delta_softplus=True, backend="torch")
+    got = ops.selective_scan(u, delta, A, B, C, delta_softplus=True, backend="export")
+    assert (got.double() - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@pytest.mark.parametrize("levels", [0, 1, 3])
+def test_entering_states_do_not_cancel_digits(levels):
+    """A strong decay followed by weak ones: cumulative sums reach -1e4 while the exponents that
+    matter are -0.01 apart. Summed as differences of cumulative sums they would lose three digits."""
+    from vmambair.ops.scan_export import entering_states
+
+    n = 40
+    log_a = torch.full((2, n), -0.01)
+    log_a[:, 0] = -1e4
+    log_a[1, 20] = -5e3
+    x = torch.ones(2, n)
+    want, h = torch.zeros(2, n, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    for i in range(n):
+        want[:, i] = h
+        h = torch.exp(log_a[:, i].double()) * h + x[:, i].double()
+    got = entering_states(log_a, x, levels)
+    assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
