@@ -85,6 +85,21 @@ sys.exit(train_main(sys.argv[1:]))
 """
 
 
+def losses_of(root: Path, name: str = "tiny", key: str = "l_pix") -> list:
+    """The training losses ``key`` logged in ``root/experiments/<name>/train_log.jsonl``, in order."""
+    import json
+    lines = (root / "experiments" / name / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(x)[key] for x in lines if key in json.loads(x)]
+
+
+def free_port() -> int:
+    """A TCP port on localhost that is free now (for torchrun's rendezvous)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_script(args, cwd, env=None, timeout=300):
     """Run ``python <args>`` (or torchrun) from the repo root as a subprocess; returns CompletedProcess."""
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))

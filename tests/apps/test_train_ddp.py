@@ -1,26 +1,14 @@
 """torchrun --nproc_per_node=2 on CPU (gloo): runs, and its losses agree with a one-process run
 of the same global batch (2 x 1 per rank vs 1 x 2), across a progressive stage change."""
-import json
-import socket
 
 import pytest
 
 from vmambair.apps.train import train_main
 
-from tests.helpers import ROOT, one_thread, run_script, tiny_options  # noqa: F401
+from tests.helpers import ROOT, free_port, losses_of, one_thread, run_script, tiny_options  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _losses(root):
-    lines = (root / "experiments" / "tiny" / "train_log.jsonl").read_text().splitlines()
-    return [json.loads(x)["l_pix"] for x in lines if "l_pix" in json.loads(x)]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path):
@@ -31,12 +19,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert train_main(["-opt", str(tiny_options(one)), *common, "--set", "datasets.train.mini_batch_sizes=[4,2]"]) == 0
 
     run = run_script(["-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                      f"--master_port={_free_port()}", str(ROOT / "train.py"), "-opt", str(tiny_options(two)),
+                      f"--master_port={free_port()}", str(ROOT / "train.py"), "-opt", str(tiny_options(two)),
                       *common, "--set", "datasets.train.mini_batch_sizes=[2,1]"], cwd=two)
     assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
     assert "2 process(es) on cpu" in run.stdout
     assert run.stdout.count("Training tiny finished") == 1  # rank-0-only logging
-    a, b = _losses(one), _losses(two)
+    a, b = losses_of(one), losses_of(two)
     assert len(a) == len(b) == 4
     assert b == pytest.approx(a, rel=1e-4), (a, b)
 
@@ -63,7 +51,7 @@ def test_dist_context_gradient_mean_and_broadcast():
     """The helpers train.cuda_graph uses in place of DDP: a mean over ranks, and rank 0's weights."""
     import torch.multiprocessing as mp
     out = mp.Manager().dict()
-    mp.spawn(_dist_helpers_worker, args=(_free_port(), out), nprocs=2)
+    mp.spawn(_dist_helpers_worker, args=(free_port(), out), nprocs=2)
     for rank in range(2):
         g0, g2, weights, flat = out[rank]
         assert g0 == [[1.5] * 3] * 2 and g2 == [0.0, 1.5, 3.0, 4.5]
@@ -81,11 +69,11 @@ def test_torchrun_with_accumulation_matches_one_process(tmp_path):
     one.mkdir(), two.mkdir()
     assert train_main(["-opt", str(tiny_options(one)), *common, "--set", "datasets.train.mini_batch_sizes=[4,4]"]) == 0
     run = run_script(["-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                      f"--master_port={_free_port()}", str(ROOT / "train.py"), "-opt", str(tiny_options(two)),
+                      f"--master_port={free_port()}", str(ROOT / "train.py"), "-opt", str(tiny_options(two)),
                       *common, "--set", "datasets.train.mini_batch_sizes=[1,1]", "--set", "train.accumulate=2"],
                      cwd=two)
     assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
     assert "batch 1x2x2" in run.stdout
-    a, b = _losses(one), _losses(two)
+    a, b = losses_of(one), losses_of(two)
     assert len(a) == len(b) == 3
     assert b == pytest.approx(a, rel=1e-4), (a, b)

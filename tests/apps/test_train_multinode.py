@@ -6,9 +6,7 @@
   SLURM_LOCALID / SLURM_JOB_NODELIST, no torchrun variables) join one process group; a SIGTERM
   that reaches only rank 1 stops both ranks at the same iteration after one save, each exiting 143.
 """
-import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,22 +16,12 @@ from vmambair.apps.train import train_main
 from vmambair.engine.dist import first_slurm_host, slurm_dist_env
 
 from tests.apps.test_train_robustness import SIGNAL_MID_STEP_DRIVER
-from tests.helpers import ROOT, one_thread, tiny_options  # noqa: F401
+from tests.helpers import ROOT, free_port, losses_of, one_thread, tiny_options  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SINGLE_STAGE = ["--set", "datasets.train.mini_gt_sizes=[16,16]", "--set", "val.val_freq=100"]
 
-
-def _losses(root):
-    lines = (root / "experiments" / "tiny" / "train_log.jsonl").read_text().splitlines()
-    return [json.loads(x)["l_pix"] for x in lines if "l_pix" in json.loads(x)]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra):
@@ -56,7 +44,7 @@ def test_two_nodes_of_two_processes_match_one_process(tmp_path):
     common = ["--set", "train.total_iter=2", *SINGLE_STAGE]
     assert train_main(["-opt", str(tiny_options(one)), *common, "--set", "datasets.train.mini_batch_sizes=[4,4]"]) == 0
 
-    opt, port = tiny_options(four), _free_port()
+    opt, port = tiny_options(four), free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
                                "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
                                str(ROOT / "train.py"), "-opt", str(opt), *common,
@@ -67,13 +55,13 @@ def test_two_nodes_of_two_processes_match_one_process(tmp_path):
     for code, stdout, stderr in results:
         assert code == 0, (stdout[-2000:], stderr[-3000:])
     assert "4 process(es) on cpu" in results[0][1]
-    a, b = _losses(one), _losses(four)
+    a, b = losses_of(one), losses_of(four)
     assert len(a) == len(b) == 2
     assert b == pytest.approx(a, rel=1e-4), (a, b)
 
 
 def test_srun_variables_join_and_a_signal_to_one_rank_stops_both_at_one_iteration(tmp_path):
-    opt, port = tiny_options(tmp_path), _free_port()
+    opt, port = tiny_options(tmp_path), free_port()
     procs = []
     for rank in (0, 1):
         env = _env(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_JOB_NODELIST="localhost",

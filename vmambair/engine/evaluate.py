@@ -23,7 +23,7 @@ from basicsr.utils import imwrite, tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 
 from .compiling import validation_stance
-from .inference import ImageTooLargeError, evaluation_mode, run_inference, unwrap_network
+from .inference import ImageTooLargeError, evaluation_mode, proc_kib_field, run_inference, unwrap_network
 from ..config import ValOptions
 
 
@@ -36,14 +36,7 @@ def _peak_memory(device: torch.device) -> int:
     """CUDA: the allocator's peak since it was last reset; CPU: the process's peak RSS so far (VmHWM)."""
     if torch.device(device).type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_kib_field("/proc/self/status", "VmHWM") or 0
 
 
 def val_tile(val: ValOptions):

@@ -112,15 +112,21 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 # ----------------------------------------------------------------------------- memory
-def _meminfo_available() -> Optional[int]:
+def proc_kib_field(path: str, key: str) -> Optional[int]:
+    """The ``key:  N kB`` line of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes,
+    or None where it cannot be read."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def _meminfo_available() -> Optional[int]:
+    return proc_kib_field("/proc/meminfo", "MemAvailable")
 
 
 def _cgroup_available() -> Optional[int]:
@@ -136,14 +142,7 @@ def _cgroup_available() -> Optional[int]:
 
 def process_rss() -> int:
     """Resident memory of this process in bytes (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_kib_field("/proc/self/status", "VmRSS") or 0
 
 
 def available_memory(device: torch.device) -> int:
