@@ -17,7 +17,8 @@ from pathlib import Path
 import vmambair.compat  # noqa: F401,E402  (before basicsr)
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs  # noqa: E402
 
-IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from vmambair.data.image_io import is_image_file  # noqa: E402
+
 
 
 def map_size(src: Path, files) -> int:
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
             print(f"error: '{dst}' exists; remove it first", file=sys.stderr)
             return 2
         files = sorted(f.relative_to(src).as_posix() for f in src.rglob("*")
-                       if f.is_file() and f.suffix.lower() in IMAGE_EXT)
+                       if f.is_file() and is_image_file(f))
         if not files:
             print(f"error: no images in '{src}'", file=sys.stderr)
             return 2

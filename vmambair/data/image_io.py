@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import List
 
 import cv2
 import numpy as np
@@ -87,3 +88,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         DataError: the file is missing, empty, or not a decodable image.
     """
     return to_float_bgr(read_image_unchanged(path, "replace or remove it (and its pair)"), str(path))
+
+
+def read_meta_info(path: str | os.PathLike) -> List[str]:
+    """The names a basicsr meta-info file lists: the first token of each non-empty line (a path
+    relative to the dataset folder, or an LMDB key), in file order."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"Cannot read meta-info file '{path}' ({err.strerror}); check the option "
+                        f"'meta_info_file' or regenerate it with scripts/generate_meta_info.py.") from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]

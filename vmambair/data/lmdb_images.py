@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from .image_io import DataError, to_float_bgr
+from .image_io import DataError, read_meta_info, to_float_bgr
 
 
 # One read-only environment per database and process: the lmdb package refuses to open the same
@@ -37,12 +37,7 @@ def _open_environment(root: Path):
 
 def read_lmdb_keys(meta_info: str | os.PathLike) -> List[str]:
     """Keys listed in a basicsr meta-info file: the first token of each line, ``.png`` dropped."""
-    keys = []
-    for line in Path(meta_info).read_text().splitlines():
-        if line.strip():
-            token = line.split()[0]
-            keys.append(token[:-4] if token.lower().endswith(".png") else token)
-    return keys
+    return [token[:-4] if token.lower().endswith(".png") else token for token in read_meta_info(meta_info)]
 
 
 class LmdbImages:

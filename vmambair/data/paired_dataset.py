@@ -16,9 +16,8 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -27,7 +26,7 @@ from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from .image_io import DataError, is_image_file, read_image
+from .image_io import DataError, is_image_file, read_image, read_meta_info
 from .lmdb_images import LmdbImages, is_lmdb_backend
 
 Item = Union[int, Tuple[int, int]]
@@ -56,7 +55,7 @@ def pair_files(gt_dir: str, lq_dir: str, filename_tmpl: str = "{}",
     gt_dir, lq_dir = Path(gt_dir), Path(lq_dir)
     lq_files = sorted(p for p in lq_dir.iterdir() if p.is_file() and is_image_file(p))
     if meta_info_file:
-        names = [ln.split()[0] for ln in Path(meta_info_file).read_text().splitlines() if ln.strip()]
+        names = read_meta_info(meta_info_file)
         gt_files = [gt_dir / n for n in names]
         for p in gt_files:
             if not p.is_file():

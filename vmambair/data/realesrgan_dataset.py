@@ -21,7 +21,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from vmambair.config import OptionsError
 
 from .degradation import DegradationError, parse_degradation, sample_kernels, seeded_global_rngs
-from .image_io import DataError, is_image_file, read_image
+from .image_io import DataError, is_image_file, read_image, read_meta_info
 from .lmdb_images import LmdbImages, is_lmdb_backend
 from .paired_dataset import Item, TrainableDataset, option_getter
 
@@ -31,7 +31,7 @@ def list_gt_files(gt_dir: str, meta_info_file: str | None = None) -> List[str]:
     as ``scripts/generate_meta_info.py`` writes them), or every image under ``gt_dir`` (recursive)."""
     root = Path(gt_dir)
     if meta_info_file:
-        names = [ln.split()[0] for ln in Path(meta_info_file).read_text().splitlines() if ln.strip()]
+        names = read_meta_info(meta_info_file)
         files = [root / n for n in names]
         for p in files:
             if not p.is_file():

@@ -16,7 +16,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 
 from vmambair.config import OptionsError
 
-from .image_io import DataError, is_image_file, read_image
+from .image_io import DataError, is_image_file, read_image, read_meta_info
 from .lmdb_images import LmdbImages, is_lmdb_backend
 from .paired_dataset import Item, TrainableDataset, option_getter
 
@@ -45,7 +45,7 @@ class SingleImageFolderDataset(TrainableDataset):
             self.db = LmdbImages(root, meta)
             self.paths = list(self.db.keys)
         elif meta:
-            names = [ln.split()[0] for ln in Path(meta).read_text().splitlines() if ln.strip()]
+            names = read_meta_info(meta)
             self.paths = [root / n for n in names]
             for p in self.paths:
                 if not p.is_file():

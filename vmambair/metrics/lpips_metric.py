@@ -60,6 +60,13 @@ def build_lpips(net: str = "alex", version: str = "0.1", pretrained: bool = True
         for slice_ in (getattr(model.net, f"slice{i}") for i in range(1, model.net.N_slices + 1)):
             for name, layer in slice_.named_children():
                 layer.load_state_dict(tv.features[int(name)].state_dict())
+    else:
+        # LPIPS trains its linear layers under a non-negativity constraint, which makes every
+        # distance >= 0; random ones keep that property (else the sign of a test's value would
+        # depend on the random state).
+        with torch.no_grad():
+            for p in model.lins.parameters():
+                p.abs_()
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
