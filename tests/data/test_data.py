@@ -123,3 +123,37 @@ def test_meta_info_file_and_filename_template(tmp_path):
     ds = _dataset(folder, filename_tmpl="{}_rain", meta_info_file=str(meta))
     assert [p[1].rsplit("/", 1)[1] for p in ds.pairs] == ["2.png", "0.png"]
     assert ds[0]["lq_path"].endswith("2_rain.png")
+
+
+def test_degradation_key_is_typed_by_the_dataset_class(tmp_path):
+    """Each dataset declares the settings of its degradation key; options validation checks them with
+    the same engine as every section (unknown keys with a suggestion, types), before any work."""
+    import pytest
+    from vmambair.config import OptionsError, load_options
+    from vmambair.data.degradation import DegradationSettings
+    from vmambair.data.quickstart import QuickstartRainOptions
+    from tests.helpers import ROOT
+
+    quick = ROOT / "options" / "quickstart.yml"
+    over = [f"path.data_root={tmp_path}", f"path.root={tmp_path}"]
+    opt = load_options(quick, over + ["datasets.train.degradation={variants: 2, angle: [-10, 10]}"])
+    s = opt.datasets["train"].degradation
+    assert isinstance(s, QuickstartRainOptions) and s.variants == 2 and s.angle == [-10.0, 10.0]
+    with pytest.raises(OptionsError, match=r"Unknown option 'datasets.train.degradation.varients'. Did you mean 'variants'"):
+        load_options(quick, over + ["datasets.train.degradation={varients: 2}"])
+    with pytest.raises(OptionsError, match="datasets.train.degradation.max_side' must be int"):
+        load_options(quick, over + ["datasets.train.degradation={max_side: big}"])
+    # a dataset without synthesised inputs takes no degradation key
+    from tests.helpers import tiny_options
+    with pytest.raises(OptionsError, match="PairedImageFolderDataset takes no degradation settings"):
+        load_options(tiny_options(tmp_path), ["datasets.train.degradation={x: 1}"])
+    # Real-ESRGAN's settings: consistency checks run at load time too
+    real = ROOT / "options" / "realsr_x4_psnr.yml"
+    (tmp_path / "train" / "DF2K_OST").mkdir(parents=True, exist_ok=True)
+    base = load_options(real, over + ["datasets.train.dataroot_gt=train/DF2K_OST", "datasets.train.meta_info_file=null",
+                                      "datasets={train: ${x}}".replace("${x}", "{name: t, type: RealESRGANGTDataset, "
+                                                                        "dataroot_gt: train/DF2K_OST, gt_size: 256}")])
+    assert isinstance(base.datasets["train"].degradation, DegradationSettings)
+    with pytest.raises(OptionsError, match="resize_prob' .* must sum to 1"):
+        load_options(real, over + ["datasets={train: {name: t, type: RealESRGANGTDataset, dataroot_gt: train/DF2K_OST, "
+                                   "gt_size: 256, degradation: {resize_prob: [0.5, 0.5, 0.5]}}}"])

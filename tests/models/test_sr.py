@@ -142,7 +142,8 @@ def test_realworld_option_files_hold_the_paper_recipe(tmp_path):
     for o in (net, gan):
         ds = o.datasets["train"]
         assert ds.type == "RealESRGANGTDataset" and ds.gt_size == 256 and ds.batch_size_per_gpu == 9
-        assert ds.degradation == REAL_ESRGAN
+        # the degradation key is typed by the dataset's DegradationSettings: every recipe value is there
+        assert {k: getattr(ds.degradation, k) for k in REAL_ESRGAN} == REAL_ESRGAN
         assert o.train.optim_g["betas"] == [0.9, 0.99] and o.train.scheduler["gamma"] == 0.5
         assert o.train.ema_decay == 0.999
         assert o.network_g["num_blocks"] == [6, 2, 2, 1] and o.network_g["num_refinement_blocks"] == 6

@@ -6,4 +6,4 @@ from .registry import (ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_RE
                        MODEL_REGISTRY, SCHEDULER_REGISTRY, build_from_spec, check_registry_name, registry,  # noqa: F401
                        validate_registry_spec)
 from .bundled import bundled_options, options_dir  # noqa: F401
-from .loading import apply_overrides, dataset_phase, load_options, read_yaml, resolve_data_path  # noqa: F401
+from .loading import apply_overrides, build_dataclass, dataset_phase, load_options, read_yaml, resolve_data_path  # noqa: F401

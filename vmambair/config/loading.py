@@ -91,7 +91,7 @@ def _coerce(value: Any, tp, key: str) -> Any:
             raise errors[0]
         raise OptionsError(f"Option '{key}' must be {_type_name(tp)}, got {value!r}.")
     if dataclasses.is_dataclass(tp):
-        return _build_dataclass(tp, value, key)
+        return build_dataclass(tp, value, key)
     if origin in (list, List):
         if isinstance(value, tuple):
             value = list(value)
@@ -123,7 +123,10 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise OptionsError(f"Option '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
 
 
-def _build_dataclass(cls, raw: Any, key: str):
+def build_dataclass(cls, raw: Any, key: str):
+    """Build dataclass ``cls`` from the mapping ``raw`` (the options at ``key``), checking every
+    key and type against the fields' annotations; unknown keys are refused with the closest one.
+    Packages use it for the typed settings they declare next to their classes."""
     where = f"'{key}'" if key else "the top level"
     if raw is None:
         raw = {}
@@ -186,6 +189,18 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
         ds.dataroot_lq = resolve_data_path(ds.dataroot_lq, opts)
         ds.meta_info_file = resolve_data_path(ds.meta_info_file, opts)
         ds_cls = dataset_class(ds.type)
+        # Datasets that synthesise inputs declare the typed settings of their ``degradation`` key
+        # next to the class (``degradation_options``, a dataclass); the same engine checks them.
+        settings_cls = getattr(ds_cls, "degradation_options", None)
+        if ds.degradation is not None and settings_cls is None:
+            raise OptionsError(f"Option 'datasets.{key}.degradation': {ds.type} takes no degradation settings; "
+                               f"remove the key (datasets that synthesise their inputs, e.g. RealESRGANGTDataset "
+                               f"or QuickstartRainDataset, take one).")
+        if settings_cls is not None:
+            ds.degradation = build_dataclass(settings_cls, ds.degradation, f"datasets.{key}.degradation")
+            check = getattr(settings_cls, "check", None)
+            if check is not None:
+                check(ds.degradation, f"datasets.{key}.degradation")
         if ds.dataroot_lq is None and not ds_cls.synthesizes_lq:
             raise OptionsError(f"Option 'datasets.{key}.dataroot_lq' is required by {ds.type} (folder of input images).")
         if ds.dataroot_gt is None and not ds_cls.lq_only:
@@ -306,7 +321,7 @@ def load_options(path: str | os.PathLike, overrides: Optional[List[str]] = None,
     """
     raw = apply_overrides(read_yaml(path), overrides or [])
     raw.pop("is_train", None)
-    opts = _build_dataclass(Options, raw, "")
+    opts = build_dataclass(Options, raw, "")
     opts.is_train = is_train
     missing = missing_test_sets if missing_test_sets is not None else []
     _check_semantics(opts, is_train, missing)

@@ -58,8 +58,9 @@ class DatasetOptions:
     pin_memory: bool = opt(True, "Pin host memory for faster GPU copies.")
     phase: Optional[str] = opt(None, "Set automatically from the key (train / val / test).")
     scale: Optional[int] = opt(None, "Set automatically from the top-level scale.")
-    degradation: Optional[Dict[str, Any]] = opt(None, "Settings of datasets that synthesise their inputs on the fly "
-                                                "(Real-ESRGAN degradation parameters; see docs/sr.md).")
+    degradation: Optional[Any] = opt(None, "Settings of datasets that synthesise their inputs on the fly, typed by the "
+                                     "dataset class's degradation_options (Real-ESRGAN's parameters: docs/sr.md; "
+                                     "the quick start's rain: vmambair/data/quickstart.py).")
 
 
 @dataclass(kw_only=True)

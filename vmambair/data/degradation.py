@@ -11,8 +11,10 @@ The pipeline is split the way Real-ESRGAN splits it:
   [resize back + sinc] and JPEG in random order, quantisation to 8 bits, the paired crop and
   :class:`TrainingPairPool` (Real-ESRGAN's queue that mixes degradations across batches).
 
-All settings live in one mapping, ``datasets.train.degradation`` of the options file, parsed
-and checked by :func:`parse_degradation`; defaults are Real-ESRGAN's
+All settings live in one mapping, ``datasets.train.degradation`` of the options file, typed by
+:class:`DegradationSettings` (declared as the dataset's ``degradation_options``, so options
+validation checks keys and types with the same engine as every other section) and checked for
+consistency by :meth:`DegradationSettings.check`; defaults are Real-ESRGAN's
 (``options/train_realesrnet_x4plus.yml`` / ``train_realesrgan_x4plus.yml``).
 
 Randomness: kernels come from the per-item seed the sampler gives the dataset; the on-device
@@ -26,7 +28,6 @@ whole pipeline is deterministic on CPU.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import random
 from contextlib import contextmanager
@@ -44,6 +45,8 @@ from basicsr.data.degradations import (circular_lowpass_kernel, random_add_gauss
 from basicsr.data.transforms import paired_random_crop
 from basicsr.utils.diffjpeg import DiffJPEG
 from basicsr.utils.img_process_util import USMSharp, filter2D
+
+from ..config import OptionsError, build_dataclass
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 _KERNEL_PROB = [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]
@@ -109,42 +112,39 @@ class DegradationSettings:
         return max(self.blur_kernel_size, self.blur_kernel_size2)
 
 
-class DegradationError(ValueError):
-    """Invalid ``datasets.train.degradation`` settings; the message names the key."""
+class DegradationError(OptionsError):
+    """Invalid ``datasets.train.degradation`` settings; the message names the key (an options error)."""
 
 
-def parse_degradation(raw: Optional[Dict[str, Any]], key: str = "datasets.train.degradation") -> DegradationSettings:
-    """Check ``raw`` (the options mapping) and fill Real-ESRGAN's defaults for missing keys.
+def parse_degradation(raw, key: str = "datasets.train.degradation") -> DegradationSettings:
+    """Settings from ``raw`` (the options mapping, or settings already built by options
+    validation), with Real-ESRGAN's defaults for missing keys, checked.
 
     Raises:
         DegradationError: unknown key (with the closest valid one), wrong type, or an
             inconsistent value (probabilities that do not sum to 1, even kernel size...).
     """
-    raw = dict(raw or {})
-    fields = {f.name: f for f in dataclasses.fields(DegradationSettings)}
+    if isinstance(raw, DegradationSettings):
+        s = raw
+    else:
+        try:
+            s = build_dataclass(DegradationSettings, raw, key)
+        except DegradationError:
+            raise
+        except OptionsError as err:
+            raise DegradationError(str(err)) from None
+    s.check(key)
+    return s
+
+
+def _check_degradation(s: DegradationSettings, key: str) -> None:
     defaults = DegradationSettings()
-    values = {}
-    for name, value in raw.items():
-        if name not in fields:
-            close = difflib.get_close_matches(name, list(fields), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(fields)}."
-            raise DegradationError(f"Unknown option '{key}.{name}'.{hint}")
-        default = getattr(defaults, name)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        else:  # list
-            ok = isinstance(value, (list, tuple)) and len(value) == len(default) if name not in (
-                "kernel_list", "kernel_list2", "kernel_prob", "kernel_prob2") else isinstance(value, (list, tuple))
-            value = list(value) if ok else value
-        if not ok:
-            raise DegradationError(f"Option '{key}.{name}' must be like its default {default!r}, got {value!r}.")
-        values[name] = value
-    s = DegradationSettings(**values)
+    for f in dataclasses.fields(DegradationSettings):
+        default, value = getattr(defaults, f.name), getattr(s, f.name)
+        if isinstance(default, list) and not f.name.startswith(("kernel_list", "kernel_prob")) \
+                and len(value) != len(default):
+            raise DegradationError(f"Option '{key}.{f.name}' must have {len(default)} entries like its default "
+                                   f"{default!r}, got {value!r}.")
     for suffix in ("", "2"):
         klist, kprob = getattr(s, "kernel_list" + suffix), getattr(s, "kernel_prob" + suffix)
         bad = [k for k in klist if k not in KERNEL_TYPES]
@@ -169,7 +169,9 @@ def parse_degradation(raw: Optional[Dict[str, Any]], key: str = "datasets.train.
                                f"({s.blur_kernel_size2}); raise crop_pad_size or resize_range[0].")
     if s.queue_size < 0:
         raise DegradationError(f"Option '{key}.queue_size' must be >= 0 (0 disables the pool).")
-    return s
+
+
+DegradationSettings.check = _check_degradation  # called by options validation and parse_degradation
 
 
 # ----------------------------------------------------------------------------- kernels

@@ -124,6 +124,7 @@ class TrainableDataset(Dataset):
     synthesizes_lq = False    # makes its inputs itself: no ``dataroot_lq`` needed
     lq_only = False           # inputs only (e.g. NIQE test sets): no ``dataroot_gt`` needed
     builds_data = False       # creates its folders on first use: they need not exist yet
+    degradation_options = None  # dataclass typing the ``degradation`` key, for datasets that take one
 
     def set_patch_size(self, gt_size: int) -> None:
         raise NotImplementedError

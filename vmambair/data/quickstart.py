@@ -17,9 +17,11 @@ given width, and scales it by a brightness. The layers are screen-blended onto t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -148,7 +150,27 @@ def add_rain(clean: np.ndarray, layers: Sequence[Dict[str, float]], rng: np.rand
     return np.clip(np.round(rainy * 255.0), 0, 255).astype(np.uint8)
 
 
-def split_settings(split: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+@dataclass
+class QuickstartRainOptions:
+    """The quick start's ``degradation`` key: each setting replaces its split's default (null: keep it)."""
+
+    photos: Optional[List[str]] = None       # scikit-image photo names of the split
+    variants: Optional[int] = None           # rainy versions of each photo
+    max_side: Optional[int] = None           # photos are shrunk to this longer side
+    seed: Optional[int] = None               # seed of the split's rain
+    layers: Optional[List[int]] = None       # streak layers per image (inclusive range)
+    angle: Optional[List[float]] = None      # degrees from vertical of an image's main direction
+    length: Optional[List[float]] = None     # streak length in pixels
+    density: Optional[List[float]] = None    # fraction of pixels that start a drop, per layer
+    width: Optional[List[float]] = None      # Gaussian sigma in pixels (streak thickness)
+    brightness: Optional[List[float]] = None  # peak streak value before screen blending
+
+    def overrides(self) -> Dict[str, Any]:
+        """The settings given: ``{name: value}`` without the nulls."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def split_settings(split: str, overrides=None) -> Dict[str, Any]:
     """The full settings of one split (defaults + ``overrides``), checked.
 
     Raises:
@@ -158,6 +180,8 @@ def split_settings(split: str, overrides: Optional[Dict[str, Any]] = None) -> Di
         raise DataError(f"Quick-start split must be one of {sorted(SPLIT_DEFAULTS)}, got {split!r}.")
     settings = dict(SPLIT_DEFAULTS[split])
     settings["rain"] = dict(RAIN_DEFAULTS)
+    if isinstance(overrides, QuickstartRainOptions):
+        overrides = overrides.overrides()
     for key, value in (overrides or {}).items():
         if key in settings and key != "rain":
             settings[key] = value
@@ -254,6 +278,7 @@ class QuickstartRainDataset(PairedImageFolderDataset):
     """
 
     builds_data = True  # options validation: the folders may not exist yet
+    degradation_options = QuickstartRainOptions  # the typed ``degradation`` key
 
     def __init__(self, opt):
         get = option_getter(opt)

@@ -20,7 +20,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 
 from vmambair.config import OptionsError
 
-from .degradation import DegradationError, parse_degradation, sample_kernels, seeded_global_rngs
+from .degradation import DegradationError, DegradationSettings, parse_degradation, sample_kernels, seeded_global_rngs
 from .image_io import DataError, is_image_file, read_image, read_meta_info
 from .lmdb_images import LmdbImages, is_lmdb_backend
 from .paired_dataset import Item, TrainableDataset, option_getter
@@ -61,6 +61,7 @@ class RealESRGANGTDataset(TrainableDataset):
     seed gives the same crop, flips and kernels.
     """
 
+    degradation_options = DegradationSettings  # the typed ``degradation`` key
     synthesizes_lq = True  # no dataroot_lq: options validation knows this
 
     def __init__(self, opt):
