@@ -32,7 +32,7 @@ setup(
     install_requires=requirements,
     extras_require={
         "mamba": ["mamba-ssm"],
-        "test": ["pytest", "onnx", "onnxruntime"],   # onnx/onnxruntime: tests/apps/test_onnx.py
+        "test": ["pytest", "onnx", "onnxruntime", "matplotlib"],  # ONNX export and study plots are tested too
         "onnx": ["onnx", "onnxruntime"],             # scripts/export.py --onnx (and its onnxruntime check)
         "plots": ["matplotlib"],   # scripts/study.py's curves, bar charts and image grids
         "wandb": ["wandb"],        # logger.wandb: Weights & Biases logging of training runs
