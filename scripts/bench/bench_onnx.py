@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(threads)
     import onnxruntime
 
+    import os
+    load_before = os.getloadavg()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.networks.split(","):
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
             print(json.dumps({k: v for k, v in r.items() if k != "times"}), flush=True)
             results.append(r)
 
+    load_after = os.getloadavg()
     rows = [[r["network"], f"{r['params_m']:.2f}", f"{r['torch_s'] * 1000:.0f}", f"{r['ort_s'] * 1000:.0f}",
              f"{r['ratio']:.2f}x", f"{r['max_abs_diff']:.1e}", f"{r['export_s']:.0f}", f"{r['session_s']:.1f}",
              f"{r['onnx_mb']:.1f}"] for r in results]
@@ -108,13 +111,17 @@ def main(argv=None) -> int:
                f"median of {args.repeats} alternating runs after a warm-up, in one process; onnxruntime "
                f"{onnxruntime.__version__} runs the file scripts/export.py --onnx writes (its scans in "
                f"standard operators: a chunked scan with ONNX Loop nodes), PyTorch the same weights with the "
-               f"automatic scan backend (the compiled C scan). Time ratio > 1: onnxruntime is slower.")
+               f"automatic scan backend (the compiled C scan). Time ratio > 1: onnxruntime is slower. The "
+               f"machine was shared with other work (1-minute load average {load_before[0]:.1f} at the start, "
+               f"{load_after[0]:.1f} at the end, {os.cpu_count()} CPUs), so single runs vary: see every run "
+               f"below; the medians and their ratio are indicative, not precise.")
     rec = make_record(args.id, f"onnxruntime vs PyTorch on the CPU, {args.size}x{args.size}", [
         {"title": "median forward time", "columns": columns, "rows": rows,
          "notes": ["export: scripts/export.py --onnx's engine (tracing, ONNX conversion, onnx.checker), once",
                    "ORT session: opening the file (graph optimisation), once"]}],
         section="ONNX", summary=summary,
         figures={"size": args.size, "threads": threads, "onnxruntime": onnxruntime.__version__,
+                 "load_average_1min": [load_before[0], load_after[0]],
                  "results": results})
     write_record(rec)
     md = [f"# {rec['title']}", "", f"- machine: {json.dumps(rec['machine'])}", f"- date: {rec['date']}",

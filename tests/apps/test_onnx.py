@@ -9,7 +9,7 @@ import yaml
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import vmambair  # noqa: E402
+import vmambair  # noqa: E402,F401
 from vmambair.apps.export import export_main, export_onnx  # noqa: E402
 from vmambair.archs import VmambaIR  # noqa: E402
 from vmambair.engine.portable import save_weights, weights_metadata  # noqa: E402
