@@ -23,7 +23,7 @@ def test_realsr_param_count_matches_paper():
 
 
 def test_param_count_by_hand_for_one_oss_module():
-    """Count the OSS module's parameters from DESIGN.md's formulas, independently of the code."""
+    """Count the OSS module's parameters from the paper's formulas (Section 4), independently of the code."""
     c, N = 96, 16
     R = math.ceil(c / 16)
     planar = 4 * ((R + 2 * N) * c + c * R + c + c * N + c)

@@ -1,8 +1,9 @@
 """VmambaIR (Shi et al. 2024): a UNet of Omni Selective Scan (OSS) blocks.
 
 Shapes follow PyTorch's (batch, channels, height, width). Level widths are C, 2C, 4C, 8C
-(C = ``dim``); the decoder's level 1 and the refinement run at 2C. See ../shared/DESIGN.md
-section 2 for the specification this file implements, parameter for parameter.
+(C = ``dim``); the decoder's level 1 and the refinement run at 2C. The paper's Section 4 is
+the specification this file implements, parameter for parameter; docs/authors_code.md lists
+where the authors' code differs and how to build their variants.
 
 Ablations of the paper's Table 4 are constructor options (or ``ablation: V1..V4``):
 V1 one-direction planar scan, no channel scan; V2 four directions, no channel scan;
