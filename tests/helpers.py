@@ -60,14 +60,18 @@ def tiny_options(tmp: Path, name: str = "tiny", total_iter: int = 6, **over) -> 
         "logger": {"print_freq": 1, "save_checkpoint_freq": 2, "use_tb_logger": True, "keep_training_states": None},
     }
     for key, value in over.items():
-        node = opt
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
+        set_nested(opt, key.split("__"), value)
     path = tmp / f"{name}.yml"
     path.write_text(yaml.safe_dump(opt))
     return path
+
+
+def set_nested(options: dict, keys, value) -> None:
+    """``options[k0][k1]...[kn] = value`` for the key path ``keys`` (the sections must exist)."""
+    node = options
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
 
 
 # `python -c` driver: train.py whose write of training state 4 stops half-way and SIGKILLs the

@@ -24,7 +24,7 @@ from vmambair.config import OptionsError, load_options
 from vmambair.apps.test import run_benchmark
 from vmambair.apps.train import train_main
 
-from tests.helpers import ROOT, TINY_NET, one_thread  # noqa: F401
+from tests.helpers import ROOT, TINY_NET, one_thread, set_nested  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,11 +88,7 @@ def _tiny_recipe(src: str, tmp: Path, name: str, **changes) -> Path:
     raw["logger"].update(print_freq=1, use_tb_logger=False)
     raw["val"]["metrics"]["lpips"] = {"type": "calculate_lpips", "crop_border": 4, "pretrained": False}
     for key, value in changes.items():
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
+        set_nested(raw, key.split("."), value)
     path = tmp / f"{name}.yml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
