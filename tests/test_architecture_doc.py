@@ -51,12 +51,21 @@ def test_dataset_example_trains_through_the_options(tmp_path):
     run_example("dataset")
     try:
         opt = tiny_options(tmp_path, total_iter=2)
-        spec = "{name: toy, type: NoisyGradientExampleDataset, dataroot_gt: nowhere, gt_size: 16, num_worker_per_gpu: 0}"
+        spec = ("{name: toy, type: NoisyGradientExampleDataset, dataroot_gt: nowhere, gt_size: 16, "
+                "num_worker_per_gpu: 0, noise_sigma: 0.05}")
         args = ["-opt", str(opt), "--set", f"datasets.train={spec}", "--set", "val.val_freq=100",
                 "--set", "logger.save_checkpoint_freq=100"]
         assert train_main(args) == 0
         assert (tmp_path / "experiments" / "tiny" / "models" / "net_g_latest.pth").is_file() or \
             list((tmp_path / "experiments" / "tiny" / "models").glob("net_g_*"))
+        # the class's own options are typed and checked like every option
+        from vmambair.config import OptionsError, load_options
+        opts = load_options(opt, ["--set"][1:] + [f"datasets.train={spec}"])
+        assert opts.datasets["train"].own.noise_sigma == 0.05 and opts.datasets["train"].own.length == 8
+        with pytest.raises(OptionsError, match="Unknown option 'datasets.train.noise_sigm'. Did you mean 'noise_sigma'"):
+            load_options(opt, [f"datasets.train={spec[:-1]}, noise_sigm: 1}}"])
+        with pytest.raises(OptionsError, match="datasets.train.length' must be int"):
+            load_options(opt, [f"datasets.train={spec[:-1]}, length: many}}"])
     finally:
         unregister(DATASET_REGISTRY, "NoisyGradientExampleDataset")
 

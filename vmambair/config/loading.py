@@ -21,7 +21,7 @@ import yaml
 from .. import runtime
 from .errors import OptionsError, close_match
 from .registry import check_registry_name, dataset_class, validate_registry_spec
-from .schema import Options, _type_name
+from .schema import DatasetOptions, Options, _type_name
 
 
 class _Loader(yaml.SafeLoader):
@@ -123,15 +123,18 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise OptionsError(f"Option '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
 
 
-def build_dataclass(cls, raw: Any, key: str):
+def build_dataclass(cls, raw: Any, key: str, _plain: bool = False):
     """Build dataclass ``cls`` from the mapping ``raw`` (the options at ``key``), checking every
     key and type against the fields' annotations; unknown keys are refused with the closest one.
-    Packages use it for the typed settings they declare next to their classes."""
+    Packages use it for the typed settings they declare next to their classes. A dataset section
+    (DatasetOptions) also takes its class's own options (``_plain``: the common ones only)."""
     where = f"'{key}'" if key else "the top level"
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise OptionsError(f"Option {where} must be a mapping of keys, got {raw!r}.")
+    if cls is DatasetOptions and not _plain:
+        return _build_dataset_options(raw, key)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in raw:
         if name not in fields:
@@ -156,6 +159,26 @@ def build_dataclass(cls, raw: Any, key: str):
         elif f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
             raise OptionsError(f"Option '{full}' is required ({f.metadata.get('help', '')}).")
     return cls(**values)
+
+
+
+def _build_dataset_options(raw: Dict[str, Any], key: str) -> DatasetOptions:
+    """A ``datasets.<key>`` section: the options every dataset takes (DatasetOptions), plus the
+    keys of the named class's own ``dataset_options`` dataclass, typed and checked the same way
+    and kept in ``.own`` (so a new dataset with new options is one file)."""
+    name = raw.get("type", "PairedImageFolderDataset")
+    own_cls = getattr(dataset_class(name), "dataset_options", None) if isinstance(name, str) else None
+    own_names = {f.name for f in dataclasses.fields(own_cls)} if own_cls is not None else set()
+    valid = own_names | {f.name for f in dataclasses.fields(DatasetOptions)}
+    for k in raw:
+        if k not in valid:
+            raise OptionsError(f"Unknown option '{key}.{k}'. {close_match(k, valid)} (run `python train.py "
+                               f"--help-options` for the common keys; {name}'s own keys: "
+                               f"{', '.join(sorted(own_names)) or 'none'}).")
+    opts = build_dataclass(DatasetOptions, {k: v for k, v in raw.items() if k not in own_names}, key, _plain=True)
+    if own_cls is not None:
+        opts.own = build_dataclass(own_cls, {k: v for k, v in raw.items() if k in own_names}, key)
+    return opts
 
 
 def dataset_phase(key: str) -> str:

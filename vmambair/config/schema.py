@@ -58,6 +58,8 @@ class DatasetOptions:
     pin_memory: bool = opt(True, "Pin host memory for faster GPU copies.")
     phase: Optional[str] = opt(None, "Set automatically from the key (train / val / test).")
     scale: Optional[int] = opt(None, "Set automatically from the top-level scale.")
+    own: Optional[Any] = opt(None, "Set automatically: the dataset class's own options (its dataset_options "
+                             "dataclass), given as keys of this section beside the common ones.")
     degradation: Optional[Any] = opt(None, "Settings of datasets that synthesise their inputs on the fly, typed by the "
                                      "dataset class's degradation_options (Real-ESRGAN's parameters: docs/sr.md; "
                                      "the quick start's rain: vmambair/data/quickstart.py).")

@@ -107,7 +107,13 @@ def option_getter(opt) -> Callable[..., Any]:
     """``get(key, default=None)`` over a dataset's options, a DatasetOptions or a plain dict."""
     if isinstance(opt, dict):
         return lambda k, d=None: opt.get(k, d)
-    return lambda k, d=None: getattr(opt, k, d)
+    own = getattr(opt, "own", None)  # the class's own options (dataset_options), if it declares some
+
+    def get(k, d=None):
+        if own is not None and hasattr(own, k):
+            return getattr(own, k)
+        return getattr(opt, k, d)
+    return get
 
 
 class TrainableDataset(Dataset):
@@ -125,6 +131,7 @@ class TrainableDataset(Dataset):
     lq_only = False           # inputs only (e.g. NIQE test sets): no ``dataroot_gt`` needed
     builds_data = False       # creates its folders on first use: they need not exist yet
     degradation_options = None  # dataclass typing the ``degradation`` key, for datasets that take one
+    dataset_options = None      # dataclass of the class's own keys (beside DatasetOptions' common ones)
 
     def set_patch_size(self, gt_size: int) -> None:
         raise NotImplementedError
