@@ -161,11 +161,12 @@ def build_dataclass(cls, raw: Any, key: str, _plain: bool = False):
     return cls(**values)
 
 
-
 def _build_dataset_options(raw: Dict[str, Any], key: str) -> DatasetOptions:
-    """A ``datasets.<key>`` section: the options every dataset takes (DatasetOptions), plus the
-    keys of the named class's own ``dataset_options`` dataclass, typed and checked the same way
-    and kept in ``.own`` (so a new dataset with new options is one file)."""
+    """A ``datasets.<key>`` section: the options every dataset takes (DatasetOptions), plus the two
+    kinds of typed settings a dataset class declares next to itself, built and checked by the same
+    engine: its own keys (``dataset_options``, kept in ``.own``; so a new dataset with new options
+    is one file) and, for datasets that synthesise their inputs, the ``degradation`` key
+    (``degradation_options``, with its ``check(settings, key)`` for consistency)."""
     name = raw.get("type", "PairedImageFolderDataset")
     own_cls = getattr(dataset_class(name), "dataset_options", None) if isinstance(name, str) else None
     own_names = {f.name for f in dataclasses.fields(own_cls)} if own_cls is not None else set()
@@ -178,6 +179,16 @@ def _build_dataset_options(raw: Dict[str, Any], key: str) -> DatasetOptions:
     opts = build_dataclass(DatasetOptions, {k: v for k, v in raw.items() if k not in own_names}, key, _plain=True)
     if own_cls is not None:
         opts.own = build_dataclass(own_cls, {k: v for k, v in raw.items() if k in own_names}, key)
+    settings_cls = getattr(dataset_class(opts.type), "degradation_options", None)
+    if opts.degradation is not None and settings_cls is None:
+        raise OptionsError(f"Option '{key}.degradation': {opts.type} takes no degradation settings; remove the key "
+                           f"(datasets that synthesise their inputs, e.g. RealESRGANGTDataset or "
+                           f"QuickstartRainDataset, take one).")
+    if settings_cls is not None:
+        opts.degradation = build_dataclass(settings_cls, opts.degradation, f"{key}.degradation")
+        check = getattr(settings_cls, "check", None)
+        if check is not None:
+            check(opts.degradation, f"{key}.degradation")
     return opts
 
 
@@ -212,18 +223,6 @@ def _check_semantics(opts: Options, is_train: bool, missing_test_sets: List[str]
         ds.dataroot_lq = resolve_data_path(ds.dataroot_lq, opts)
         ds.meta_info_file = resolve_data_path(ds.meta_info_file, opts)
         ds_cls = dataset_class(ds.type)
-        # Datasets that synthesise inputs declare the typed settings of their ``degradation`` key
-        # next to the class (``degradation_options``, a dataclass); the same engine checks them.
-        settings_cls = getattr(ds_cls, "degradation_options", None)
-        if ds.degradation is not None and settings_cls is None:
-            raise OptionsError(f"Option 'datasets.{key}.degradation': {ds.type} takes no degradation settings; "
-                               f"remove the key (datasets that synthesise their inputs, e.g. RealESRGANGTDataset "
-                               f"or QuickstartRainDataset, take one).")
-        if settings_cls is not None:
-            ds.degradation = build_dataclass(settings_cls, ds.degradation, f"datasets.{key}.degradation")
-            check = getattr(settings_cls, "check", None)
-            if check is not None:
-                check(ds.degradation, f"datasets.{key}.degradation")
         if ds.dataroot_lq is None and not ds_cls.synthesizes_lq:
             raise OptionsError(f"Option 'datasets.{key}.dataroot_lq' is required by {ds.type} (folder of input images).")
         if ds.dataroot_gt is None and not ds_cls.lq_only:
