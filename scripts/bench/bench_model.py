@@ -101,7 +101,7 @@ def for_path(net, path: str):
         if STATIC_COMPILE:
             net.compile_blocks(**COMPILE_KWARGS)
         else:
-            compile_network(net, training=net.training, **COMPILE_KWARGS)
+            compile_network(net, **COMPILE_KWARGS)
     return net
 
 

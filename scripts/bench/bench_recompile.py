@@ -7,14 +7,14 @@ to the first iteration of each progressive training stage, under each compile po
 Validation (batch 1, bf16 autocast, --images images in --sizes distinct sizes, each size twice):
   eager             the blocks not compiled
   compiled-static   compile_blocks() as before this policy: each new size compiles again
-  compiled-dynamic  engine.compiling.compile_network(training=False): dynamic sizes
+  compiled-dynamic  engine.compiling.compile_network(): dynamic sizes
   validation-stance compiled, but run under engine.compiling.validation_stance (eager), as the
                     trainer's validation and test.py now do
 Progressive stages (the recipe's datasets.train stages; fwd + L1 + bwd + Adam, compiled blocks,
 CUDA-graphed as train.cuda_graph; activation_checkpointing as in the recipe): for each stage, the
 seconds from the stage's first call to the end of its first step (compile + graph recording +
 step) and the mean time of the next steps, under
-  new   compile_network(training=True) (dynamic sizes)
+  new   compile_network() (dynamic sizes)
   old   compile_blocks() (only with --old: each stage may compile for minutes)
 Each policy starts from an empty compile cache (torch._dynamo.reset()).
 """
@@ -53,7 +53,7 @@ def validation_run(net_opt: dict, policy: str, sizes: list, per_size: int) -> di
     if policy == "compiled-static" or policy == "validation-stance":
         net.compile_blocks()
     elif policy == "compiled-dynamic":
-        compiling.compile_network(net, training=False)
+        compiling.compile_network(net)
     times = []
     sync()
     t_all = time.perf_counter()
@@ -80,7 +80,7 @@ def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int)
     torch.manual_seed(0)
     net = build_network(net_opt).cuda().train()
     if policy == "new":
-        compiling.compile_network(net, training=True)
+        compiling.compile_network(net)
     else:
         net.compile_blocks()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)

@@ -78,7 +78,7 @@ def test_without_policy_new_sizes_compile_again():
 
 def test_inference_policy_builds_one_graph_for_all_sizes():
     counter = dynamo_testing.CompileCounter()
-    net = compiling.compile_network(TinyNet(), training=False, backend=counter)
+    net = compiling.compile_network(TinyNet(), backend=counter)
     assert compiling.compiled_modules(net) == ["stage.0", "stage.1"]
     first, total = frames_first_and_all(net, counter, SIZES)
     assert total == first
@@ -86,7 +86,7 @@ def test_inference_policy_builds_one_graph_for_all_sizes():
 
 def test_training_policy_also_lets_the_batch_change():
     counter = dynamo_testing.CompileCounter()
-    net = compiling.compile_network(TinyNet(), training=True, backend=counter)
+    net = compiling.compile_network(TinyNet(), backend=counter)
     counts = []
     for batch, size in [(8, 16), (5, 20), (3, 24), (2, 32)]:  # progressive stages
         net(torch.rand(batch, 3, size, size)).mean().backward()
@@ -98,7 +98,7 @@ def test_inference_policy_compiles_dynamic():
     """The policy's compile is dynamic=True: a first square input still serves other sizes once a
     non-square one has compiled (H == W is the only tie torch makes)."""
     counter = dynamo_testing.CompileCounter()
-    net = compiling.compile_network(TinyNet(), training=False, backend=counter)
+    net = compiling.compile_network(TinyNet(), backend=counter)
     run_sizes(net, [(24, 24), (16, 40)])
     after_two = counter.frame_count
     run_sizes(net, [(32, 8), (48, 24), (8, 56)])
@@ -131,6 +131,6 @@ def test_vmambair_compiles_its_blocks():
     from vmambair.archs.vmambair_arch import VmambaIR
 
     net = VmambaIR(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
-    compiling.compile_network(net, training=True, backend=dynamo_testing.CompileCounter())
+    compiling.compile_network(net, backend=dynamo_testing.CompileCounter())
     names = compiling.compiled_modules(net)
     assert names and all(type(dict(net.named_modules())[n]).__name__ == "OSSBlock" for n in names)

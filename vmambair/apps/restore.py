@@ -246,7 +246,7 @@ def restore_main(argv: Optional[List[str]] = None) -> int:
                 raise UsageError("--compile needs a CUDA device (--device cuda); on the CPU, leave it out.")
             if not hasattr(net, "compile_blocks"):
                 raise UsageError(f"--compile: network {type(net).__name__} has no compile_blocks(); leave it out.")
-            compile_network(net, training=False)  # height and width dynamic: one compile for all sizes
+            compile_network(net)  # height and width dynamic: one compile for all sizes
         if args.cuda_graphs:
             if device.type != "cuda":
                 raise UsageError("--cuda-graphs needs a CUDA device (--device cuda); on the CPU, leave it out.")

@@ -5,7 +5,7 @@ again (on an H100, tens of seconds per size: validating three photos of three si
 and the switch to a new progressive stage spent over 115 s before its first iteration). The
 policy, used by the trainer, validation, ``test.py`` and ``restore.py --compile``:
 
-- ``compile_network(net, training=...)`` compiles the network's blocks (``compile_blocks``) with
+- ``compile_network(net)`` compiles the network's blocks (``compile_blocks``) with
   ``dynamic=True``: sizes are symbols from the first compile, so one graph per block width serves
   every image size, patch size and batch. Marking only the blocks' input sizes dynamic is not
   enough: where a block's code breaks the graph (e.g. a scan backend dynamo cannot trace), the
@@ -36,12 +36,11 @@ def is_compiled(net: nn.Module) -> bool:
     return bool(compiled_modules(net))
 
 
-def compile_network(net: nn.Module, *, training: bool, **compile_kwargs) -> nn.Module:
+def compile_network(net: nn.Module, **compile_kwargs) -> nn.Module:
     """Compile ``net`` in place for sizes that change between calls (``dynamic=True`` unless
     ``compile_kwargs`` says otherwise): block by block through ``compile_blocks`` where the network
-    has it (VmambaIR), else as a whole. ``training`` is accepted for the call sites' clarity; the
-    same compile serves both (train and eval graphs are separate entries of one cache).
-    Returns ``net``."""
+    has it (VmambaIR), else as a whole. The same compile serves training and evaluation (train and
+    eval graphs are separate entries of one cache). Returns ``net``."""
     kwargs = {"dynamic": True, **compile_kwargs}
     if hasattr(net, "compile_blocks"):
         net.compile_blocks(**kwargs)

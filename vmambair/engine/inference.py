@@ -493,7 +493,7 @@ def restore_image(net: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor
                   self_ensemble: bool = False, device: Optional[torch.device] = None,
                   progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """Restore ``img`` of any size with ``net``, with exactly the tiling asked for (no memory
-    planning, no retries: see :func:`run_inference` for those). Runs under inference mode.
+    planning, no retries: see :func:`run_inference` for those). Runs under :func:`evaluation_mode`.
 
     Args:
         net: callable mapping (b, c, H', W') with H', W' multiples of ``multiple`` to

@@ -265,7 +265,7 @@ class BaseModel:
         """
         net = self.networks[name]
         if name == "net_g" and self.opt.train is not None and self.opt.train.compile and self.device.type == "cuda":
-            compile_network(net, training=True)  # batch/height/width dynamic: no recompile per stage
+            compile_network(net)  # batch/height/width dynamic: no recompile per stage
         if self.ctx.distributed and name == "net_g" and self.uses_cuda_graph:
             # DDP's gradient hooks cannot run inside a recorded graph: start from rank 0's weights
             # as DDP would, and average the gradients after each replay (ImageRestorationModel).
