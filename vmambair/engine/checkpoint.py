@@ -8,7 +8,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
@@ -18,6 +18,47 @@ from ..utils.fileio import CheckpointError, atomic_torch_save, atomic_write_byte
 
 TRAINING_STATE_SUFFIX = ".state"
 _STATE_NAME = re.compile(r"^(\d+)\.state$")
+
+
+def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write ``state_dict`` ({name: tensor}) as a safetensors file with ``metadata``, atomically.
+
+    Tensors are detached, moved to the CPU and made contiguous. Returns the written path.
+    """
+    from safetensors.torch import save
+
+    if metadata is not None:
+        bad = {k: v for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)}
+        if bad:
+            raise CheckpointError(f"safetensors metadata must map strings to strings; not so for {sorted(bad)[:3]}.")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    path = Path(path)
+    atomic_write_bytes(save(tensors, metadata=dict(metadata) if metadata else None), path)
+    return path
+
+
+def read_weights(path: str | os.PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, str]]]:
+    """Read a safetensors file: ``({name: tensor on CPU}, metadata or None)``.
+
+    Raises:
+        CheckpointError: the file is missing or not a readable safetensors file (the message
+            names the file).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Weight file '{path}' does not exist.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises SafetensorError, OSError, ValueError...
+        detail = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"Weight file '{path}' is not a readable safetensors file ({detail}); it may be "
+                              f"truncated or corrupt. Export it again (python scripts/export.py <weights>).") from None
+    return tensors, (dict(metadata) if metadata else None)
 
 
 def _strip_module_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -42,18 +83,7 @@ def load_network_weights(path: str | os.PathLike, key: Optional[str] = "params")
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:  # pragma: no cover - safetensors is a requirement
-            raise CheckpointError("Reading .safetensors needs `pip install safetensors`.") from err
-        if not path.is_file():
-            raise CheckpointError(f"Weight file '{path}' does not exist.")
-        try:
-            flat = load_file(str(path), device="cpu")
-        except Exception as err:  # SafetensorError, OSError...: a truncated or foreign file
-            raise CheckpointError(f"Weight file '{path}' is not a readable safetensors file "
-                                  f"({(str(err).splitlines() or [type(err).__name__])[0]}); it may be truncated "
-                                  f"or corrupt.") from None
+        flat, _ = read_weights(path)
         if key and any(k.startswith(key + ".") for k in flat):
             flat = {k[len(key) + 1:]: v for k, v in flat.items() if k.startswith(key + ".")}
         return _strip_module_prefix(flat)
@@ -96,9 +126,8 @@ def save_network(nets: Dict[str, torch.nn.Module] | torch.nn.Module, path: str |
         payload[name] = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     atomic_torch_save(payload, path)
     if safetensors:
-        from safetensors.torch import save as st_save
         flat = {f"{name}.{k}": v for name, sd in payload.items() for k, v in sd.items()}
-        atomic_write_bytes(st_save(flat, metadata=metadata), Path(path).with_suffix(".safetensors"))
+        save_weights(flat, Path(path).with_suffix(".safetensors"), metadata)
 
 
 class PartialLoadError(CheckpointError, OptionsError):

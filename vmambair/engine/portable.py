@@ -32,7 +32,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from ..config import OptionsError, build_from_spec, load_options, registry
-from ..utils.fileio import CheckpointError, atomic_write_bytes, safe_torch_load
+from ..utils.fileio import CheckpointError
+from .checkpoint import load_network_weights, read_weights, save_weights  # noqa: F401  (public here too)
 
 FORMAT = "vmambair"
 FORMAT_VERSION = "1"
@@ -140,47 +141,6 @@ def weights_metadata(network_g: Mapping[str, Any], *, scale: int, task: str, sou
     if key is not None:
         meta["key"] = str(key)
     return meta
-
-
-def save_weights(state_dict: Mapping[str, torch.Tensor], path: PathLike,
-                 metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """Write ``state_dict`` ({name: tensor}) as a safetensors file with ``metadata``, atomically.
-
-    Tensors are detached, moved to the CPU and made contiguous. Returns the written path.
-    """
-    from safetensors.torch import save
-
-    if metadata is not None:
-        bad = {k: v for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)}
-        if bad:
-            raise CheckpointError(f"safetensors metadata must map strings to strings; not so for {sorted(bad)[:3]}.")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    path = Path(path)
-    atomic_write_bytes(save(tensors, metadata=dict(metadata) if metadata else None), path)
-    return path
-
-
-def read_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, str]]]:
-    """Read a safetensors file: ``({name: tensor on CPU}, metadata or None)``.
-
-    Raises:
-        CheckpointError: the file is missing or not a readable safetensors file (the message
-            names the file).
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Weight file '{path}' does not exist.")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises SafetensorError, OSError, ValueError...
-        detail = (str(err).splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"Weight file '{path}' is not a readable safetensors file ({detail}); it may be "
-                              f"truncated or corrupt. Export it again (python scripts/export.py <weights>).") from None
-    return tensors, (dict(metadata) if metadata else None)
 
 
 def describes_network(metadata: Optional[Mapping[str, str]]) -> bool:
@@ -292,16 +252,8 @@ def load_model(path: PathLike, device: Union[str, torch.device, None] = None,
     origin = f"Weight file '{path}'"
     if path.suffix == ".safetensors":
         tensors, metadata = read_weights(path)
-    else:
-        obj = safe_torch_load(path)
-        if not isinstance(obj, dict):
-            raise CheckpointError(f"{origin} holds a {type(obj).__name__}, not a state dict.")
-        nested = [k for k in ([key] if key else []) + list(DEFAULT_KEYS) + ["state_dict", "model"]
-                  if isinstance(obj.get(k), dict)]
-        tensors = obj[nested[0]] if nested else obj
-        if not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-            raise CheckpointError(f"{origin} has no state dict entry; its keys are {sorted(obj)[:10]}.")
-        metadata = None
+    else:  # the entry asked for, else params_ema / params / state_dict / model, else the file itself
+        tensors, metadata = load_network_weights(path, key=key or DEFAULT_KEYS[0]), None
     if options is not None:
         spec, described_by = _options_spec(options)
         try:
