@@ -11,19 +11,24 @@ fixed synthetic batches kept on the device (no data loading in the timings):
 
 Phases, in this order (each configuration starts only while --budget-s has not run out):
 
-1. Loss curves: the deraining network trained for --curve-iters iterations from the same initial
-   weights on the same batches in fp32, bf16 and fp16 (CUDA graph; not compiled, to keep the run
-   short; batch 8 x 64x64 instead of the recipe's 128x128, for the same reason), window means
-   side by side with their noise level.
-2. Accumulation: batch 8 x accumulate 1 against batch 4 x accumulate 2 (the same 8 samples per
-   step) from the same weights, fp32 so that only the summation order differs (150 iterations).
+1. Loss curves: each full network (deraining at batch 8 x 64x64, real-world x4 at batch 4 x 32x32
+   LQ, smaller than the recipes' patches to keep the run short) trained for --curve-iters
+   iterations from the same initial weights on the same batches in fp32, bf16 and fp16 (CUDA
+   graph, not compiled); window means side by side with their noise level.
+2. Accumulation: the deraining network at batch 8 x accumulate 1, the same again (a rerun: the
+   GPU step is not bit-reproducible, since the scan's backward sums with atomics, so a rerun
+   measures the float noise two runs show), and batch 4 x accumulate 2 (the same 8 samples per
+   step), from the same weights, fp32, --accum-iters iterations; plus the gradients of the first
+   iteration (same weights, same samples), compared directly.
 3. Step time and peak memory of both full networks (options/derain.yml and
    options/realsr_x4_psnr.yml network_g) on the recipes' fast path (train.compile +
-   train.cuda_graph), fp16 beside bf16: deraining at batch 8 x 128x128 (the recipe's first
-   stage), real-world x4 at batch 9 x 64x64 LQ (its recipe). Adam, no clipping.
+   train.cuda_graph; --no-compile: the graph alone), fp16 beside bf16: deraining at batch
+   8 x 128x128 (the recipe's first stage), real-world x4 at batch 9 x 64x64 LQ (its recipe). Adam,
+   no clipping.
 
 A configuration that would start after --budget-s seconds is skipped, and the skip written into
-the report (the default aims at 5 minutes on one H100); ``--phases timing`` runs one phase alone.
+the report; ``--phases timing`` runs one phase alone. With matplotlib installed, the curves are
+also drawn (``--plot``).
 """
 import argparse
 import gc
@@ -118,9 +123,10 @@ def time_step(model, batches, warmup: int, iters: int, device: torch.device):
     return ms, peak
 
 
-def train_curve(model, batches, accumulate: int = 1):
+def train_curve(model, batches, accumulate: int = 1, first_grads: list | None = None):
     """Per-iteration losses; with ``accumulate`` > 1 each batch is split into that many micro-batches.
-    Returns (losses, steps skipped by the NaN guard or the fp16 scaler)."""
+    Returns (losses, steps skipped by the NaN guard or the fp16 scaler). With ``first_grads`` (a
+    list), the gradients of the first iteration are appended to it as one flat fp32 CPU vector."""
     losses, skipped = [], 0
     for i, batch in enumerate(batches, 1):
         if accumulate == 1:
@@ -131,6 +137,9 @@ def train_curve(model, batches, accumulate: int = 1):
             loss = model.optimize_parameters(i, micro)["l_pix"]
         losses.append(loss.detach().clone())
         skipped += int(model.step_skipped)
+        if i == 1 and first_grads is not None:
+            first_grads.append(torch.cat([p.grad.detach().float().flatten().cpu()
+                                          for p in model.networks["net_g"].parameters() if p.grad is not None]))
     return [v.item() for v in losses], skipped
 
 
@@ -149,6 +158,42 @@ def window_rows(curves: dict, window: int, baseline: str):
     return rows
 
 
+def plot_curves(figures: dict, path: str, window: int = 10) -> bool:
+    """Draw every loss curve of ``figures`` (one panel per network, plus accumulation) as moving
+    averages over ``window`` iterations into the PNG ``path``. False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = {k: v for k, v in figures.items() if k.startswith("curves ")}
+    if "accumulation" in figures:
+        panels["accumulation (fp32, deraining)"] = {k: v for k, v in figures["accumulation"].items()
+                                                    if isinstance(v, list)}
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels.items()):
+        for name, losses in curves.items():
+            w = min(window, len(losses))
+            smooth = [statistics.mean(losses[max(0, i - w + 1): i + 1]) for i in range(len(losses))]
+            ax.plot(range(1, len(losses) + 1), smooth, label=name, linewidth=1.2)
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"L1 loss ({window}-iteration moving average)")
+        ax.set_title(title.replace("curves ", "") + (" network" if title.startswith("curves ") else ""))
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny network and sizes (checks the script; figures mean nothing)")
@@ -165,6 +210,8 @@ def main(argv=None) -> int:
                    choices=["curves", "accumulation", "timing"], help="what to run (in this order)")
     p.add_argument("--json", default=None, help="record path (default benchmarks/data/precision_h100.json; --tiny: a temp dir)")
     p.add_argument("--md", default=None, help="Markdown path (default benchmarks/precision_h100.md; --tiny: a temp dir)")
+    p.add_argument("--plot", default=None, help="PNG of the loss curves (default benchmarks/charts/precision_h100_curves.png;"
+                                                " --tiny: a temp dir)")
     args = p.parse_args(argv)
     if args.cpu and not args.tiny:
         print("error: --cpu runs only with --tiny (the full networks need a GPU).", file=sys.stderr)
@@ -179,8 +226,10 @@ def main(argv=None) -> int:
         args.curve_size = 16
         tmp = Path(tempfile.mkdtemp(prefix="bench_precision_"))
         args.json, args.md = args.json or str(tmp / "precision_tiny.json"), args.md or str(tmp / "precision_tiny.md")
+        args.plot = args.plot or str(tmp / "precision_tiny_curves.png")
     json_path = args.json or str(ROOT / "benchmarks" / "data" / "precision_h100.json")
     md_path = args.md or str(ROOT / "benchmarks" / "precision_h100.md")
+    plot_path = args.plot or str(ROOT / "benchmarks" / "charts" / "precision_h100_curves.png")
     started = time.perf_counter()
     skipped_phases = []
 
@@ -199,49 +248,72 @@ def main(argv=None) -> int:
     graph = device.type == "cuda"
     # ------------------------------------------------------------------ 1. loss curves by precision
     derain_net = TINY_NET if args.tiny else recipe_network("derain")
+    realsr_net = dict(TINY_NET, scale=4) if args.tiny else recipe_network("realsr_x4_psnr")
+    # (network, batch, GT patch, scale): real-world x4 at LQ half the deraining patch, batch 4.
+    curve_nets = {"deraining": (derain_net, 8, args.curve_size, 1),
+                  "real-world x4": (realsr_net, 4, args.curve_size * 2, 4)}
     batches = make_batches(max(args.curve_iters, args.accum_iters), 8, args.curve_size, 1, device, seed=1)
-    curves, skips = {}, {}
-    for precision in (("fp32", "bf16", "fp16") if "curves" in args.phases else ()):
-        if not in_budget(f"loss curve {precision}"):
-            continue
-        model = build_model(derain_net, precision, device, graph=graph)
-        curves[precision], skips[precision] = train_curve(model, batches[: args.curve_iters])
-        log(f"curve {precision}: last window {statistics.mean(curves[precision][-args.window:]):.5f}, "
-            f"{skips[precision]} steps skipped")
-        del model
-        release(device)
-    if "fp32" in curves and len(curves) > 1:
-        names = list(curves)
-        tables.append({"title": f"Deraining network, loss by precision: {args.curve_iters} iterations, batch 8 x "
-                                f"{args.curve_size}x{args.curve_size}, same initial weights and batches "
-                                f"({'CUDA graph' if graph else 'eager'}), window means",
-                       "columns": ["iterations", *names, *[f"{k} - fp32" for k in names if k != "fp32"],
-                                   "noise of a window mean"],
-                       "rows": window_rows(curves, args.window, "fp32"),
-                       "notes": [f"steps skipped (fp16: gradient overflows the scaler handled): "
-                                 + ", ".join(f"{k} {v}" for k, v in skips.items())]})
-        figures["curves"] = curves
+    for net_label, (net_opt, batch, gt_size, scale) in (curve_nets.items() if "curves" in args.phases else ()):
+        net_batches = batches if scale == 1 else make_batches(args.curve_iters, batch, gt_size, scale, device, seed=2)
+        curves, skips = {}, {}
+        for precision in ("fp32", "bf16", "fp16"):
+            if not in_budget(f"loss curve {net_label} {precision}"):
+                continue
+            model = build_model(net_opt, precision, device, graph=graph)
+            curves[precision], skips[precision] = train_curve(model, net_batches[: args.curve_iters])
+            log(f"curve {net_label} {precision}: last window {statistics.mean(curves[precision][-args.window:]):.5f}, "
+                f"{skips[precision]} steps skipped")
+            del model
+            release(device)
+        if "fp32" in curves and len(curves) > 1:
+            names = list(curves)
+            lq = gt_size // scale
+            tables.append({"title": f"{net_label.capitalize()} network, loss by precision: {args.curve_iters} "
+                                    f"iterations, batch {batch} x {lq}x{lq}{' LQ' if scale > 1 else ''}, same "
+                                    f"initial weights and batches ({'CUDA graph' if graph else 'eager'}), window means",
+                           "columns": ["iterations", *names, *[f"{k} - fp32" for k in names if k != "fp32"],
+                                       "noise of a window mean"],
+                           "rows": window_rows(curves, args.window, "fp32"),
+                           "notes": [f"steps skipped (fp16: gradient overflows the scaler handled): "
+                                     + ", ".join(f"{k} {v}" for k, v in skips.items())]})
+            figures[f"curves {net_label}"] = curves
     # ------------------------------------------------------------------ 2. accumulation
     acc_batches = batches[: args.accum_iters]
-    acc = {}
-    for label, k in ((("batch 8 x K=1", 1), ("batch 4 x K=2", 2)) if "accumulation" in args.phases else ()):
+    acc, grads = {}, {}
+    for label, k in ((("batch 8 x K=1", 1), ("batch 8 x K=1, rerun", 1), ("batch 4 x K=2", 2))
+                     if "accumulation" in args.phases else ()):
         if not in_budget(f"accumulation {label}"):
             continue
         model = build_model(derain_net, "fp32", device, accumulate=k, graph=graph)
-        acc[label], _ = train_curve(model, acc_batches, accumulate=k)
+        first = []
+        acc[label], _ = train_curve(model, acc_batches, accumulate=k, first_grads=first)
+        grads[label] = first[0]
         log(f"{label}: last loss {acc[label][-1]:.6f}")
         del model
         release(device)
-    if len(acc) == 2:
-        a, b = acc["batch 8 x K=1"], acc["batch 4 x K=2"]
-        worst = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b))
-        tables.append({"title": f"Accumulation: batch 8 x K=1 against batch 4 x K=2, {len(a)} iterations, fp32, "
-                                f"same weights and samples ({'CUDA graph' if graph else 'eager'}), window means",
-                       "columns": ["iterations", "batch 8 x K=1", "batch 4 x K=2", "K=2 - K=1",
-                                   "noise of a window mean"],
+    if len(acc) == 3:
+        base = acc["batch 8 x K=1"]
+
+        def worst(other):
+            return max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(base, other))
+
+        def grad_diff(label):
+            g0, g1 = grads["batch 8 x K=1"], grads[label]
+            return ((g1 - g0).norm() / g0.norm()).item()
+
+        rerun, k2 = "batch 8 x K=1, rerun", "batch 4 x K=2"
+        tables.append({"title": f"Accumulation: batch 8 x K=1 against batch 4 x K=2, and against a rerun of itself, "
+                                f"{len(base)} iterations, fp32, same weights and samples "
+                                f"({'CUDA graph' if graph else 'eager'}), window means",
+                       "columns": ["iterations", "batch 8 x K=1", "rerun", "batch 4 x K=2", "rerun - K=1",
+                                   "K=2 - K=1", "noise of a window mean"],
                        "rows": window_rows(acc, args.window, "batch 8 x K=1"),
-                       "notes": [f"largest per-iteration relative loss difference: {worst:.2e}"]})
-        figures["accumulation"] = {**acc, "max_relative_difference": worst}
+                       "notes": [f"first iteration's gradients (same weights, same 8 samples), relative L2 difference "
+                                 f"to batch 8 x K=1: rerun {grad_diff(rerun):.2e}, K=2 {grad_diff(k2):.2e}",
+                                 f"largest per-iteration relative loss difference to batch 8 x K=1: rerun "
+                                 f"{worst(acc[rerun]):.2e}, K=2 {worst(acc[k2]):.2e}"]})
+        figures["accumulation"] = {**acc, "max_relative_difference": {"rerun": worst(acc[rerun]), "K=2": worst(acc[k2])},
+                                   "first_grad_relative_difference": {"rerun": grad_diff(rerun), "K=2": grad_diff(k2)}}
 
     # ------------------------------------------------------------------ 3. step time and memory
     nets = ({"deraining (tiny)": (TINY_NET, 2, 16, 1), "real-world x4 (tiny)": (dict(TINY_NET, scale=4), 2, 8, 4)}
@@ -286,6 +358,13 @@ def main(argv=None) -> int:
     machine = rec["machine"] if isinstance(rec["machine"], str) else ", ".join(f"{k} {v}" for k, v in rec["machine"].items())
     lines = [f"# {rec['title']}", "", f"- machine: {machine}", f"- date: {rec['date']}",
              f"- command: `{rec['command']}`", "", summary, ""]
+    if plot_curves(figures, plot_path):
+        rel = Path(plot_path).resolve()
+        try:
+            rel = rel.relative_to(Path(md_path).resolve().parent)
+        except ValueError:
+            pass
+        lines += [f"![loss curves by precision and by accumulation]({rel.as_posix()})", ""]
     for table in tables:
         lines += [f"## {table['title']}", "", "| " + " | ".join(table["columns"]) + " |",
                   "|" + "---|" * len(table["columns"])]
