@@ -2,8 +2,13 @@
 """Estimated wall time of each recipe's full training schedule on 1 and on 8 GPUs, summed from
 measured per-stage step times (the JSON records of ``bench_model.py --stages``).
 
-    python scripts/bench/time_to_train.py benchmarks/data/model_derain_h100.json \
-        benchmarks/data/model_realsr_x4_psnr_h100.json
+    python scripts/bench/time_to_train.py benchmarks/data/recompile_h100.json \
+        benchmarks/data/model_realsr_x4_vs_authors.json
+
+A record is either one of ``bench_model.py --stages`` (paths such as authors and graphed, per
+stage) or one of ``bench_recompile.py`` (our compiled and CUDA-graphed step after each
+progressive stage's first iteration, path "graphed"; the iterations per stage come from the
+recipe named by the record's command, ``-opt``).
 
 For each record and each path timed per stage (e.g. authors, graphed):
   1 GPU, options as written   sum over stages of (step time x iterations): the per-GPU batch of
@@ -61,6 +66,24 @@ def schedule_hours(stages: list, path: str) -> tuple[float | None, list]:
     return total_s / 3600, parts
 
 
+def stages_of(rec: dict) -> tuple[str, list]:
+    """(recipe, stages) of a bench_model.py --stages record or a bench_recompile.py record; each
+    stage is {batch, gt_size, input_size, iters, paths: {path: {ms}}}."""
+    fig = rec["figures"]
+    if isinstance(fig.get("stages"), list):
+        return fig["recipe"], fig["stages"]
+    timed = fig["stages"]["new"]  # bench_recompile.py: no recipe or iterations in the record itself
+    words = rec["command"].split()
+    recipe = words[words.index("-opt") + 1] if "-opt" in words else "options/derain.yml"
+    import yaml
+    train = yaml.safe_load((bench_record.REPO_ROOT / recipe).read_text())["datasets"]["train"]
+    iters = train.get("iters") or [None] * len(timed)
+    if len(iters) != len(timed):
+        raise KeyError(f"{recipe} has {len(iters)} stages, the record {len(timed)}")
+    return recipe, [{"batch": st["batch"], "gt_size": st["gt_size"], "input_size": st["input_size"], "iters": n,
+                     "paths": {"graphed": {"ms": st["step_ms"]}}} for st, n in zip(timed, iters)]
+
+
 def fmt_h(h):
     return "-" if h is None else (f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days ({h:.0f} h)")
 
@@ -78,10 +101,9 @@ def main(argv=None) -> int:
     for path in args.records:
         try:
             rec = json.loads(Path(path).read_text())
-            stages = rec["figures"]["stages"]
-            recipe = rec["figures"]["recipe"]
+            recipe, stages = stages_of(rec)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"error: {path}: not a bench_model.py --stages record ({e})", file=sys.stderr)
+            print(f"error: {path}: not a bench_model.py --stages or bench_recompile.py record ({e})", file=sys.stderr)
             return 2
         if not stages:
             print(f"error: {path}: no per-stage timings; run bench_model.py with --stages", file=sys.stderr)

@@ -114,6 +114,27 @@ def test_time_to_train_sums_stage_times(tmp_path):
     assert fig["8_gpu_hours"] == pytest.approx(hours / 0.5)
 
 
+def test_time_to_train_reads_a_recompile_record_with_the_recipes_iterations(tmp_path):
+    """bench_recompile.py records carry step times per stage but not the iterations: those come
+    from the recipe its command names (options/derain.yml: six progressive stages)."""
+    import yaml
+    iters = yaml.safe_load((bench_record.REPO_ROOT / "options" / "derain.yml").read_text())["datasets"]["train"]["iters"]
+    step_ms = [100.0, 110.0, 120.0, 130.0, 140.0, 150.0]
+    rec = good_record("recompile_demo")
+    rec["command"] = "python scripts/bench/bench_recompile.py -opt options/derain.yml"
+    rec["figures"] = {"stages": {"new": [{"batch": 1, "gt_size": 64, "input_size": 64, "first_iteration_s": 1.0,
+                                          "step_ms": ms} for ms in step_ms]}}
+    src = bench_record.write_record(rec, tmp_path / "recompile_demo.json")
+    out = tmp_path / "ttt.json"
+    assert time_to_train.main([str(src), "--ddp-efficiency", "1.0", "--json", str(out)]) == 0
+    fig = json.loads(out.read_text())["figures"]["recipes"]["options/derain.yml:graphed"]
+    assert fig["one_gpu_hours"] == pytest.approx(sum(ms / 1000 * n for ms, n in zip(step_ms, iters)) / 3600)
+    # A record whose stage count differs from the recipe's is refused, not summed.
+    rec["figures"]["stages"]["new"].pop()
+    bench_record.write_record(rec, src)
+    assert time_to_train.main([str(src), "--json", str(out)]) == 2
+
+
 def test_reference_scan_matches_the_kernel_signature_and_gradients():
     """The CPU stand-in for the authors' selective_scan_cuda_core: fwd returns [y, x], bwd the
     gradients of sum(y * dout), checked against autograd through our reference scan."""
@@ -141,3 +162,20 @@ def test_a_folder_that_is_not_their_checkout_is_refused(tmp_path):
         authors_code.load_authors_network(tmp_path, "derain")
     with pytest.raises(authors_code.AuthorsCodeError, match="no such folder"):
         authors_code.load_authors_network(tmp_path / "missing", "derain")
+
+
+def test_bench_precision_tiny_on_the_cpu_reports_accumulation_and_a_deterministic_rerun(tmp_path):
+    """The script end to end on the CPU (tiny network): its record holds the loss curves of both
+    networks, and on this deterministic path the rerun is identical while K=2 differs from K=1 only
+    by float rounding, in the first gradients as in the losses."""
+    import bench_precision
+    out = tmp_path / "p.json"
+    assert bench_precision.main(["--tiny", "--cpu", "--budget-s", "100000", "--json", str(out),
+                                 "--md", str(tmp_path / "p.md"), "--plot", str(tmp_path / "p.png")]) == 0
+    fig = json.loads(out.read_text())["figures"]
+    assert {"curves deraining", "curves real-world x4"} <= set(fig)
+    acc = fig["accumulation"]
+    assert acc["first_grad_relative_difference"]["rerun"] == 0.0
+    assert acc["max_relative_difference"]["rerun"] == 0.0
+    assert 0.0 < acc["first_grad_relative_difference"]["K=2"] < 1e-5
+    assert acc["max_relative_difference"]["K=2"] < 1e-5
