@@ -14,7 +14,9 @@ Phases, in this order (each configuration starts only while --budget-s has not r
 1. Loss curves: each full network (deraining at batch 8 x 64x64, real-world x4 at batch 4 x 32x32
    LQ, smaller than the recipes' patches to keep the run short) trained for --curve-iters
    iterations from the same initial weights on the same batches in fp32, bf16 and fp16 (CUDA
-   graph, not compiled); window means side by side with their noise level.
+   graph, not compiled), and in fp32 again with no update at the iterations where fp16's scaler
+   skipped a step (so that fp16 can be compared with what its skips alone do); window means side
+   by side with their noise level.
 2. Accumulation: the deraining network at batch 8 x accumulate 1, the same again (a rerun: the
    GPU step is not bit-reproducible, since the scan's backward sums with atomics, so a rerun
    measures the float noise two runs show), and batch 4 x accumulate 2 (the same 8 samples per
@@ -123,24 +125,32 @@ def time_step(model, batches, warmup: int, iters: int, device: torch.device):
     return ms, peak
 
 
-def train_curve(model, batches, accumulate: int = 1, first_grads: list | None = None):
+def train_curve(model, batches, accumulate: int = 1, first_grads: list | None = None, no_update=frozenset()):
     """Per-iteration losses; with ``accumulate`` > 1 each batch is split into that many micro-batches.
-    Returns (losses, steps skipped by the NaN guard or the fp16 scaler). With ``first_grads`` (a
-    list), the gradients of the first iteration are appended to it as one flat fp32 CPU vector."""
-    losses, skipped = [], 0
+    Iterations in ``no_update`` (1-based) only compute the loss (no update, no optimizer step
+    counted: what the fp16 scaler does on an overflow). Returns (losses, iterations skipped by the
+    NaN guard or the fp16 scaler, or listed in ``no_update``). With ``first_grads`` (a list), the
+    gradients of the first iteration are appended to it as one flat fp32 CPU vector."""
+    losses, skipped = [], []
     for i, batch in enumerate(batches, 1):
+        if i in no_update:
+            with torch.no_grad():
+                losses.append(model.pixel_loss(model.networks["net_g"](batch["lq"]).float(), batch["gt"]))
+            skipped.append(i)
+            continue
         if accumulate == 1:
             model.feed_data(batch)
             loss = model.optimize_parameters(i)["l_pix"]
         else:
             micro = [{k: v.chunk(accumulate)[j] for k, v in batch.items()} for j in range(accumulate)]
             loss = model.optimize_parameters(i, micro)["l_pix"]
-        losses.append(loss.detach().clone())
-        skipped += int(model.step_skipped)
+        losses.append(torch.as_tensor(loss).detach().clone())
+        if model.step_skipped:
+            skipped.append(i)
         if i == 1 and first_grads is not None:
             first_grads.append(torch.cat([p.grad.detach().float().flatten().cpu()
                                           for p in model.networks["net_g"].parameters() if p.grad is not None]))
-    return [v.item() for v in losses], skipped
+    return [float(v) for v in losses], skipped
 
 
 def window_rows(curves: dict, window: int, baseline: str):
@@ -256,13 +266,18 @@ def main(argv=None) -> int:
     for net_label, (net_opt, batch, gt_size, scale) in (curve_nets.items() if "curves" in args.phases else ()):
         net_batches = batches if scale == 1 else make_batches(args.curve_iters, batch, gt_size, scale, device, seed=2)
         curves, skips = {}, {}
-        for precision in ("fp32", "bf16", "fp16"):
+        for precision in ("fp32", "bf16", "fp16", "fp32 skipping as fp16"):
+            if precision == "fp32 skipping as fp16" and not skips.get("fp16"):
+                continue  # fp16 skipped nothing (or did not run): this curve would repeat fp32
             if not in_budget(f"loss curve {net_label} {precision}"):
                 continue
-            model = build_model(net_opt, precision, device, graph=graph)
-            curves[precision], skips[precision] = train_curve(model, net_batches[: args.curve_iters])
+            # The last curve is fp32 with no update at the iterations fp16's scaler skipped: whether
+            # fp16 differs from fp32 by more than those skips alone make it differ.
+            skip_as = set(skips["fp16"]) if precision.startswith("fp32 skipping") else frozenset()
+            model = build_model(net_opt, precision.split()[0], device, graph=graph)
+            curves[precision], skips[precision] = train_curve(model, net_batches[: args.curve_iters], no_update=skip_as)
             log(f"curve {net_label} {precision}: last window {statistics.mean(curves[precision][-args.window:]):.5f}, "
-                f"{skips[precision]} steps skipped")
+                f"skipped iterations {skips[precision]}")
             del model
             release(device)
         if "fp32" in curves and len(curves) > 1:
@@ -275,7 +290,7 @@ def main(argv=None) -> int:
                                        "noise of a window mean"],
                            "rows": window_rows(curves, args.window, "fp32"),
                            "notes": [f"steps skipped (fp16: gradient overflows the scaler handled): "
-                                     + ", ".join(f"{k} {v}" for k, v in skips.items())]})
+                                     + ", ".join(f"{k} {len(v)} {v}" for k, v in skips.items())]})
             figures[f"curves {net_label}"] = curves
     # ------------------------------------------------------------------ 2. accumulation
     acc_batches = batches[: args.accum_iters]

@@ -27,19 +27,6 @@ import bench_record  # noqa: E402  (same folder)
 from bench_precision import build_model, make_batches, recipe_network, release, train_curve, window_rows  # noqa: E402
 
 
-def skipped_curve(model, batches, skip: int):
-    """Losses of a run whose first ``skip`` iterations compute the loss but do not update."""
-    losses = []
-    for i, batch in enumerate(batches, 1):
-        if i <= skip:
-            with torch.no_grad():
-                losses.append(model.pixel_loss(model.networks["net_g"](batch["lq"]), batch["gt"]).item())
-            continue
-        model.feed_data(batch)
-        losses.append(float(model.optimize_parameters(i)["l_pix"]))
-    return losses
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -62,7 +49,7 @@ def main(argv=None) -> int:
     release(device)
     model = build_model(net, "fp32", device)
     label = f"fp32, first {args.skip} steps skipped"
-    curves[label] = skipped_curve(model, batches, args.skip)
+    curves[label], _ = train_curve(model, batches, no_update=set(range(1, args.skip + 1)))
     print(f"[{time.perf_counter() - start:6.0f} s] {label}: last window "
           f"{statistics.mean(curves[label][-args.window:]):.5f}", flush=True)
     table = {"title": f"Deraining network, fp32, batch 8 x {args.size}x{args.size}, {args.iters} iterations from the "

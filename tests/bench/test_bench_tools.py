@@ -179,3 +179,23 @@ def test_bench_precision_tiny_on_the_cpu_reports_accumulation_and_a_deterministi
     assert acc["max_relative_difference"]["rerun"] == 0.0
     assert 0.0 < acc["first_grad_relative_difference"]["K=2"] < 1e-5
     assert acc["max_relative_difference"]["K=2"] < 1e-5
+
+
+def test_train_curve_without_updates_leaves_the_weights_as_they_were():
+    """Iterations listed in no_update compute the loss but change nothing: the loss at the first
+    updating iteration is the untouched network's loss on that batch."""
+    import torch
+    import bench_precision
+    cpu = torch.device("cpu")
+    batches = bench_precision.make_batches(4, 2, 16, 1, cpu, seed=3)
+    skipped_model = bench_precision.build_model(bench_precision.TINY_NET, "fp32", cpu, seed=5)
+    losses, skipped = bench_precision.train_curve(skipped_model, batches, no_update={1, 2})
+    assert skipped == [1, 2]
+    fresh = bench_precision.build_model(bench_precision.TINY_NET, "fp32", cpu, seed=5)
+    fresh_losses, _ = bench_precision.train_curve(fresh, batches[2:])
+    assert losses[2] == pytest.approx(fresh_losses[0], rel=1e-6)
+    assert losses[3] == pytest.approx(fresh_losses[1], rel=1e-5)
+    normal = bench_precision.build_model(bench_precision.TINY_NET, "fp32", cpu, seed=5)
+    normal_losses, _ = bench_precision.train_curve(normal, batches)
+    assert normal_losses[0] == pytest.approx(losses[0], rel=1e-6)
+    assert abs(normal_losses[2] - losses[2]) > 1e-6  # two updates did happen in the normal run
