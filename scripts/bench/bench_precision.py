@@ -220,7 +220,7 @@ def main(argv=None) -> int:
                    choices=["curves", "accumulation", "timing"], help="what to run (in this order)")
     p.add_argument("--json", default=None, help="record path (default benchmarks/data/precision_h100.json; --tiny: a temp dir)")
     p.add_argument("--md", default=None, help="Markdown path (default benchmarks/precision_h100.md; --tiny: a temp dir)")
-    p.add_argument("--plot", default=None, help="PNG of the loss curves (default benchmarks/charts/precision_h100_curves.png;"
+    p.add_argument("--plot", default=None, help="PNG of the loss curves (default benchmarks/precision_h100_curves.png;"
                                                 " --tiny: a temp dir)")
     args = p.parse_args(argv)
     if args.cpu and not args.tiny:
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         args.plot = args.plot or str(tmp / "precision_tiny_curves.png")
     json_path = args.json or str(ROOT / "benchmarks" / "data" / "precision_h100.json")
     md_path = args.md or str(ROOT / "benchmarks" / "precision_h100.md")
-    plot_path = args.plot or str(ROOT / "benchmarks" / "charts" / "precision_h100_curves.png")
+    plot_path = args.plot or str(ROOT / "benchmarks" / "precision_h100_curves.png")
     started = time.perf_counter()
     skipped_phases = []
 
