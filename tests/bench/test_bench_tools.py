@@ -199,3 +199,22 @@ def test_train_curve_without_updates_leaves_the_weights_as_they_were():
     normal_losses, _ = bench_precision.train_curve(normal, batches)
     assert normal_losses[0] == pytest.approx(losses[0], rel=1e-6)
     assert abs(normal_losses[2] - losses[2]) > 1e-6  # two updates did happen in the normal run
+
+
+def test_the_initialisation_judge_tells_one_distribution_from_another():
+    """compare_authors_init.judge passes two samples of one initialisation and names a different
+    spread, mean or range."""
+    import torch
+    import compare_authors_init as cai
+    g = torch.Generator().manual_seed(0)
+    normal = lambda n, std=1.0, mean=0.0: torch.randn(n, generator=g, dtype=torch.float64) * std + mean  # noqa: E731
+    uniform = lambda n, bound: (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * bound  # noqa: E731
+    assert cai.judge(normal(20000), normal(20000)) is None
+    assert cai.judge(uniform(20000, 0.1), uniform(20000, 0.1)) is None
+    assert cai.judge(torch.ones(100, dtype=torch.float64), torch.ones(100, dtype=torch.float64)) is None
+    assert "std" in cai.judge(normal(20000), normal(20000, std=1.2))
+    assert "mean" in cai.judge(normal(20000), normal(20000, mean=0.2))
+    # Same spread to 1 %, but one is uniform on a wider range than the other's cut-off normal.
+    assert "range" in cai.judge(uniform(20000, 0.1), uniform(20000, 0.1).clamp(-0.095, 0.095) * 1.03)
+    assert "constants" in cai.judge(torch.ones(100, dtype=torch.float64), torch.zeros(100, dtype=torch.float64))
+    assert cai.tensor_kind("encoder2.3.oss.channel_scan.ssm.A_logs") == "encoder*.N.oss.channel_scan.ssm.A_logs"
