@@ -34,6 +34,7 @@ also drawn (``--plot``).
 """
 import argparse
 import gc
+import io
 import statistics
 import sys
 import tempfile
@@ -51,6 +52,7 @@ from vmambair.config.loading import _check_train  # noqa: E402
 from vmambair.config.schema import Options, TrainOptions  # noqa: E402
 from vmambair.engine.dist import DistContext  # noqa: E402
 from vmambair.models.restoration_model import ImageRestorationModel  # noqa: E402
+from vmambair.utils.fileio import atomic_write_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_NET = {"type": "VmambaIR", "in_channels": 3, "out_channels": 3, "dim": 8, "num_blocks": [1, 1, 1, 1],
@@ -75,14 +77,20 @@ def build_model(net_opt: dict, precision: str, device: torch.device, accumulate:
     return ImageRestorationModel(opt, DistContext(device=device))
 
 
+def smooth_random_images(batch: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """(batch, 3, size, size) smooth random images (bicubic upsampling of 1/8-size noise, not
+    clamped), drawn from ``g``."""
+    coarse = torch.rand(batch, 3, max(size // 8, 2), max(size // 8, 2), generator=g)
+    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+
+
 def make_batches(count: int, batch: int, gt_size: int, scale: int, device: torch.device, seed: int = 0):
     """``count`` fixed (lq, gt) batches on ``device``: smooth random images with noise; LQ is the
     bicubic x``scale`` downscale, or (scale 1) the image with bright streak pixels."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):
-        coarse = torch.rand(batch, 3, max(gt_size // 8, 2), max(gt_size // 8, 2), generator=g)
-        gt = F.interpolate(coarse, size=(gt_size, gt_size), mode="bicubic", align_corners=False)
+        gt = smooth_random_images(batch, gt_size, g)
         gt = (gt + 0.03 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
         if scale > 1:
             lq = F.interpolate(gt, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
@@ -196,11 +204,11 @@ def plot_curves(figures: dict, path: str, window: int = 10) -> bool:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(buf.getvalue(), Path(path))
     return True
 
 
@@ -385,7 +393,6 @@ def main(argv=None) -> int:
                   "|" + "---|" * len(table["columns"])]
         lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in table["rows"]]
         lines += [""] + [f"{n}" for n in table.get("notes", [])] + [""]
-    from vmambair.utils.fileio import atomic_write_bytes
     Path(md_path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes("\n".join(lines).encode(), Path(md_path))
     print(f"wrote {out} and {md_path} ({total_s:.0f} s)")

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
 import bench_record  # noqa: E402  (same folder)
+from bench_precision import smooth_random_images  # noqa: E402
 
 import vmambair  # noqa: E402,F401
 from vmambair.config.registry import ARCH_REGISTRY  # noqa: E402
@@ -34,10 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def smooth_images(batch: int, size: int, seed: int) -> torch.Tensor:
-    """(batch, 3, size, size) smooth random images in [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(batch, 3, size // 8, size // 8, generator=g)
-    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    """(batch, 3, size, size) smooth random images in [0, 1] (``size`` >= 16)."""
+    return smooth_random_images(batch, size, torch.Generator().manual_seed(seed)).clamp(0, 1)
 
 
 def residual_stats(build, x: torch.Tensor, seeds) -> dict:

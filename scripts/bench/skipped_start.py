@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=25)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    device = torch.device(args.device if args.device == "cpu" else "cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     net = recipe_network("derain")
     batches = make_batches(args.iters, 8, args.size, 1, device, seed=1)
     start = time.perf_counter()
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
           f"{statistics.mean(curves[label][-args.window:]):.5f}", flush=True)
     table = {"title": f"Deraining network, fp32, batch 8 x {args.size}x{args.size}, {args.iters} iterations from the "
                       f"same weights on the same batches ({device.type}, eager), window means",
-             "columns": ["iterations", "fp32", label, f"skipped - fp32", "noise of a window mean"],
+             "columns": ["iterations", "fp32", label, "skipped - fp32", "noise of a window mean"],
              "rows": window_rows(curves, args.window, "fp32")}
     rel = [(b - a) / a for a, b in zip(curves["fp32"][-args.window:], curves[label][-args.window:])]
     summary = (f"Last {args.window} iterations: the run whose first {args.skip} steps were skipped is "

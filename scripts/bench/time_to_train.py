@@ -28,6 +28,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 import bench_record  # noqa: E402  (scripts/bench)
 
 def ddp_efficiency(override=None) -> tuple[float, str]:
@@ -75,11 +77,9 @@ def stages_of(rec: dict) -> tuple[str, list]:
     timed = fig["stages"]["new"]  # bench_recompile.py: no recipe or iterations in the record itself
     words = rec["command"].split()
     recipe = words[words.index("-opt") + 1] if "-opt" in words else "options/derain.yml"
-    import yaml
-    train = yaml.safe_load((bench_record.REPO_ROOT / recipe).read_text())["datasets"]["train"]
-    iters = train.get("iters") or [None] * len(timed)
+    iters = yaml.safe_load((bench_record.REPO_ROOT / recipe).read_text())["datasets"]["train"].get("iters") or []
     if len(iters) != len(timed):
-        raise KeyError(f"{recipe} has {len(iters)} stages, the record {len(timed)}")
+        raise KeyError(f"{recipe} has {len(iters)} progressive stages (datasets.train.iters), the record {len(timed)}")
     return recipe, [{"batch": st["batch"], "gt_size": st["gt_size"], "input_size": st["input_size"], "iters": n,
                      "paths": {"graphed": {"ms": st["step_ms"]}}} for st, n in zip(timed, iters)]
 
