@@ -14,8 +14,12 @@ Progressive stages (the recipe's datasets.train stages; fwd + L1 + bwd + Adam, c
 CUDA-graphed as train.cuda_graph; activation_checkpointing as in the recipe): for each stage, the
 seconds from the stage's first call to the end of its first step (compile + graph recording +
 step) and the mean time of the next steps, under
-  new   compile_network() (dynamic sizes)
+  new   compile_network() (dynamic sizes; graphs also serve a batch of 1)
+  new, size 1 specialised
+        compile_network(size_one=False) (only with --size-one specialise): as torch does by
+        default, a batch of 1 compiles the network again
   old   compile_blocks() (only with --old: each stage may compile for minutes)
+and checks each stage's first loss against the same loss computed eagerly.
 Each policy starts from an empty compile cache (torch._dynamo.reset()).
 """
 from __future__ import annotations
@@ -73,14 +77,17 @@ def validation_run(net_opt: dict, policy: str, sizes: list, per_size: int) -> di
             "max_later_s": round(max(rest), 2) if rest else None}
 
 
-def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int) -> list:
+def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int, size_one: bool = True) -> list:
     """Train through the stages with one network and optimizer: per stage, seconds to the end of
-    its first step, and the mean ms of the next ``steps`` steps."""
+    its first step, the mean ms of the next ``steps`` steps, and how far the first step's loss is
+    from the same loss computed eagerly (same weights and batch: a compiled graph reused for
+    sizes it was not traced for must still compute the same thing)."""
     torch._dynamo.reset()
+    torch.fx.experimental._config.backed_size_oblivious = False  # each run sets its own
     torch.manual_seed(0)
     net = build_network(net_opt).cuda().train()
     if policy == "new":
-        compiling.compile_network(net)
+        compiling.compile_network(net, size_one=size_one)
     else:
         net.compile_blocks()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
@@ -95,9 +102,11 @@ def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int)
                 return F.l1_loss(net(x).float(), y)
 
         step_fn = make_loss_and_grad(loss_of, net.parameters(), graphed=True)
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            eager_loss = loss_of(x, y).item()
         sync()
         t = time.perf_counter()
-        step_fn(x, y)
+        loss = step_fn(x, y).item()
         opt.step()
         sync()
         first = time.perf_counter() - t
@@ -107,10 +116,11 @@ def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int)
             opt.step()
         sync()
         ms = (time.perf_counter() - t) * 1000 / max(steps, 1)
+        rel = abs(loss - eager_loss) / max(abs(eager_loss), 1e-12)
         row = {"batch": batch, "gt_size": gt, "input_size": size, "first_iteration_s": round(first, 1),
-               "step_ms": round(ms, 2)}
-        print(f"stage {policy}: batch {batch} x {size}: first iteration after {first:.1f} s, then {ms:.1f} ms/step",
-              flush=True)
+               "step_ms": round(ms, 2), "loss": loss, "eager_loss": eager_loss, "loss_rel_diff": rel}
+        print(f"stage {policy}: batch {batch} x {size}: first iteration after {first:.1f} s, then {ms:.1f} ms/step; "
+              f"loss {loss:.6f} (eager {eager_loss:.6f}, relative difference {rel:.1e})", flush=True)
         out.append(row)
         del step_fn
         torch.cuda.empty_cache()
@@ -122,11 +132,14 @@ def main(argv=None) -> int:
     p.add_argument("-opt", default="options/derain.yml")
     p.add_argument("--images", type=int, default=20, help="validation images (spread evenly over the sizes)")
     p.add_argument("--sizes", type=int, default=10, help="distinct validation sizes (the first N of a fixed list)")
-    p.add_argument("--policies", nargs="+", default=["eager", "compiled-static", "compiled-dynamic", "validation-stance"],
+    p.add_argument("--policies", nargs="*", default=["eager", "compiled-static", "compiled-dynamic", "validation-stance"],
                    choices=["eager", "compiled-static", "compiled-dynamic", "validation-stance"])
     p.add_argument("--no-stages", action="store_true", help="skip the progressive-stage measurement")
     p.add_argument("--old", action="store_true", help="also time the stages under the old policy (slow)")
     p.add_argument("--steps", type=int, default=5, help="steps timed per stage after the first")
+    p.add_argument("--size-one", nargs="+", default=["reuse"], choices=["reuse", "specialise"],
+                   help="stages under compile_network(size_one=True) (reuse: graphs serve a batch of 1) and/or "
+                        "size_one=False (specialise: torch compiles again for a batch of 1), each from an empty cache")
     p.add_argument("--json", default=None, help="record to write (default benchmarks/data/recompile_<gpu>.json)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -154,25 +167,29 @@ def main(argv=None) -> int:
         from bench_model import recipe_stages
         st = recipe_stages(opt)
         train_opt = dict(net_opt)
-        for policy in ["new"] + (["old"] if args.old else []):
-            stages[policy] = stage_runs(train_opt, st, net_opt.get("scale", 1), policy, args.steps)
+        for mode in args.size_one:
+            key = "new" if mode == "reuse" else "new, size 1 specialised"
+            stages[key] = stage_runs(train_opt, st, net_opt.get("scale", 1), "new", args.steps, size_one=mode == "reuse")
+        if args.old:
+            stages["old"] = stage_runs(train_opt, st, net_opt.get("scale", 1), "old", args.steps)
     name = os.path.splitext(os.path.basename(args.opt))[0]
     tables = [{"title": f"Validation of {per_size * len(sizes)} images in {len(sizes)} sizes ({name} network, bf16)",
                "columns": ["policy", "total (s)", "first image (s)", "median later image (ms)", "slowest later image (s)"],
                "rows": [[k, v["total_s"], v["first_s"], v["median_later_ms"], v["max_later_s"]] for k, v in val.items()],
-               "notes": ["sizes: " + ", ".join(f"{h}x{w}" for h, w in sizes)]}]
+               "notes": ["sizes: " + ", ".join(f"{h}x{w}" for h, w in sizes)]}] if val else []
     for policy, rows in stages.items():
         tables.append({"title": f"Progressive stages, policy '{policy}': time to the first iteration",
-                       "columns": ["stage", "batch x input", "first iteration (s)", "later steps (ms)"],
-                       "rows": [[i + 1, f"{r['batch']} x {r['input_size']}", r["first_iteration_s"], r["step_ms"]]
-                                for i, r in enumerate(rows)]})
+                       "columns": ["stage", "batch x input", "first iteration (s)", "later steps (ms)",
+                                   "first loss vs eager (relative)"],
+                       "rows": [[i + 1, f"{r['batch']} x {r['input_size']}", r["first_iteration_s"], r["step_ms"],
+                                 f"{r['loss_rel_diff']:.1e}"] for i, r in enumerate(rows)]})
     gpu = torch.cuda.get_device_name().lower()
     gpu_short = next((g for g in ("h200", "h100", "a100") if g in gpu), "gpu")
     rec = bench_record.make_record(f"recompile_{name}_{gpu_short}", f"Compiling with changing sizes ({name})",
                                    tables, section="Compiling", figures={"validation": val, "stages": stages},
                                    charts=[{"title": "validation of images of many sizes: total seconds", "kind": "bar",
                                             "x": list(val), "ylabel": "s",
-                                            "series": {"total": [v["total_s"] for v in val.values()]}}])
+                                            "series": {"total": [v["total_s"] for v in val.values()]}}] if val else [])
     dest = args.json
     if dest and (dest.endswith("/") or os.path.isdir(dest)):  # a folder: <folder>/<id>.json
         dest = os.path.join(dest, rec["id"] + ".json")

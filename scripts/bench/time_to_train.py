@@ -5,10 +5,11 @@ measured per-stage step times (the JSON records of ``bench_model.py --stages``).
     python scripts/bench/time_to_train.py benchmarks/data/recompile_h100.json \
         benchmarks/data/model_realsr_x4_vs_authors.json
 
-A record is either one of ``bench_model.py --stages`` (paths such as authors and graphed, per
-stage) or one of ``bench_recompile.py`` (our compiled and CUDA-graphed step after each
+A record is one of ``bench_model.py --stages`` (paths such as authors and graphed, per
+stage), one of ``bench_recompile.py`` (our compiled and CUDA-graphed step after each
 progressive stage's first iteration, path "graphed"; the iterations per stage come from the
-recipe named by the record's command, ``-opt``).
+recipe named by the record's command, ``-opt``), or one of ``bench_recipe_step.py`` (the step
+of train.py itself for each recipe it ran, path "train.py").
 
 For each record and each path timed per stage (e.g. authors, graphed):
   1 GPU, options as written   sum over stages of (step time x iterations): the per-GPU batch of
@@ -18,8 +19,8 @@ For each record and each path timed per stage (e.g. authors, graphed):
                               efficiency measured at the most GPUs in benchmarks/data (a
                               bench_ddp.py record, or --ddp-efficiency), assumed to hold at 8
   1 GPU, the paper's batch    8 accumulated micro-batches per iteration: 8x the first figure
-Step times exclude data loading (measured at < 1 ms per iteration in the DDP runs), validation
-and checkpointing. Prints a table and writes a record (default benchmarks/data/time_to_train.json).
+Validation and checkpointing are excluded; data loading is in the "train.py" path's step times
+only (measured at < 1 ms per iteration in the DDP runs). Prints a table and writes a record (default benchmarks/data/time_to_train.json).
 """
 from __future__ import annotations
 
@@ -68,9 +69,17 @@ def schedule_hours(stages: list, path: str) -> tuple[float | None, list]:
     return total_s / 3600, parts
 
 
+def recipes_of(rec: dict) -> list[tuple[str, list]]:
+    """[(recipe, stages)] of a bench_model.py --stages, bench_recompile.py or bench_recipe_step.py
+    record; each stage is {batch, gt_size, input_size, iters, paths: {path: {ms}}}."""
+    fig = rec["figures"]
+    if isinstance(fig.get("recipes"), list):  # bench_recipe_step.py: several recipes, path "train.py"
+        return [(r["recipe"], r["stages"]) for r in fig["recipes"]]
+    return [stages_of(rec)]
+
+
 def stages_of(rec: dict) -> tuple[str, list]:
-    """(recipe, stages) of a bench_model.py --stages record or a bench_recompile.py record; each
-    stage is {batch, gt_size, input_size, iters, paths: {path: {ms}}}."""
+    """(recipe, stages) of a bench_model.py --stages record or a bench_recompile.py record."""
     fig = rec["figures"]
     if isinstance(fig.get("stages"), list):
         return fig["recipe"], fig["stages"]
@@ -90,7 +99,8 @@ def fmt_h(h):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("records", nargs="+", help="bench_model.py --stages JSON records")
+    p.add_argument("records", nargs="+",
+                   help="JSON records of bench_model.py --stages, bench_recompile.py or bench_recipe_step.py")
     p.add_argument("--ddp-efficiency", type=float, default=None,
                    help="scaling efficiency at 8 GPUs (default: the 4-GPU figure in benchmarks/data)")
     p.add_argument("--gpus", type=int, default=8)
@@ -101,30 +111,33 @@ def main(argv=None) -> int:
     for path in args.records:
         try:
             rec = json.loads(Path(path).read_text())
-            recipe, stages = stages_of(rec)
+            timed = recipes_of(rec)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"error: {path}: not a bench_model.py --stages or bench_recompile.py record ({e})", file=sys.stderr)
+            print(f"error: {path}: not a bench_model.py --stages, bench_recompile.py or bench_recipe_step.py "
+                  f"record ({e})", file=sys.stderr)
             return 2
-        if not stages:
+        if not timed or not all(stages for _, stages in timed):
             print(f"error: {path}: no per-stage timings; run bench_model.py with --stages", file=sys.stderr)
             return 2
         m = rec["machine"]
         machines.add(m.get("gpu", str(m)) if isinstance(m, dict) else m)
-        for tpath in stages[0]["paths"]:
-            h1, parts = schedule_hours(stages, tpath)
-            h8 = None if h1 is None else h1 / eff
-            figures[f"{recipe}:{tpath}"] = {"one_gpu_hours": h1, f"{args.gpus}_gpu_hours": h8,
-                                            "one_gpu_paper_batch_hours": None if h1 is None else args.gpus * h1,
-                                            "stages": parts, "source": path}
-            iters = sum(st["iters"] for st in stages)
-            rows.append([recipe, tpath, f"{len(stages)} stage(s), {iters} iterations", fmt_h(h1), fmt_h(h8),
-                         fmt_h(None if h1 is None else args.gpus * h1)])
+        for recipe, stages in timed:
+            for tpath in stages[0]["paths"]:
+                h1, parts = schedule_hours(stages, tpath)
+                h8 = None if h1 is None else h1 / eff
+                figures[f"{recipe}:{tpath}"] = {"one_gpu_hours": h1, f"{args.gpus}_gpu_hours": h8,
+                                                "one_gpu_paper_batch_hours": None if h1 is None else args.gpus * h1,
+                                                "stages": parts, "source": path}
+                iters = sum(st["iters"] for st in stages)
+                rows.append([recipe, tpath, f"{len(stages)} stage(s), {iters} iterations", fmt_h(h1), fmt_h(h8),
+                             fmt_h(None if h1 is None else args.gpus * h1)])
     columns = ["recipe", "path", "schedule", "1 GPU (options' per-GPU batch)",
                f"{args.gpus} GPUs (paper's global batch)", "1 GPU with the paper's global batch"]
     notes = [f"per-stage step times from {', '.join(args.records)}; GPUs: {', '.join(sorted(machines))}",
              f"{args.gpus}-GPU figure: 1-GPU step time / scaling efficiency {eff:.2f} ({eff_src})",
-             "excludes data loading, validation and checkpoint writing; the GAN recipe's step "
-             "(discriminator, perceptual loss) is not what bench_model times"]
+             "validation and checkpoint writing excluded; path 'train.py' (bench_recipe_step.py): the trainer's "
+             "whole step, data loading and the GAN recipes' discriminator and perceptual loss included; other paths: "
+             "bench_model.py / bench_recompile.py's fwd + L1 + bwd + Adam on batches already on the GPU"]
     print("| " + " | ".join(columns) + " |")
     for r in rows:
         print("| " + " | ".join(str(c) for c in r) + " |")

@@ -218,3 +218,53 @@ def test_the_initialisation_judge_tells_one_distribution_from_another():
     assert "range" in cai.judge(uniform(20000, 0.1), uniform(20000, 0.1).clamp(-0.095, 0.095) * 1.03)
     assert "constants" in cai.judge(torch.ones(100, dtype=torch.float64), torch.zeros(100, dtype=torch.float64))
     assert cai.tensor_kind("encoder2.3.oss.channel_scan.ssm.A_logs") == "encoder*.N.oss.channel_scan.ssm.A_logs"
+
+
+def _tiny_copy(tmp_path, name: str, **train_changes):
+    """options/<name>.yml with a tiny network and discriminator and small patches (CPU)."""
+    import yaml
+    raw = yaml.safe_load((bench_record.REPO_ROOT / "options" / f"{name}.yml").read_text())
+    scale = int(raw.get("scale", 1))
+    raw["num_gpu"] = 0
+    raw["network_g"] = {"type": "VmambaIR", "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
+                        "scale": scale}
+    if "network_d" in raw:
+        raw["network_d"]["num_feat"] = 4
+    ds = raw["datasets"]["train"]
+    ds.update(num_worker_per_gpu=0, **train_changes)
+    if "degradation" in ds:
+        ds["degradation"].update(crop_pad_size=72, queue_size=4)
+    raw["train"]["precision"] = "fp32"
+    path = tmp_path / f"{name}.yml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_recipe_step_runs_train_py_per_stage_and_feeds_time_to_train(tmp_path):
+    """bench_recipe_step.py runs the real trainer on a synthetic set: a GAN recipe (discriminator,
+    random-weight VGG19) and a progressive one (every stage), and its record sums in time_to_train."""
+    import bench_recipe_step
+    gan = _tiny_copy(tmp_path, "realsr_x4_gan", gt_size=32, batch_size_per_gpu=2)
+    prog = _tiny_copy(tmp_path, "derain", mini_gt_sizes=[16, 24], mini_batch_sizes=[2, 1], iters=[1000, 500],
+                      gt_size=24)
+    out = tmp_path / "steps.json"
+    rc = bench_recipe_step.main([str(gan), str(prog), "--stage-iters", "4", "--print-freq", "2",
+                                 "--skip-windows", "1", "--images", "3", "--image-size", "96",
+                                 "--work", str(tmp_path / "work"), "--json", str(out)])
+    assert rc == 0
+    rec = json.loads(out.read_text())
+    assert bench_record.validate_record(rec) == []
+    by_recipe = {r["recipe"]: r["stages"] for r in rec["figures"]["recipes"]}
+    gan_stages, prog_stages = by_recipe[str(gan)], by_recipe[str(prog)]
+    assert [(s["batch"], s["gt_size"], s["iters"]) for s in prog_stages] == [(2, 16, 1000), (1, 24, 500)]
+    assert [(s["batch"], s["gt_size"]) for s in gan_stages] == [(2, 32)]
+    # the trainer logged every window of both stages, and each stage's time is from its own windows
+    log = rec["figures"]["logs"][str(prog)]
+    assert [r["iter"] for r in log] == [2, 4, 6, 8]
+    assert prog_stages[1]["paths"]["train.py"]["ms"] == pytest.approx(1000 / log[3]["it_per_s"], rel=1e-3)
+    assert all(s["paths"]["train.py"]["ms"] > 0 for s in gan_stages + prog_stages)
+    ttt = tmp_path / "ttt.json"
+    assert time_to_train.main([str(out), "--ddp-efficiency", "1.0", "--json", str(ttt)]) == 0
+    fig = json.loads(ttt.read_text())["figures"]["recipes"][f"{prog}:train.py"]
+    expected = sum(s["paths"]["train.py"]["ms"] / 1000 * s["iters"] for s in prog_stages) / 3600
+    assert fig["one_gpu_hours"] == pytest.approx(expected)

@@ -10,9 +10,15 @@ policy, used by the trainer, validation, ``test.py`` and ``restore.py --compile`
   every image size, patch size and batch. Marking only the blocks' input sizes dynamic is not
   enough: where a block's code breaks the graph (e.g. a scan backend dynamo cannot trace), the
   code after the break is compiled as a new frame whose sizes arrive as plain integers, which are
-  static at first and recompile at the next size. Sizes 0 and 1 are still specialised by torch
-  (a batch of 1 compiles once more), and a first input with H == W ties the two (the first
-  non-square input compiles once more).
+  static at first and recompile at the next size. A first input with H == W ties the two (the
+  first non-square input compiles once more).
+- Sizes of 1: torch specialises a size of 1 by default, so the first batch of 1 (the recipe's
+  last progressive stages, ``restore.py``) compiled the whole network again (85 s on an H100,
+  ``benchmarks/data/recompile_h100.json``). On CUDA, ``compile_network`` therefore turns on
+  torch's size-oblivious treatment of dynamic sizes (``backed_size_oblivious``, a process-wide
+  setting of torch.fx): graphs traced for a batch of 8 serve a batch of 1. Not on the CPU: there
+  the compiled CPU scan breaks the graph inside a block, and a (b, c, 1, 1) map crossing such a
+  break would be traced with symbolic 1s, which broadcasting rejects.
 - ``validation_stance(net)`` runs compiled modules eagerly (``torch.compiler.set_stance
   ("force_eager")``): validation and testing restore a few images, often of different sizes,
   once each, where compiling cannot pay off; eager also leaves the training graphs untouched.
@@ -24,6 +30,7 @@ from typing import Iterator
 
 from torch import nn
 import torch
+import torch.fx.experimental._config  # noqa: F401  (reuse_graphs_for_size_one)
 
 
 def compiled_modules(net: nn.Module) -> list[str]:
@@ -36,12 +43,22 @@ def is_compiled(net: nn.Module) -> bool:
     return bool(compiled_modules(net))
 
 
-def compile_network(net: nn.Module, **compile_kwargs) -> nn.Module:
+def reuse_graphs_for_size_one() -> None:
+    """Let graphs traced with dynamic sizes serve sizes of 1 too (no recompile for a batch of 1):
+    torch.fx's ``backed_size_oblivious``, for the rest of the process."""
+    torch.fx.experimental._config.backed_size_oblivious = True
+
+
+def compile_network(net: nn.Module, size_one: bool = True, **compile_kwargs) -> nn.Module:
     """Compile ``net`` in place for sizes that change between calls (``dynamic=True`` unless
     ``compile_kwargs`` says otherwise): block by block through ``compile_blocks`` where the network
     has it (VmambaIR), else as a whole. The same compile serves training and evaluation (train and
-    eval graphs are separate entries of one cache). Returns ``net``."""
+    eval graphs are separate entries of one cache). With ``size_one`` (default) and ``net`` on a
+    CUDA device, the graphs also serve sizes of 1 (``reuse_graphs_for_size_one``). Returns ``net``."""
     kwargs = {"dynamic": True, **compile_kwargs}
+    on_cuda = any(p.is_cuda for p in net.parameters())
+    if size_one and kwargs["dynamic"] and on_cuda:
+        reuse_graphs_for_size_one()
     if hasattr(net, "compile_blocks"):
         net.compile_blocks(**kwargs)
     else:
