@@ -364,10 +364,11 @@ def main(argv=None) -> int:
             figures[label] = {"fp16_ms": t16, "bf16_ms": tb, "fp16_peak_gb": m16, "bf16_peak_gb": mb}
     path_note = ("train.compile + train.cuda_graph" if compile_ else "train.cuda_graph, not compiled") if graph \
         else "eager (CPU)"
-    tables.insert(0, {"title": f"Training step, fp16 against bf16 ({path_note}; mean of {args.iters} steps after "
-                            f"{args.warmup} untimed)",
-                   "columns": ["network, batch", "fp16 ms", "bf16 ms", "fp16 / bf16 time", "fp16 peak GB",
-                               "bf16 peak GB", "fp16 / bf16 memory"], "rows": rows})
+    if rows:  # (the timing phase ran)
+        tables.insert(0, {"title": f"Training step, fp16 against bf16 ({path_note}; mean of {args.iters} steps "
+                                   f"after {args.warmup} untimed)",
+                          "columns": ["network, batch", "fp16 ms", "bf16 ms", "fp16 / bf16 time", "fp16 peak GB",
+                                      "bf16 peak GB", "fp16 / bf16 memory"], "rows": rows})
 
     total_s = time.perf_counter() - started
     summary = (f"Whole run {total_s:.0f} s." + (f" Skipped (time budget {args.budget_s:.0f} s): "

@@ -137,10 +137,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-stages", action="store_true", help="skip the progressive-stage measurement")
     p.add_argument("--old", action="store_true", help="also time the stages under the old policy (slow)")
     p.add_argument("--steps", type=int, default=5, help="steps timed per stage after the first")
+    p.add_argument("--stage-list", type=int, nargs="+", default=None,
+                   help="only these progressive stages (1-based, in order; default: all), e.g. 4 5 to see the "
+                        "switch to the first batch of 1 without compiling stages 1-3 first")
     p.add_argument("--size-one", nargs="+", default=["reuse"], choices=["reuse", "specialise"],
                    help="stages under compile_network(size_one=True) (reuse: graphs serve a batch of 1) and/or "
                         "size_one=False (specialise: torch compiles again for a batch of 1), each from an empty cache")
     p.add_argument("--json", default=None, help="record to write (default benchmarks/data/recompile_<gpu>.json)")
+    p.add_argument("--id", default=None, help="record id (default recompile_<opt name>_<gpu>)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: bench_recompile.py needs a CUDA GPU.", file=sys.stderr)
@@ -166,6 +170,8 @@ def main(argv=None) -> int:
     if not args.no_stages:
         from bench_model import recipe_stages
         st = recipe_stages(opt)
+        if args.stage_list:
+            st = [st[i - 1] for i in args.stage_list]
         train_opt = dict(net_opt)
         for mode in args.size_one:
             key = "new" if mode == "reuse" else "new, size 1 specialised"
@@ -181,11 +187,12 @@ def main(argv=None) -> int:
         tables.append({"title": f"Progressive stages, policy '{policy}': time to the first iteration",
                        "columns": ["stage", "batch x input", "first iteration (s)", "later steps (ms)",
                                    "first loss vs eager (relative)"],
-                       "rows": [[i + 1, f"{r['batch']} x {r['input_size']}", r["first_iteration_s"], r["step_ms"],
-                                 f"{r['loss_rel_diff']:.1e}"] for i, r in enumerate(rows)]})
+                       "rows": [[n, f"{r['batch']} x {r['input_size']}", r["first_iteration_s"], r["step_ms"],
+                                 f"{r['loss_rel_diff']:.1e}"]
+                                for n, r in zip(args.stage_list or range(1, len(rows) + 1), rows)]})
     gpu = torch.cuda.get_device_name().lower()
     gpu_short = next((g for g in ("h200", "h100", "a100") if g in gpu), "gpu")
-    rec = bench_record.make_record(f"recompile_{name}_{gpu_short}", f"Compiling with changing sizes ({name})",
+    rec = bench_record.make_record(args.id or f"recompile_{name}_{gpu_short}", f"Compiling with changing sizes ({name})",
                                    tables, section="Compiling", figures={"validation": val, "stages": stages},
                                    charts=[{"title": "validation of images of many sizes: total seconds", "kind": "bar",
                                             "x": list(val), "ylabel": "s",
