@@ -416,7 +416,7 @@ def main(argv=None):
                "logy": bool(times) and max(times) / min(times) > 10,
                "x": [r[0] for r in rows],
                "series": {q: [results[(k, q)][0] if results.get((k, q)) else None for k in keys]
-                          for q in args.paths}}]
+                          for q in args.paths}}] if rows else []  # (no training row or restore timed)
     if stages:
         tables.append({"title": f"{name}: one training step per recipe stage",
                        "columns": ["stage", "batch x input", "iterations"] + [PATH_TITLES[q] for q in args.stage_paths],

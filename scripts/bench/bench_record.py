@@ -98,6 +98,9 @@ def validate_record(rec: Any) -> list[str]:
         if not isinstance(c, dict) or not isinstance(c.get("x"), list) or not isinstance(c.get("series"), dict):
             problems.append(f"charts[{i}] needs an 'x' list and a 'series' object")
             continue
+        if not c["x"]:
+            problems.append(f"charts[{i}] has no x values (leave an empty chart out)")
+            continue
         if c.get("kind", "bar") not in ("bar", "line"):
             problems.append(f"charts[{i}].kind must be 'bar' or 'line'")
         for name, ys in c["series"].items():

@@ -33,6 +33,7 @@ def test_a_complete_record_is_valid():
     (lambda r: r.update(date="yesterday"), "ISO date"),
     (lambda r: r["charts"][0]["series"].update(ms=[1.0]), "series['ms']"),
     (lambda r: r.update(tables=[], charts=[]), "at least one table or chart"),
+    (lambda r: r["charts"][0].update(x=[], series={"ms": []}), "no x values"),
     (lambda r: r.update(id="no spaces allowed"), "id"),
 ])
 def test_schema_violations_are_named(change, expected):
