@@ -148,19 +148,27 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="record to write (a folder: <folder>/<id>.json)")
     p.add_argument("--id", default="recipe_steps", help="record id")
     args = p.parse_args(argv)
+    recipes = [Path(r).resolve() for r in args.recipes]
+    missing = [r for r, path in zip(args.recipes, recipes) if not path.is_file()]
+    if missing:
+        print(f"error: recipe {', '.join(missing)} does not exist; pass training option files such as "
+              f"options/sr_x4_gan.yml", file=sys.stderr)
+        return 2
     results, failures = [], []
-    for r in args.recipes:
-        recipe = Path(r).resolve()
-        if not recipe.is_file():
-            print(f"error: recipe {r} does not exist", file=sys.stderr)
-            return 2
+    for recipe in recipes:
         try:
             results.append(run_recipe(recipe, Path(args.work) / recipe.stem, args))
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
-            failures.append(r)
-    if not results:
-        return 1
+            failures.append(str(recipe))
+            continue
+        # after every recipe, so that a run cut short keeps the recipes it finished
+        print(f"wrote {write_results(results, args)}", flush=True)
+    return 1 if failures or not results else 0
+
+
+def write_results(results: list, args) -> str:
+    """The record of the recipes timed so far (bench_record schema); returns its path."""
     rows = [[res["recipe"], i + 1, f"{st['batch']} x {st['gt_size']}", st["iters"],
              None if st["paths"]["train.py"] is None else st["paths"]["train.py"]["ms"]]
             for res in results for i, st in enumerate(res["stages"])]
@@ -179,8 +187,7 @@ def main(argv=None) -> int:
     dest = args.json
     if dest and (dest.endswith("/") or os.path.isdir(dest)):
         dest = os.path.join(dest, rec["id"] + ".json")
-    print(f"wrote {bench_record.write_record(rec, dest)}")
-    return 1 if failures else 0
+    return str(bench_record.write_record(rec, dest))
 
 
 if __name__ == "__main__":
