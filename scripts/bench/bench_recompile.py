@@ -14,10 +14,11 @@ Progressive stages (the recipe's datasets.train stages; fwd + L1 + bwd + Adam, c
 CUDA-graphed as train.cuda_graph; activation_checkpointing as in the recipe): for each stage, the
 seconds from the stage's first call to the end of its first step (compile + graph recording +
 step) and the mean time of the next steps, under
-  new   compile_network() (dynamic sizes; graphs also serve a batch of 1)
-  new, size 1 specialised
-        compile_network(size_one=False) (only with --size-one specialise): as torch does by
-        default, a batch of 1 compiles the network again
+  new   compile_network() (dynamic sizes), as the trainer does: torch compiles again for the
+        first batch of 1
+  new, size 1 reused
+        compile_network(size_one=True) (only with --size-one reuse): graphs traced for larger
+        batches should serve a batch of 1 too
   old   compile_blocks() (only with --old: each stage may compile for minutes)
 and checks each stage's first loss against the same loss computed eagerly.
 Each policy starts from an empty compile cache (torch._dynamo.reset()).
@@ -77,7 +78,7 @@ def validation_run(net_opt: dict, policy: str, sizes: list, per_size: int) -> di
             "max_later_s": round(max(rest), 2) if rest else None}
 
 
-def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int, size_one: bool = True) -> list:
+def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int, size_one: bool = False) -> list:
     """Train through the stages with one network and optimizer: per stage, seconds to the end of
     its first step, the mean ms of the next ``steps`` steps, and how far the first step's loss is
     from the same loss computed eagerly (same weights and batch: a compiled graph reused for
@@ -140,9 +141,10 @@ def main(argv=None) -> int:
     p.add_argument("--stage-list", type=int, nargs="+", default=None,
                    help="only these progressive stages (1-based, in order; default: all), e.g. 4 5 to see the "
                         "switch to the first batch of 1 without compiling stages 1-3 first")
-    p.add_argument("--size-one", nargs="+", default=["reuse"], choices=["reuse", "specialise"],
-                   help="stages under compile_network(size_one=True) (reuse: graphs serve a batch of 1) and/or "
-                        "size_one=False (specialise: torch compiles again for a batch of 1), each from an empty cache")
+    p.add_argument("--size-one", nargs="+", default=["specialise"], choices=["specialise", "reuse"],
+                   help="stages under compile_network() as the trainer runs it (specialise: torch compiles again "
+                        "for a batch of 1) and/or compile_network(size_one=True) (reuse: graphs should serve a "
+                        "batch of 1), each from an empty cache, in the order given")
     p.add_argument("--json", default=None, help="record to write (default benchmarks/data/recompile_<gpu>.json)")
     p.add_argument("--id", default=None, help="record id (default recompile_<opt name>_<gpu>)")
     args = p.parse_args(argv)
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
             st = [st[i - 1] for i in args.stage_list]
         train_opt = dict(net_opt)
         for mode in args.size_one:
-            key = "new" if mode == "reuse" else "new, size 1 specialised"
+            key = "new" if mode == "specialise" else "new, size 1 reused"
             stages[key] = stage_runs(train_opt, st, net_opt.get("scale", 1), "new", args.steps, size_one=mode == "reuse")
         if args.old:
             stages["old"] = stage_runs(train_opt, st, net_opt.get("scale", 1), "old", args.steps)

@@ -12,13 +12,15 @@ policy, used by the trainer, validation, ``test.py`` and ``restore.py --compile`
   code after the break is compiled as a new frame whose sizes arrive as plain integers, which are
   static at first and recompile at the next size. A first input with H == W ties the two (the
   first non-square input compiles once more).
-- Sizes of 1: torch specialises a size of 1 by default, so the first batch of 1 (the recipe's
-  last progressive stages, ``restore.py``) compiled the whole network again (85 s on an H100,
-  ``benchmarks/data/recompile_h100.json``). On CUDA, ``compile_network`` therefore turns on
+- Sizes of 1: torch specialises a size of 1, so the first batch of 1 (the recipe's last
+  progressive stages) compiles the network again (85 s on an H100,
+  ``benchmarks/data/recompile_h100.json``). ``compile_network(net, size_one=True)`` turns on
   torch's size-oblivious treatment of dynamic sizes (``backed_size_oblivious``, a process-wide
-  setting of torch.fx): graphs traced for a batch of 8 serve a batch of 1. Not on the CPU: there
-  the compiled CPU scan breaks the graph inside a block, and a (b, c, 1, 1) map crossing such a
-  break would be traced with symbolic 1s, which broadcasting rejects.
+  setting of torch.fx), with which graphs traced for a batch of 8 should also serve a batch of 1.
+  It is off by default until measured on a GPU (``scripts/bench/bench_recompile.py --size-one
+  reuse specialise``). Never on the CPU: there the compiled CPU scan breaks the graph inside a
+  block, and a (b, c, 1, 1) map crossing such a break is traced with symbolic 1s, which
+  broadcasting rejects.
 - ``validation_stance(net)`` runs compiled modules eagerly (``torch.compiler.set_stance
   ("force_eager")``): validation and testing restore a few images, often of different sizes,
   once each, where compiling cannot pay off; eager also leaves the training graphs untouched.
@@ -49,12 +51,13 @@ def reuse_graphs_for_size_one() -> None:
     torch.fx.experimental._config.backed_size_oblivious = True
 
 
-def compile_network(net: nn.Module, size_one: bool = True, **compile_kwargs) -> nn.Module:
+def compile_network(net: nn.Module, size_one: bool = False, **compile_kwargs) -> nn.Module:
     """Compile ``net`` in place for sizes that change between calls (``dynamic=True`` unless
     ``compile_kwargs`` says otherwise): block by block through ``compile_blocks`` where the network
     has it (VmambaIR), else as a whole. The same compile serves training and evaluation (train and
-    eval graphs are separate entries of one cache). With ``size_one`` (default) and ``net`` on a
-    CUDA device, the graphs also serve sizes of 1 (``reuse_graphs_for_size_one``). Returns ``net``."""
+    eval graphs are separate entries of one cache). With ``size_one`` and ``net`` on a CUDA device,
+    the graphs should also serve sizes of 1 (``reuse_graphs_for_size_one``; not yet measured, so
+    off by default). Returns ``net``."""
     kwargs = {"dynamic": True, **compile_kwargs}
     on_cuda = any(p.is_cuda for p in net.parameters())
     if size_one and kwargs["dynamic"] and on_cuda:
