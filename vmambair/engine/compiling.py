@@ -20,8 +20,9 @@ policy, used by the trainer, validation, ``test.py`` and ``restore.py --compile`
   It is off by default: in the one GPU run so far (H100, 2026-12-07, ``bench_recompile.py
   --stage-list 4 5 --size-one reuse``) the batch-2 stage compiled in 164.5 s with the same loss
   as eager (relative difference 6.6e-4), but the batch-1 stage had not finished its first
-  iteration about 55 s later, when the run's time ran out; so the gain is not shown.
-  ``scripts/bench/bench_recompile.py --size-one specialise reuse`` compares the two. Never on the CPU: there the compiled CPU scan breaks the graph inside a
+  iteration when the call's time ran out, roughly 50 s after that stage began: the gain is not
+  shown. ``scripts/bench/bench_recompile.py --size-one specialise reuse`` compares the two.
+  Never on the CPU: there the compiled CPU scan breaks the graph inside a
   block, and a (b, c, 1, 1) map crossing such a break is traced with symbolic 1s, which
   broadcasting rejects.
 - ``validation_stance(net)`` runs compiled modules eagerly (``torch.compiler.set_stance
