@@ -434,10 +434,7 @@ def main(argv=None):
     rec = bench_record.make_record(args.id or f"model_{name}_{gpu_short}", f"Whole network, {name}: authors' code vs ours"
                                    if AUTHORS else f"Whole network, {name}", tables, section="Whole network",
                                    charts=charts, figures=figures)
-    dest = args.json
-    if dest and (dest.endswith("/") or os.path.isdir(dest)):  # a folder: <folder>/<id>.json
-        dest = os.path.join(dest, rec["id"] + ".json")
-    out_json = bench_record.write_record(rec, dest)
+    out_json = bench_record.write_record(rec, args.json)
     for t in tables:
         print("\n| " + " | ".join(t["columns"]) + " |")
         for r in t["rows"]:

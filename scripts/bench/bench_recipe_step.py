@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -184,10 +183,7 @@ def write_results(results: list, args) -> str:
         section="Time to train",
         figures={"recipes": [{k: v for k, v in res.items() if k != "log"} for res in results],
                  "logs": {res["recipe"]: res["log"] for res in results}})
-    dest = args.json
-    if dest and (dest.endswith("/") or os.path.isdir(dest)):
-        dest = os.path.join(dest, rec["id"] + ".json")
-    return str(bench_record.write_record(rec, dest))
+    return str(bench_record.write_record(rec, args.json))
 
 
 if __name__ == "__main__":

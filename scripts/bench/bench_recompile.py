@@ -199,10 +199,7 @@ def main(argv=None) -> int:
                                    charts=[{"title": "validation of images of many sizes: total seconds", "kind": "bar",
                                             "x": list(val), "ylabel": "s",
                                             "series": {"total": [v["total_s"] for v in val.values()]}}] if val else [])
-    dest = args.json
-    if dest and (dest.endswith("/") or os.path.isdir(dest)):  # a folder: <folder>/<id>.json
-        dest = os.path.join(dest, rec["id"] + ".json")
-    print(f"wrote {bench_record.write_record(rec, dest)}")
+    print(f"wrote {bench_record.write_record(rec, args.json)}")
     return 0
 
 

@@ -156,7 +156,8 @@ def make_record(id: str, title: str, tables: list, *, section: str = "Other", ch
 
 
 def write_record(rec: dict, path: Optional[str | os.PathLike] = None) -> Path:
-    """Validate ``rec`` and write it atomically to ``path`` (default benchmarks/data/<id>.json).
+    """Validate ``rec`` and write it atomically to ``path`` (default benchmarks/data/<id>.json; a
+    folder, or a path ending in "/": <folder>/<id>.json).
 
     Raises ValueError naming the schema problems; nothing is written then."""
     problems = validate_record(rec)
@@ -164,6 +165,8 @@ def write_record(rec: dict, path: Optional[str | os.PathLike] = None) -> Path:
         raise ValueError(f"benchmark record {rec.get('id')!r} breaks the schema: " + "; ".join(problems))
     from vmambair.utils.fileio import atomic_write_bytes
 
+    if path and (str(path).endswith("/") or os.path.isdir(path)):
+        path = Path(path) / f"{rec['id']}.json"
     out = Path(path) if path else DATA_DIR / f"{rec['id']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes((json.dumps(rec, indent=1, ensure_ascii=False) + "\n").encode(), out)
@@ -302,11 +305,8 @@ def write_outputs(args, text: str, section: str, **overrides) -> Optional[Path]:
     ``args.json``) and, with ``args.out``, as Markdown; nothing but printing with --out -."""
     if args.out == "-":
         return None
-    dest = args.json
-    if dest and (dest.endswith("/") or os.path.isdir(dest)):
-        dest = os.path.join(dest, f"{args.id}.json")
     rec = record_from_markdown(text, args.id, section, **{"command": command_line(), **overrides})
-    path = write_record(rec, dest)
+    path = write_record(rec, args.json)
     print(f"wrote {path}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -269,3 +269,10 @@ def test_recipe_step_runs_train_py_per_stage_and_feeds_time_to_train(tmp_path):
     fig = json.loads(ttt.read_text())["figures"]["recipes"][f"{prog}:train.py"]
     expected = sum(s["paths"]["train.py"]["ms"] / 1000 * s["iters"] for s in prog_stages) / 3600
     assert fig["one_gpu_hours"] == pytest.approx(expected)
+
+
+def test_write_record_into_a_folder_names_the_file_by_id(tmp_path):
+    rec = good_record("in_folder")
+    assert bench_record.write_record(rec, tmp_path) == tmp_path / "in_folder.json"
+    assert bench_record.write_record(rec, str(tmp_path / "new") + "/") == tmp_path / "new" / "in_folder.json"
+    assert json.loads((tmp_path / "new" / "in_folder.json").read_text())["id"] == "in_folder"
