@@ -8,7 +8,7 @@
 #   OUT=/some/folder bash scripts/bench/authors_suite.sh [AUTHORS_CHECKOUT]   # default .authors/VmambaIR
 #
 # ITERS / WARMUP override the timed iterations (default 6 / 2); PATHS the paths beside the
-# authors' (default "reference graphed"). BUILD_ONLY=1 stops after the builds; SKIP_BUILD=1 skips
+# authors' (default "graphed"). BUILD_ONLY=1 stops after the builds; SKIP_BUILD=1 skips
 # them (both builds are kept: our extension installed, theirs in .authors/kernel_build).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +27,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     echo "builds: $(( $(date +%s) - t0 )) s"
     [ -n "${BUILD_ONLY:-}" ] && exit 0
 fi
-common=(--original "$orig" --paths authors ${PATHS:-reference graphed} --stages --stage-paths authors graphed
+common=(--original "$orig" --paths authors ${PATHS:-graphed} --stages --stage-paths authors graphed
         --warmup "${WARMUP:-2}" --iters "${ITERS:-6}" --json "$out/")
 python scripts/bench/bench_model.py -opt options/realsr_x4_psnr.yml "${common[@]}" --id model_realsr_x4_vs_authors \
     --train-batch 9 --train-size 64 --infer-sizes 1024 2>&1 | tee "$out/bench_realsr.log"

@@ -2,18 +2,15 @@
 """Time VmambaIR training steps and inference on the GPU: the authors' own code against our paths.
 
     python scripts/bench/bench_model.py -opt options/derain.yml --original .authors/VmambaIR \
-        --paths authors reference graphed --checkpointing ffn --train-batch 8 --train-size 128 \
+        --paths authors graphed --checkpointing ffn --train-batch 8 --train-size 128 \
         --infer-sizes 256 1024 2048 --stages
 
-All paths run in this one process on the same GPU, so their ratios are meaningful; the ratios are
-stated against the first path given (the authors' code when --original is given).
+All paths run in this one process on the same GPU. Speed-ups and memory ratios are stated only
+against the authors' code (--original): without it the tables give times and memory alone.
   authors:   the authors' network (their arch file, e.g. Mamber33 / MambaRealSR11, imported from
              their checkout by scripts/bench/authors_code.py) with their compiled
              selective_scan_cuda_core kernel (scripts/bench/build_authors_kernel.sh), fp32 as they
              train, unfused Adam; never recomputes activations.
-  reference: fp32 everywhere, the projections as rank-R einsums per direction, the four scan
-             directions as materialised permuted copies -> the plain selective scan -> merge
-             (the original implementation's execution strategy).
   fast:      bf16 autocast with the scan state in fp32, projections as 1x1 convolutions, the
              fused omni-scan op for small batches (see vmambair.ops.omni_scan).
   compiled:  the fast path under torch.compile (the blocks, with dynamic sizes, as train.compile
@@ -27,6 +24,10 @@ torch.cuda.max_memory_allocated with cudnn.benchmark off (no workspace trials).
 of each stage of datasets.train) on the --stage-paths, for scripts/bench/time_to_train.py.
 Writes a JSON record under benchmarks/data/ (scripts/bench/bench_record.py) and, with --out, the
 old Markdown table.
+
+(An fp32 "reference" path of our own, the original implementation's execution strategy, was
+dropped on 2026-12-07: timed beside the authors' code it was 1.34-1.43x slower than theirs, so
+ratios against it overstated our gains. Their code is the baseline.)
 """
 import argparse
 import contextlib
@@ -45,27 +46,23 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 import vmambair  # noqa: E402,F401
-from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
-from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES, original_projections  # noqa: E402
+from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES  # noqa: E402
 from vmambair.engine.compiling import compile_network  # noqa: E402
 from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
 from vmambair.engine.profiling import summarize  # noqa: E402
 
 
 @contextlib.contextmanager
-def execution_path(name: str, plain_backend: str):
-    """Configure the scan and precision for one path; yields the autocast context factory."""
-    if name == "reference":
-        with ops.fused_omni_scan(False), ops.use_backend(plain_backend), original_projections():
-            yield contextlib.nullcontext
-    elif name == "authors":  # fp32, as the authors train; their scan is bound in their module
+def execution_path(name: str):
+    """The precision of one path; yields its autocast context factory."""
+    if name == "authors":  # fp32, as the authors train; their scan is bound in their module
         yield contextlib.nullcontext
     else:  # fast and compiled
         yield lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-PATH_TITLES = {"authors": "authors' code (fp32, their kernel)", "reference": "reference (fp32, unfused)", "fast": "fast (bf16, fused)",
+PATH_TITLES = {"authors": "authors' code (fp32, their kernel)", "fast": "fast (bf16, fused)",
                "compiled": "compiled (fast + torch.compile)", "graphed": "graphed (compiled + CUDA graphs)"}
 COMPILE_KWARGS: dict = {}  # --compile-mode
 AUTHORS: dict = {}  # --original / --authors-family: {"original": path, "family": name}
@@ -107,7 +104,7 @@ def for_path(net, path: str):
 
 def make_optimizer(net, path: str):
     """Adam; the fast paths use its fused CUDA kernel (one launch), as the trainer does on CUDA."""
-    return torch.optim.Adam(net.parameters(), lr=1e-4, fused=path not in ("reference", "authors"))
+    return torch.optim.Adam(net.parameters(), lr=1e-4, fused=path != "authors")
 
 
 def timed(fn, warmup: int, iters: int):
@@ -158,9 +155,9 @@ def make_inference(net_opt, size, path, amp):
     return run
 
 
-def bench(make, path, plain_backend, warmup, iters):
+def bench(make, path, warmup, iters):
     """Time the closure ``make(amp)`` builds on ``path``; None when it runs out of GPU memory."""
-    with execution_path(path, plain_backend) as amp:
+    with execution_path(path) as amp:
         try:
             torch.cuda.reset_peak_memory_stats()
             fn = make(amp)
@@ -203,27 +200,27 @@ def provenance() -> list:
 
 
 def train_runs(args) -> dict:
-    """The training rows to measure, {row name: activation_checkpointing mode of the non-reference
-    paths}: "train" (no recomputation) and "train, recompute <mode>" per --checkpointing mode;
-    empty with --train-batch 0. The reference path never recomputes."""
+    """The training rows to measure, {row name: activation_checkpointing mode of our paths}:
+    "train" (no recomputation) and "train, recompute <mode>" per --checkpointing mode; empty with
+    --train-batch 0. The authors' code never recomputes."""
     if not args.train_batch:
         return {}
     return {("train" if m == "none" else f"train, recompute {m}"): m for m in args.checkpointing or ["none"]}
 
 
 def train_net_opt(net_opt: dict, mode: str, path: str) -> dict:
-    """network_g's options for a training row: activation_checkpointing ``mode``, except on the
-    reference path, which never recomputes (nor do the authors, who have no such option)."""
-    return dict(net_opt, activation_checkpointing="none" if path in ("reference", "authors") else mode)
+    """network_g's options for a training row: activation_checkpointing ``mode``, except for the
+    authors' code, which has no such option."""
+    return dict(net_opt, activation_checkpointing="none" if path == "authors" else mode)
 
 
-def write_profile(args, net_opt, scale, plain) -> int:
+def write_profile(args, net_opt, scale) -> int:
     """The --profile mode: one Markdown file of kernel-time tables, per path, train and inference."""
     parts = [f"# Profile: {args.opt}", ""] + provenance() + [""]
     runs = train_runs(args)
     for path in args.paths:
         for what in list(runs) + [f"infer {s}" for s in args.infer_sizes[:1]]:
-            with execution_path(path, plain) as amp:
+            with execution_path(path) as amp:
                 if what in runs:
                     fn = make_train_step(train_net_opt(net_opt, runs[what], path), scale, args.train_batch,
                                          args.train_size, path, amp)
@@ -272,11 +269,11 @@ def main(argv=None):
     p.add_argument("--train-size", type=int, default=128)
     p.add_argument("--infer-sizes", type=int, nargs="*", default=[256, 512, 1024])
     p.add_argument("--paths", nargs="+", default=None, choices=list(PATH_TITLES),
-                   help="authors: their code (needs --original); reference: fp32 + unfused scan; fast: bf16 + "
-                        "fused; compiled: fast under torch.compile; graphed: compiled + CUDA graphs "
-                        "(default: authors graphed with --original, else reference fast)")
+                   help="authors: their code (needs --original); fast: bf16 + fused; compiled: fast under "
+                        "torch.compile; graphed: compiled + CUDA graphs (default: authors graphed with "
+                        "--original, else graphed)")
     p.add_argument("--checkpointing", nargs="*", default=[], choices=list(CHECKPOINTING_MODES),
-                   help="time the training step of our non-reference paths once per activation_checkpointing "
+                   help="time the training step of our paths once per activation_checkpointing "
                         "mode given (none, block: recompute whole OSS blocks, ffn: recompute their EFFNs), one table "
                         "row each; default: none")
     p.add_argument("--stages", action="store_true",
@@ -288,8 +285,6 @@ def main(argv=None):
     p.add_argument("--compile-static", action="store_true",
                    help="compile the blocks for the sizes of their first call (compile_blocks() as it was before "
                         "vmambair.engine.compiling's dynamic sizes), to compare the two")
-    p.add_argument("--plain-backend", default=None,
-                   help="scan backend of the reference path (default: mamba_ssm if available, else cuda)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", default=None,
@@ -303,7 +298,7 @@ def main(argv=None):
     p.add_argument("--profile-top", type=int, default=25, help="kernels listed per profile")
     args = p.parse_args(argv)
     if args.paths is None:
-        args.paths = ["authors", "graphed"] if args.original else ["reference", "fast"]
+        args.paths = ["authors", "graphed"] if args.original else ["graphed"]
     if not torch.cuda.is_available():
         print("error: bench_model.py needs a CUDA GPU.", file=sys.stderr)
         return 2
@@ -336,14 +331,11 @@ def main(argv=None):
             return 2
         AUTHORS.update(original=args.original, family=args.authors_family or authors_family(net_opt),
                        kernel_dir=args.authors_kernel_dir)
-    avail = ops.available_backends("cuda")
-    plain = args.plain_backend or ("mamba_ssm" if "mamba_ssm" in avail else avail[0])
     if args.profile:
-        return write_profile(args, net_opt, scale, plain)
-    base = args.paths[0]
+        return write_profile(args, net_opt, scale)
     results = {}
     runs = train_runs(args)
-    ref_train = {}  # paths that never recompute (reference, authors): measured once, in every row
+    ref_train = {}  # the authors' code never recomputes: measured once, repeated in every row
     for key, mode in runs.items():
         for path in args.paths:
             if path in ref_train:
@@ -351,14 +343,14 @@ def main(argv=None):
                 continue
             train_net = train_net_opt(net_opt, mode, path)
             r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
-                      path, plain, args.warmup, args.iters)
+                      path, args.warmup, args.iters)
             results[(key, path)] = r
-            if path in ("reference", "authors"):
+            if path == "authors":
                 ref_train[path] = r
             print(f"{key}  {path:9s} batch {args.train_batch} x {args.train_size}^2: {fmt(r)}", flush=True)
     for s in args.infer_sizes:
         for path in args.paths:
-            r = bench(lambda amp: make_inference(net_opt, s, path, amp), path, plain,
+            r = bench(lambda amp: make_inference(net_opt, s, path, amp), path,
                       max(1, args.warmup // 2), max(2, args.iters // 2))
             results[(f"infer {s}", path)] = r
             print(f"infer  {path:9s} {s}x{s}: {fmt(r)}", flush=True)
@@ -376,13 +368,14 @@ def main(argv=None):
                     train_net = train_net_opt(net_opt, mode, path)
                     t0 = time.perf_counter()
                     r = bench(lambda amp: make_train_step(train_net, scale, batch, size, path, amp),
-                              path, plain, args.warmup, args.iters)
+                              path, args.warmup, args.iters)
                     row.setdefault("setup_s", {})[path] = round(time.perf_counter() - t0, 1)
                 row["paths"][path] = result_dict(r)
                 print(f"stage  {path:9s} batch {batch} x {size}^2 ({iters} iters): {fmt(r)}", flush=True)
             stages.append(row)
 
-    others = [q for q in args.paths if q != base]
+    base = "authors" if AUTHORS else None  # ratios only against the authors' code
+    others = [q for q in args.paths if base and q != base]
     columns = ["what"] + [PATH_TITLES[q] for q in args.paths] + [f"{q} vs {base} (speed-up, memory ratio)"
                                                                   for q in others]
     rows = []
@@ -400,11 +393,10 @@ def main(argv=None):
     gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name().lower()).strip("_")
     gpu_short = next((g for g in ("h200", "h100", "a100", "l40s", "l4", "v100") if g in gpu), gpu[:16])
     notes = [(f"train step: batch {args.train_batch}, input {args.train_size}x{args.train_size}, fwd + L1 + bwd + Adam"
-              + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on our non-reference paths (the "
-                 "authors' and the reference path never recompute; their one measurement is repeated)"
+              + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on our paths (the authors' "
+                 "code never recomputes; its one measurement is repeated)"
                  if set(runs) - {"train"} else "")) if runs else "train step: not measured",
-             f"inference: batch 1; reference scan backend: {plain}; cudnn.benchmark off; peak memory is "
-             f"torch.cuda.max_memory_allocated",
+             "inference: batch 1; cudnn.benchmark off; peak memory is torch.cuda.max_memory_allocated",
              ]
     if AUTHORS:
         notes.append(f"authors' network: {authors_code.FAMILIES[AUTHORS['family']][1]} from their checkout, "

@@ -4,7 +4,7 @@
     python scripts/bench/compare_paths_training.py -opt options/realsr_x4_psnr.yml --iters 1000
 
 reference: fp32, per-direction einsum projections, the four scan directions as permuted copies
-           -> plain scan -> merge (as scripts/bench/bench_model.py's reference path).
+           -> plain scan -> merge (the original implementation's execution strategy).
 fast:      bf16 autocast (scan state in fp32), 1x1-convolution projections, the fused omni-scan
            op for small batches.
 graphed:   (--path graphed) the fast path with compiled blocks and forward + loss + backward
@@ -16,6 +16,7 @@ The report gives the loss averaged over windows of iterations for both paths, th
 and the noise level of the window means, so "the same curve within noise" can be read off.
 """
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -34,6 +35,7 @@ import bench_record  # noqa: E402  (same folder)
 import vmambair  # noqa: E402,F401
 from vmambair import ops  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
+from vmambair.archs.vmambair_arch import original_projections  # noqa: E402
 
 from bench_model import execution_path, for_path  # noqa: E402  (same folder)
 from vmambair.engine.cuda_graph import make_loss_and_grad  # noqa: E402
@@ -79,6 +81,18 @@ def make_batches(photos, iters, batch, gt_size, scale, seed):
     return batches
 
 
+@contextlib.contextmanager
+def path_context(path: str, plain_backend: str):
+    """The scan and precision of ``path``; yields its autocast context factory. "reference": fp32,
+    unfused scan on ``plain_backend``, the original projections; others as bench_model runs them."""
+    if path == "reference":
+        with ops.fused_omni_scan(False), ops.use_backend(plain_backend), original_projections():
+            yield contextlib.nullcontext
+    else:
+        with execution_path(path) as amp:
+            yield amp
+
+
 def train(net_opt, batches, path, plain_backend, lr, seed):
     torch.manual_seed(seed)
     net = for_path(build_network(net_opt).cuda().train(), path)
@@ -86,7 +100,7 @@ def train(net_opt, batches, path, plain_backend, lr, seed):
     losses = []
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    with execution_path(path, plain_backend) as amp:
+    with path_context(path, plain_backend) as amp:
         def loss_of(lq, gt):
             with amp():
                 out = net(lq)

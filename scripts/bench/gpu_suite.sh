@@ -16,7 +16,7 @@
 #          plus fused vs unfused inference from 64x64 to 2048x2048), and
 #          fused_vs_unfused (fused vs unfused at training batches, fwd + bwd)
 #   segments  scripts/bench/sweep_segments.py -> scan_segments (forced segment counts)
-#   model  scripts/bench/bench_model.py (reference, compiled, graphed paths) for the real-world x4 and
+#   model  scripts/bench/bench_model.py (compiled, graphed paths) for the real-world x4 and
 #          deraining networks, and the deraining step with each activation_checkpointing mode
 #          -> model_* (about 8 minutes; the authors' code beside ours: scripts/bench/authors_suite.sh)
 #   ddp    scripts/bench/bench_ddp.py: 1 GPU against 2 (and 4, 8 when present) GPUs, training as the recipes
@@ -66,11 +66,11 @@ for stage in "$@"; do
       ;;
     model)
       bench="env PYTHONPATH=${PYTHONPATH:-}:$MAMBA_BUILD $PY scripts/bench/bench_model.py"
-      $bench -opt options/realsr_x4_gan.yml --paths reference compiled graphed --train-batch 9 --train-size 64 \
+      $bench -opt options/realsr_x4_gan.yml --paths compiled graphed --train-batch 9 --train-size 64 \
           --infer-sizes 256 1024 --id model_realsr_x4 2>&1 | tee "$LOGS/model_realsr.log"
-      $bench -opt options/derain.yml --paths reference compiled graphed --train-batch 8 --train-size 128 \
+      $bench -opt options/derain.yml --paths compiled graphed --train-batch 8 --train-size 128 \
           --infer-sizes 256 512 1024 2048 --id model_derain 2>&1 | tee "$LOGS/model_derain.log"
-      $bench -opt options/derain.yml --paths reference graphed --checkpointing none ffn block --train-batch 8 --train-size 128 \
+      $bench -opt options/derain.yml --paths graphed --checkpointing none ffn block --train-batch 8 --train-size 128 \
           --infer-sizes --id model_derain_checkpointing 2>&1 | tee "$LOGS/model_derain_ckpt.log"
       ;;
     ddp)
