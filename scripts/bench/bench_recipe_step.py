@@ -18,7 +18,8 @@ Everything else (compile, CUDA graphs, precision, EMA, discriminator, losses) is
 The step time of a stage is read from the trainer's own log (``train_log.jsonl``, its it/s every
 --print-freq iterations), over the stage's windows after the first --skip-windows (compiling,
 graph recording, the degradation pool filling); it includes data loading, as training does.
-The seconds from a stage's start to its first logged window are recorded too.
+Each stage's first window is recorded too, in seconds (first_window_s: compiling and graph
+recording for the stage's sizes, plus --print-freq steps).
 """
 from __future__ import annotations
 
@@ -99,15 +100,19 @@ def short_recipe(recipe: Path, work: Path, stage_iters: int, print_freq: int, co
 
 
 def stage_times(log: list, stage_iters: int, nstages: int, print_freq: int, skip: int) -> list:
-    """Per stage: mean step ms over its log windows after the first ``skip`` (None if none)."""
+    """Per stage: (mean step ms over its log windows after the first ``skip``, seconds of its first
+    window); None where the log has no such window."""
     out = []
     for s in range(nstages):
         lo, hi = s * stage_iters, (s + 1) * stage_iters
-        windows = [r for r in log if lo < r["iter"] <= hi and "it_per_s" in r][skip:]
+        stage_windows = [r for r in log if lo < r["iter"] <= hi and "it_per_s" in r]
+        windows = stage_windows[skip:]
         # mean of the windows' step times, weighted by their iterations
         n = sum(min(print_freq, r["iter"] - lo) for r in windows)
         ms = sum(1000 / r["it_per_s"] * min(print_freq, r["iter"] - lo) for r in windows) / n if n else None
-        out.append(round(ms, 2) if ms else None)
+        first = stage_windows[0] if stage_windows else None
+        first_s = min(print_freq, first["iter"] - lo) / first["it_per_s"] if first else None
+        out.append((round(ms, 2) if ms else None, round(first_s, 1) if first_s else None))
     return out
 
 
@@ -126,10 +131,10 @@ def run_recipe(recipe: Path, work: Path, args) -> dict:
     log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     ms = stage_times(log, args.stage_iters, len(stages), args.print_freq, args.skip_windows)
     scale = int(yaml.safe_load(recipe.read_text()).get("scale", 1))
-    rows = [{"batch": batch, "gt_size": gt, "input_size": gt // scale, "iters": iters,
+    rows = [{"batch": batch, "gt_size": gt, "input_size": gt // scale, "iters": iters, "first_window_s": first,
              "paths": {"train.py": None if step is None else {"ms": step}}}
-            for (batch, gt, iters), step in zip(stages, ms)]
-    per_stage = ", ".join(f"{b} x {g}: {step} ms" for (b, g, _), step in zip(stages, ms))
+            for (batch, gt, iters), (step, first) in zip(stages, ms)]
+    per_stage = ", ".join(f"{b} x {g}: {step} ms (first window {first} s)" for (b, g, _), (step, first) in zip(stages, ms))
     print(f"{recipe.name}: {per_stage} (whole run {wall:.0f} s)", flush=True)
     return {"recipe": str(recipe.relative_to(ROOT)) if recipe.is_relative_to(ROOT) else str(recipe),
             "stages": rows, "wall_s": round(wall, 1), "log": log}
@@ -169,7 +174,7 @@ def main(argv=None) -> int:
 def write_results(results: list, args) -> str:
     """The record of the recipes timed so far (bench_record schema); returns its path."""
     rows = [[res["recipe"], i + 1, f"{st['batch']} x {st['gt_size']}", st["iters"],
-             None if st["paths"]["train.py"] is None else st["paths"]["train.py"]["ms"]]
+             None if st["paths"]["train.py"] is None else st["paths"]["train.py"]["ms"], st["first_window_s"]]
             for res in results for i, st in enumerate(res["stages"])]
     notes = [f"train.py on a synthetic training set ({args.images} images of {args.image_size}x{args.image_size}); "
              f"each stage run for {args.stage_iters} iterations, its step time read from the trainer's log after "
@@ -178,7 +183,8 @@ def write_results(results: list, args) -> str:
     rec = bench_record.make_record(
         args.id, "Training step of each recipe as train.py runs it", [
             {"title": "Step time per recipe stage (train.py, recipe's batch and patch)",
-             "columns": ["recipe", "stage", "batch x GT patch", "recipe iterations", "step (ms)"],
+             "columns": ["recipe", "stage", "batch x GT patch", "recipe iterations", "step (ms)",
+                         f"first {args.print_freq} iterations (s)"],
              "rows": rows, "notes": notes}],
         section="Time to train",
         figures={"recipes": [{k: v for k, v in res.items() if k != "log"} for res in results],
