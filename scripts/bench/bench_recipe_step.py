@@ -39,16 +39,13 @@ ROOT = bench_record.REPO_ROOT
 
 
 def synthetic_images(count: int, size: int, seed: int = 0) -> list:
-    """``count`` (size, size, 3) uint8 BGR images: smooth random colour fields with noise."""
-    import cv2
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        coarse = rng.random((max(size // 16, 2), max(size // 16, 2), 3)).astype(np.float32)
-        img = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-        img = img + 0.05 * rng.standard_normal(img.shape).astype(np.float32)
-        out.append((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
-    return out
+    """``count`` (size, size, 3) uint8 images: bench_precision's smooth random images with noise."""
+    import torch
+    from bench_precision import smooth_random_images
+    g = torch.Generator().manual_seed(seed)
+    imgs = smooth_random_images(count, size, g)
+    imgs = (imgs + 0.05 * torch.randn(imgs.shape, generator=g)).clamp(0, 1)
+    return [np.ascontiguousarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for im in imgs]
 
 
 def write_training_set(ds: dict, data_root: Path, scale: int, count: int, size: int) -> None:
@@ -74,13 +71,14 @@ def write_training_set(ds: dict, data_root: Path, scale: int, count: int, size: 
 
 def short_recipe(recipe: Path, work: Path, stage_iters: int, print_freq: int, count: int, size: int) -> tuple:
     """Write ``recipe`` shortened as the module docstring says into ``work``; returns (path of the
-    new options file, [(batch, gt_size, recipe iterations)] per stage)."""
+    new options file, [(batch, gt_size, recipe iterations)] per stage, the recipe's scale)."""
     from bench_model import recipe_stages
     raw = yaml.safe_load(recipe.read_text())
     ds = raw["datasets"]["train"]
     stages = recipe_stages(raw)
+    scale = int(raw.get("scale", 1))
     data_root = work / "Datasets"
-    write_training_set(ds, data_root, int(raw.get("scale", 1)), count, size)
+    write_training_set(ds, data_root, scale, count, size)
     raw["name"] = f"bench_{recipe.stem}"
     raw["datasets"] = {"train": ds}
     if len(stages) > 1:
@@ -96,7 +94,7 @@ def short_recipe(recipe: Path, work: Path, stage_iters: int, print_freq: int, co
                      "use_tb_logger": False}
     path = work / f"{recipe.stem}.yml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path, stages
+    return path, stages, scale
 
 
 def stage_times(log: list, stage_iters: int, nstages: int, print_freq: int, skip: int) -> list:
@@ -118,7 +116,7 @@ def stage_times(log: list, stage_iters: int, nstages: int, print_freq: int, skip
 
 def run_recipe(recipe: Path, work: Path, args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    opt_path, stages = short_recipe(recipe, work, args.stage_iters, args.print_freq, args.images, args.image_size)
+    opt_path, stages, scale = short_recipe(recipe, work, args.stage_iters, args.print_freq, args.images, args.image_size)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-opt", str(opt_path)], cwd=work,
                           capture_output=True, text=True)
@@ -130,7 +128,6 @@ def run_recipe(recipe: Path, work: Path, args) -> dict:
     log_path = next((work / "experiments").glob("*/train_log.jsonl"))
     log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     ms = stage_times(log, args.stage_iters, len(stages), args.print_freq, args.skip_windows)
-    scale = int(yaml.safe_load(recipe.read_text()).get("scale", 1))
     rows = [{"batch": batch, "gt_size": gt, "input_size": gt // scale, "iters": iters, "first_window_s": first,
              "paths": {"train.py": None if step is None else {"ms": step}}}
             for (batch, gt, iters), (step, first) in zip(stages, ms)]

@@ -22,9 +22,8 @@ policy, used by the trainer, validation, ``test.py`` and ``restore.py --compile`
   as eager (relative difference 6.6e-4), but the batch-1 stage had not finished its first
   iteration when the call's time ran out, roughly 50 s after that stage began: the gain is not
   shown. ``scripts/bench/bench_recompile.py --size-one specialise reuse`` compares the two.
-  Never on the CPU: there the compiled CPU scan breaks the graph inside a
-  block, and a (b, c, 1, 1) map crossing such a break is traced with symbolic 1s, which
-  broadcasting rejects.
+  Never on the CPU: there the compiled CPU scan breaks the graph inside a block, and a
+  (b, c, 1, 1) map crossing such a break is traced with symbolic 1s, which broadcasting rejects.
 - ``validation_stance(net)`` runs compiled modules eagerly (``torch.compiler.set_stance
   ("force_eager")``): validation and testing restore a few images, often of different sizes,
   once each, where compiling cannot pay off; eager also leaves the training graphs untouched.
@@ -63,8 +62,7 @@ def compile_network(net: nn.Module, size_one: bool = False, **compile_kwargs) ->
     the graphs should also serve sizes of 1 (``reuse_graphs_for_size_one``; not yet measured, so
     off by default). Returns ``net``."""
     kwargs = {"dynamic": True, **compile_kwargs}
-    on_cuda = any(p.is_cuda for p in net.parameters())
-    if size_one and kwargs["dynamic"] and on_cuda:
+    if size_one and kwargs["dynamic"] and any(p.is_cuda for p in net.parameters()):
         reuse_graphs_for_size_one()
     if hasattr(net, "compile_blocks"):
         net.compile_blocks(**kwargs)
