@@ -50,7 +50,7 @@ from vmambair.archs import build_network  # noqa: E402
 from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES  # noqa: E402
 from vmambair.engine.compiling import compile_network  # noqa: E402
 from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
-from vmambair.engine.profiling import summarize  # noqa: E402
+from vmambair.engine.profiling import copy_sources, stack_profiler_options, summarize  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -184,12 +184,14 @@ def profile_table(fn, label: str, top: int) -> str:
     torch.cuda.synchronize()
     iters = 3
     t = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], **stack_profiler_options()) as prof:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - t) * 1000 / iters
-    return summarize(prof, iters, wall_ms, label, top)
+    sources = copy_sources(prof, iters)
+    return summarize(prof, iters, wall_ms, label, top) + (
+        f"\nOps behind the copy and fill kernels ({label}):\n\n{sources}" if sources else "")
 
 
 def provenance() -> list:

@@ -5,6 +5,7 @@ Used by ``scripts/bench/bench_model.py --profile`` and by the trainer's ``logger
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -61,6 +62,45 @@ def summarize(prof, iters: int, wall_ms: float, label: str, top: int = 25, unit:
     lines += ["", "| kernel | ms | launches |", "|---|---|---|"]
     for name, (ms, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"| `{name[:110]}` | {ms:.2f} | {n // max(iters, 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def stack_profiler_options() -> dict:
+    """Keyword arguments of ``torch.profiler.profile`` that record input shapes and Python stacks
+    (the verbose experimental config is what makes torch attach the stacks to the ops)."""
+    return dict(record_shapes=True, with_stack=True,
+                experimental_config=torch._C._profiler._ExperimentalConfig(verbose=True))
+
+
+_COPY_OPS = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::to", "aten::_to_copy", "aten::fill_",
+             "aten::zero_", "aten::zeros", "aten::cat", "aten::index", "aten::flip")
+
+
+def copy_sources(prof, iters: int, top: int = 20, cpu_time: bool = False) -> str:
+    """Markdown table of the CPU ops that launched copy / fill kernels, by their own GPU time.
+
+    Each row is an aten op (copy_, clone, zeros, cat, ...) with its input shapes and the innermost
+    frames of the Python stack that called it, when the profile recorded them
+    (:func:`stack_profiler_options`): the place in our code (or in the compiled graph's generated
+    code) to look at when "copy/layout" is large. Empty string when there is none.
+    ``cpu_time``: rank by the ops' own CPU time instead (a profile without a GPU).
+    """
+    rows = []
+    for ev in prof.key_averages(group_by_input_shape=True, group_by_stack_n=4):
+        if ev.key not in _COPY_OPS:
+            continue
+        us = ev.self_cpu_time_total if cpu_time else getattr(ev, "self_device_time_total", 0.0)
+        ms = us / 1000 / iters
+        if ms <= 0:
+            continue
+        frames = [re.sub(r" (object )?at 0x[0-9a-f]+", "", f.split("/")[-1]) for f in (ev.stack or [])[:4]]
+        stack = " < ".join(frames) or "-"
+        rows.append((ms, ev.count // max(iters, 1), ev.key, str(ev.input_shapes)[:80], stack[:160]))
+    if not rows:
+        return ""
+    lines = [f"| op | input shapes | called from | {'CPU' if cpu_time else 'GPU'} ms | calls |", "|---|---|---|---|---|"]
+    for ms, n, key, shapes, stack in sorted(rows, reverse=True)[:top]:
+        lines.append(f"| `{key}` | `{shapes}` | {stack} | {ms:.3f} | {n} |")
     return "\n".join(lines) + "\n"
 
 
