@@ -14,8 +14,11 @@ Progressive stages (the recipe's datasets.train stages; fwd + L1 + bwd + Adam, c
 CUDA-graphed as train.cuda_graph; activation_checkpointing as in the recipe): for each stage, the
 seconds from the stage's first call to the end of its first step (compile + graph recording +
 step) and the mean time of the next steps, under
-  new   compile_network() (dynamic sizes), as the trainer does: torch compiles again for the
-        first batch of 1
+  new, batch of 1 compiled ahead
+        compile_network() (dynamic sizes) and, in the first stage, compile_ahead for the first
+        later stage with a batch of 1, as the trainer does (--size-one ahead, the default)
+  new   the same without compile_ahead (--size-one specialise): torch compiles again at the
+        switch to the first batch of 1
   new, size 1 reused
         compile_network(size_one=True) (only with --size-one reuse): graphs traced for larger
         batches should serve a batch of 1 too
@@ -78,11 +81,14 @@ def validation_run(net_opt: dict, policy: str, sizes: list, per_size: int) -> di
             "max_later_s": round(max(rest), 2) if rest else None}
 
 
-def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int, size_one: bool = False) -> list:
+def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int, size_one: bool = False,
+               ahead: bool = False) -> list:
     """Train through the stages with one network and optimizer: per stage, seconds to the end of
     its first step, the mean ms of the next ``steps`` steps, and how far the first step's loss is
     from the same loss computed eagerly (same weights and batch: a compiled graph reused for
-    sizes it was not traced for must still compute the same thing)."""
+    sizes it was not traced for must still compute the same thing). ``ahead``: as the trainer
+    does, the first stage also compiles the first later batch-of-1 stage's size
+    (compiling.compile_ahead), inside its own time to the first iteration."""
     torch._dynamo.reset()
     torch.fx.experimental._config.backed_size_oblivious = False  # each run sets its own
     torch.manual_seed(0)
@@ -93,8 +99,19 @@ def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int,
         net.compile_blocks()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
     out = []
-    for batch, gt, iters in stages:
+    for index, (batch, gt, iters) in enumerate(stages):
         size = gt // scale
+        ones = [g for b, g, _ in stages[index + 1:] if b == 1]
+        if ahead and index == 0 and batch > 1 and ones:
+            sync()
+            t = time.perf_counter()
+            compiling.compile_ahead(net, (1, 3, ones[0] // scale, ones[0] // scale),
+                                    lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+            sync()
+            ahead_s = time.perf_counter() - t
+            print(f"compiled ahead for a batch of 1 x {ones[0] // scale} in {ahead_s:.1f} s", flush=True)
+        else:
+            ahead_s = 0.0
         x = torch.rand(batch, 3, size, size, device="cuda")
         y = torch.rand(batch, 3, size * scale, size * scale, device="cuda")
 
@@ -110,7 +127,7 @@ def stage_runs(net_opt: dict, stages: list, scale: int, policy: str, steps: int,
         loss = step_fn(x, y).item()
         opt.step()
         sync()
-        first = time.perf_counter() - t
+        first = time.perf_counter() - t + ahead_s
         t = time.perf_counter()
         for _ in range(steps):
             step_fn(x, y)
@@ -141,10 +158,12 @@ def main(argv=None) -> int:
     p.add_argument("--stage-list", type=int, nargs="+", default=None,
                    help="only these progressive stages (1-based, in order; default: all), e.g. 4 5 to see the "
                         "switch to the first batch of 1 without compiling stages 1-3 first")
-    p.add_argument("--size-one", nargs="+", default=["specialise"], choices=["specialise", "reuse"],
-                   help="stages under compile_network() as the trainer runs it (specialise: torch compiles again "
-                        "for a batch of 1) and/or compile_network(size_one=True) (reuse: graphs should serve a "
-                        "batch of 1), each from an empty cache, in the order given")
+    p.add_argument("--size-one", nargs="+", default=["ahead"], choices=["specialise", "ahead", "reuse"],
+                   help="stages under compile_network() as the trainer runs it (ahead: the first stage also "
+                        "compiles the first batch-of-1 stage's size, compiling.compile_ahead), without that "
+                        "(specialise: torch compiles again at the switch to a batch of 1) and/or with "
+                        "compile_network(size_one=True) (reuse: graphs should serve a batch of 1), each from an "
+                        "empty cache, in the order given")
     p.add_argument("--json", default=None, help="record to write (default benchmarks/data/recompile_<gpu>.json)")
     p.add_argument("--id", default=None, help="record id (default recompile_<opt name>_<gpu>)")
     args = p.parse_args(argv)
@@ -175,9 +194,10 @@ def main(argv=None) -> int:
         if args.stage_list:
             st = [st[i - 1] for i in args.stage_list]
         train_opt = dict(net_opt)
+        keys = {"ahead": "new, batch of 1 compiled ahead", "specialise": "new", "reuse": "new, size 1 reused"}
         for mode in args.size_one:
-            key = "new" if mode == "specialise" else "new, size 1 reused"
-            stages[key] = stage_runs(train_opt, st, net_opt.get("scale", 1), "new", args.steps, size_one=mode == "reuse")
+            stages[keys[mode]] = stage_runs(train_opt, st, net_opt.get("scale", 1), "new", args.steps,
+                                            size_one=mode == "reuse", ahead=mode == "ahead")
         if args.old:
             stages["old"] = stage_runs(train_opt, st, net_opt.get("scale", 1), "old", args.steps)
     name = os.path.splitext(os.path.basename(args.opt))[0]

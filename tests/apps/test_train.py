@@ -109,3 +109,19 @@ def test_cuda_graph_training_through_progressive_stages_and_resume(tmp_path, cap
     eager = [r["l_pix"] for r in _records(tmp_path / "experiments" / "eager") if "l_pix" in r]
     assert len(graphed) == len(eager) == 6
     assert graphed == pytest.approx(eager, rel=2e-2)  # bf16 autocast, non-deterministic atomics
+
+
+def test_batch_of_one_stage_is_compiled_at_the_start(tmp_path, monkeypatch):
+    """A schedule whose later stage has a batch of 1 asks the model to compile that stage's input
+    size before the first step (on CPU nothing is compiled, so the model reports False and the
+    trainer logs nothing); a schedule without one does not ask."""
+    from vmambair.models.base_model import BaseModel
+    calls = []
+    monkeypatch.setattr(BaseModel, "compile_ahead", lambda self, shape: calls.append(tuple(shape)) or False)
+    opt = tiny_options(tmp_path, total_iter=4)  # stages: batch 2 at 16 px, then batch 1 at 24 px
+    assert train_main(["-opt", str(opt), "--set", "val=null"]) == 0
+    assert calls == [(1, 3, 24, 24)]
+    calls.clear()
+    assert train_main(["-opt", str(opt), "--set", "val=null", "--no-resume",
+                       "--set", "datasets.train.mini_batch_sizes=[2,2]"]) == 0
+    assert calls == []

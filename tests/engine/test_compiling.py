@@ -134,3 +134,38 @@ def test_vmambair_compiles_its_blocks():
     compiling.compile_network(net, backend=dynamo_testing.CompileCounter())
     names = compiling.compiled_modules(net)
     assert names and all(type(dict(net.named_modules())[n]).__name__ == "OSSBlock" for n in names)
+
+
+def test_compile_ahead_spares_the_switch_to_a_batch_of_one_and_leaves_no_trace():
+    """The trainer's compile_ahead: after it, the first training step at a batch of 1 compiles
+    nothing; weights, gradients and random generators are as before it. The control shows that a
+    batch of 1 does compile again without it (torch specialises sizes of 1)."""
+    def train_steps(net, counter, ahead: bool):
+        net(torch.rand(4, 3, 16, 16)).mean().backward()
+        if ahead:
+            compiling.compile_ahead(net, (1, 3, 24, 24), torch.enable_grad)
+        before = counter.frame_count
+        net(torch.rand(1, 3, 24, 24)).mean().backward()
+        return counter.frame_count - before
+
+    counter = dynamo_testing.CompileCounter()
+    assert train_steps(compiling.compile_network(TinyNet(), backend=counter), counter, ahead=False) > 0
+
+    torch._dynamo.reset()
+    counter = dynamo_testing.CompileCounter()
+    net = compiling.compile_network(TinyNet(), backend=counter)
+    net(torch.rand(4, 3, 16, 16)).mean().backward()
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    grads = {k: p.grad.clone() for k, p in net.named_parameters()}
+    rng = torch.get_rng_state()
+    before = counter.frame_count
+    compiling.compile_ahead(net, (1, 3, 24, 24), torch.enable_grad)
+    assert counter.frame_count > before  # it did compile
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in net.parameters())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, weights[k])
+    assert grads  # (the step before had gradients; compile_ahead dropped them)
+    before = counter.frame_count
+    net(torch.rand(1, 3, 24, 24)).mean().backward()
+    assert counter.frame_count == before

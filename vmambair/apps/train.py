@@ -471,6 +471,22 @@ class Trainer:
         previous, self.stop_vote = self.stop_vote, self.ctx.start_max_int(signals.signum or 0)
         return (previous.result() if previous is not None else 0) or None
 
+    def _compile_batch_of_one_ahead(self, stage: int, batch: Dict[str, Any]) -> None:
+        """When a later progressive stage has a batch of 1 and this one does not, compile the
+        network's graphs for that stage now (BaseModel.compile_ahead), so that its switch does not
+        wait for torch.compile (which specialises a size of 1 and would trace the blocks again)."""
+        sizes = self.schedule.batch_sizes
+        later = [s for s in range(stage + 1, len(self.schedule)) if sizes[s] == 1]
+        if sizes[stage] == 1 or not later:
+            return
+        first = later[0]
+        channels = batch["lq"].shape[1] if "lq" in batch else batch["gt"].shape[1]
+        side = self.schedule.gt_sizes[first] // self.opt.scale
+        t0 = time.perf_counter()
+        if self.model.compile_ahead((1, channels, side, side)):
+            logger.info(f"Compiled the network for stage {first + 1}'s batch of 1 ({side}x{side} inputs) ahead, in "
+                        f"{time.perf_counter() - t0:.1f} s, so that its switch does not wait for it.")
+
     def run(self) -> None:
         opt, t, lg = self.opt, self.opt.train, self.opt.logger
         total = t.total_iter
@@ -482,6 +498,7 @@ class Trainer:
                     f"{f', {accumulate} micro-batches per iteration' if accumulate > 1 else ''}, "
                     f"precision {self.model.precision if self.ctx.device.type == 'cuda' else 'fp32 (CPU)'}.")
         loader, stage, batch = None, None, None
+        compiled_ahead = False
         window_start, window_iters, window_data_s = time.time(), 0, 0.0
         pending: Dict[str, List[torch.Tensor]] = {}
         profiler = IterationProfiler(lg.profile_iters if self.ctx.is_main else None, self.exp_dir / "profile_iters.md",
@@ -503,6 +520,9 @@ class Trainer:
                     waited = time.perf_counter()
                     loader, batches = self._next_micro_batches(loader, stage, accumulate)
                     window_data_s += time.perf_counter() - waited
+                    if not compiled_ahead:
+                        compiled_ahead = True
+                        self._compile_batch_of_one_ahead(stage, batches[0])
                     self.iteration += 1
                     profiler.step_begins(self.iteration)
                     if accumulate == 1:

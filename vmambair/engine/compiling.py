@@ -13,15 +13,19 @@ policy, used by the trainer, validation, ``test.py`` and ``restore.py --compile`
   static at first and recompile at the next size. A first input with H == W ties the two (the
   first non-square input compiles once more).
 - Sizes of 1: torch specialises a size of 1, so the first batch of 1 (the recipe's last
-  progressive stages) compiles the network again (85 s on an H100,
-  ``benchmarks/data/recompile_h100.json``). ``compile_network(net, size_one=True)`` turns on
-  torch's size-oblivious treatment of dynamic sizes (``backed_size_oblivious``, a process-wide
-  setting of torch.fx), with which graphs traced for a batch of 8 should also serve a batch of 1.
-  It is off by default: in the one GPU run so far (H100, 2026-12-07, ``bench_recompile.py
-  --stage-list 4 5 --size-one reuse``) the batch-2 stage compiled in 164.5 s with the same loss
-  as eager (relative difference 6.6e-4), but the batch-1 stage had not finished its first
-  iteration when the call's time ran out, roughly 50 s after that stage began: the gain is not
-  shown. ``scripts/bench/bench_recompile.py --size-one specialise reuse`` compares the two.
+  progressive stages) compiles the network again (85 s on an H100 at the switch to stage 5,
+  ``benchmarks/data/recompile_h100.json``). The trainer therefore compiles that stage's graphs at
+  the start (``compile_ahead``, one forward and backward of a random batch of the stage's size,
+  leaving weights, gradients and random generators as they were), so the switch itself only
+  records its CUDA graph.
+  ``compile_network(net, size_one=True)`` would instead turn on torch's size-oblivious treatment
+  of dynamic sizes (``backed_size_oblivious``, a process-wide setting of torch.fx), with which
+  graphs traced for a batch of 8 should also serve a batch of 1. It is off by default: in the one
+  GPU run so far (H100, 2026-12-07, ``bench_recompile.py --stage-list 4 5 --size-one reuse``) the
+  batch-2 stage compiled in 164.5 s with the same loss as eager (relative difference 6.6e-4), but
+  the batch-1 stage had not finished its first iteration when the call's time ran out, roughly
+  50 s after that stage began. ``scripts/bench/bench_recompile.py --size-one specialise ahead
+  reuse`` compares the three.
   Never on the CPU: there the compiled CPU scan breaks the graph inside a block, and a
   (b, c, 1, 1) map crossing such a break is traced with symbolic 1s, which broadcasting rejects.
 - ``validation_stance(net)`` runs compiled modules eagerly (``torch.compiler.set_stance
@@ -31,7 +35,7 @@ policy, used by the trainer, validation, ``test.py`` and ``restore.py --compile`
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from torch import nn
 import torch
@@ -69,6 +73,31 @@ def compile_network(net: nn.Module, size_one: bool = False, **compile_kwargs) ->
     else:
         net.compile(**kwargs)
     return net
+
+
+def compile_ahead(net: nn.Module, lq_shape: Sequence[int], autocast: Callable[[], Any]) -> None:
+    """Compile ``net``'s training graphs for inputs of ``lq_shape`` (b, c, h, w) now, by one forward
+    (inside ``autocast()``) and backward of a random batch, leaving no trace: the gradients are
+    dropped (set to None) and the CPU and CUDA random number generators restored, so training
+    goes on exactly as without it. The trainer calls it at the start for the first later
+    progressive stage with a batch of 1, which torch.compile would otherwise trace anew at that
+    stage's switch (it specialises sizes of 1); use the stage's own patch size, since the blocks'
+    code branches on sizes (e.g. the fused scan's pixel limit) and each branch is its own graph."""
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    device = next(net.parameters()).device
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        lq = torch.rand(tuple(lq_shape), generator=g, device=device)
+        with autocast():
+            out = net(lq)
+        out.float().mean().backward()
+    finally:
+        for q in net.parameters():
+            q.grad = None
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 @contextlib.contextmanager

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vmambair.engine.checkpoint import load_into_network, save_network
-from vmambair.engine.compiling import compile_network
+from vmambair.engine.compiling import compile_ahead, compile_network, is_compiled
 from vmambair.engine.dist import DistContext
 from vmambair.config import Options, OptionsError, build_from_spec
 from vmambair.engine.inference import autocast_context
@@ -274,6 +274,16 @@ class BaseModel:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped[name] = DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
         return self.wrapped[name]
+
+    def compile_ahead(self, lq_shape: Sequence[int]) -> bool:
+        """Compile ``net_g``'s training graphs for inputs of ``lq_shape`` (b, c, h, w) now
+        (:func:`vmambair.engine.compiling.compile_ahead`: nothing else changes). Returns False,
+        doing nothing, unless net_g is compiled."""
+        net = self.networks["net_g"]
+        if not is_compiled(net):
+            return False
+        compile_ahead(net, lq_shape, self.autocast)
+        return True
 
     def build_optimizer(self, name: str, net_name: str, spec: Dict[str, Any]) -> torch.optim.Optimizer:
         params = [p for p in self.networks[net_name].parameters() if p.requires_grad]
