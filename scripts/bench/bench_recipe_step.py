@@ -118,23 +118,33 @@ def run_recipe(recipe: Path, work: Path, args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     opt_path, stages, scale = short_recipe(recipe, work, args.stage_iters, args.print_freq, args.images, args.image_size)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-opt", str(opt_path)], cwd=work,
-                          capture_output=True, text=True)
+    timed_out = False
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-opt", str(opt_path)], cwd=work,
+                              capture_output=True, text=True, timeout=args.recipe_timeout)
+        output, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        # Keep what the trainer logged before the limit: the stages it reached still count.
+        output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        code, timed_out = None, True
     wall = time.perf_counter() - t0
-    (work / "train_stdout.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise RuntimeError(f"train.py -opt {opt_path} exited with {proc.returncode}:\n{tail}")
-    log_path = next((work / "experiments").glob("*/train_log.jsonl"))
+    (work / "train_stdout.log").write_text(output)
+    if code not in (0, None):
+        raise RuntimeError(f"train.py -opt {opt_path} exited with {code}:\n{output[-3000:]}")
+    log_path = next((work / "experiments").glob("*/train_log.jsonl"), None)
+    if log_path is None:
+        raise RuntimeError(f"train.py -opt {opt_path} was stopped after --recipe-timeout {args.recipe_timeout} s "
+                           f"before it logged anything:\n{output[-3000:]}")
     log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     ms = stage_times(log, args.stage_iters, len(stages), args.print_freq, args.skip_windows)
     rows = [{"batch": batch, "gt_size": gt, "input_size": gt // scale, "iters": iters, "first_window_s": first,
              "paths": {"train.py": None if step is None else {"ms": step}}}
             for (batch, gt, iters), (step, first) in zip(stages, ms)]
     per_stage = ", ".join(f"{b} x {g}: {step} ms (first window {first} s)" for (b, g, _), (step, first) in zip(stages, ms))
-    print(f"{recipe.name}: {per_stage} (whole run {wall:.0f} s)", flush=True)
+    cut = f", stopped by --recipe-timeout {args.recipe_timeout} s" if timed_out else ""
+    print(f"{recipe.name}: {per_stage} (whole run {wall:.0f} s{cut})", flush=True)
     return {"recipe": str(recipe.relative_to(ROOT)) if recipe.is_relative_to(ROOT) else str(recipe),
-            "stages": rows, "wall_s": round(wall, 1), "log": log}
+            "stages": rows, "wall_s": round(wall, 1), "timed_out": timed_out, "log": log}
 
 
 def main(argv=None) -> int:
@@ -146,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=48, help="synthetic training images")
     p.add_argument("--image-size", type=int, default=480, help="their side in pixels")
     p.add_argument("--work", default="/tmp/bench_recipe_step", help="scratch folder (data, experiments)")
+    p.add_argument("--recipe-timeout", type=float, default=None,
+                   help="seconds after which a recipe's train.py is stopped; the stages it logged are kept")
     p.add_argument("--json", default=None, help="record to write (a folder: <folder>/<id>.json)")
     p.add_argument("--id", default="recipe_steps", help="record id")
     args = p.parse_args(argv)

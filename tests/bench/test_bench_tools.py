@@ -272,6 +272,32 @@ def test_recipe_step_runs_train_py_per_stage_and_feeds_time_to_train(tmp_path):
     assert fig["one_gpu_hours"] == pytest.approx(expected)
 
 
+def test_recipe_step_keeps_the_stages_a_stopped_run_logged(tmp_path, monkeypatch):
+    """--recipe-timeout: a train.py stopped at the limit still yields the stages it logged. (The
+    stop is simulated: the child runs to its end, then the call reports a timeout, as
+    subprocess.run does, with the output so far.)"""
+    import subprocess
+    import bench_recipe_step
+    real_run = subprocess.run
+
+    def run_then_time_out(cmd, timeout=None, **kw):
+        proc = real_run(cmd, **kw)
+        assert timeout == 7.0
+        raise subprocess.TimeoutExpired(cmd, timeout, output=proc.stdout, stderr=proc.stderr)
+
+    monkeypatch.setattr(bench_recipe_step.subprocess, "run", run_then_time_out)
+    prog = _tiny_copy(tmp_path, "derain", mini_gt_sizes=[16, 24], mini_batch_sizes=[2, 1], iters=[1000, 500],
+                      gt_size=24)
+    out = tmp_path / "steps.json"
+    rc = bench_recipe_step.main([str(prog), "--stage-iters", "2", "--print-freq", "1", "--skip-windows", "0",
+                                 "--images", "3", "--image-size", "64", "--recipe-timeout", "7",
+                                 "--work", str(tmp_path / "work"), "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())["figures"]["recipes"][0]
+    assert res["timed_out"] is True
+    assert all(s["paths"]["train.py"]["ms"] > 0 for s in res["stages"])
+
+
 def test_write_record_into_a_folder_names_the_file_by_id(tmp_path):
     rec = good_record("in_folder")
     assert bench_record.write_record(rec, tmp_path) == tmp_path / "in_folder.json"
