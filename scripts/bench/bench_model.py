@@ -46,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 import vmambair  # noqa: E402,F401
+from vmambair import runtime  # noqa: E402
 from vmambair.archs import build_network  # noqa: E402
 from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES  # noqa: E402
 from vmambair.engine.compiling import compile_network  # noqa: E402
@@ -287,6 +288,9 @@ def main(argv=None):
     p.add_argument("--compile-static", action="store_true",
                    help="compile the blocks for the sizes of their first call (compile_blocks() as it was before "
                         "vmambair.engine.compiling's dynamic sizes), to compare the two")
+    p.add_argument("--runtime", nargs="*", default=[], metavar="SWITCH=VALUE",
+                   help="performance switches of vmambair.runtime for our paths, e.g. nchw_norm=true "
+                        "(values are YAML: true, 8, mixed)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", default=None,
@@ -305,6 +309,13 @@ def main(argv=None):
         print("error: bench_model.py needs a CUDA GPU.", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = False
+    try:
+        switches = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.runtime)}
+        runtime.configure(**switches)
+    except ValueError as e:
+        print(f"error: --runtime {' '.join(args.runtime)}: {e} (write SWITCH=VALUE, e.g. nchw_norm=true)",
+              file=sys.stderr)
+        return 2
     if args.compile_mode:
         COMPILE_KWARGS["mode"] = args.compile_mode
     if args.compile_static:

@@ -43,7 +43,8 @@ class LayerNorm2d(nn.Module):
     def forward(self, x):
         # the normalised shape from the parameter's length, not x.shape: a constant when traced for ONNX
         x = F.layer_norm(x.permute(0, 2, 3, 1), (len(self.weight),), self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        x = x.permute(0, 3, 1, 2)  # channels-last strides, unless the runtime switch nchw_norm asks for NCHW
+        return x.contiguous() if runtime.get().nchw_norm else x
 
 
 class Pointwise(nn.Module):
