@@ -99,18 +99,22 @@ def short_recipe(recipe: Path, work: Path, stage_iters: int, print_freq: int, co
 
 def stage_times(log: list, stage_iters: int, nstages: int, print_freq: int, skip: int) -> list:
     """Per stage: (mean step ms over its log windows after the first ``skip``, seconds of its first
-    window); None where the log has no such window."""
+    window, mean ms per step that the loop waited for data in those same windows); None where
+    the log has no such window."""
     out = []
     for s in range(nstages):
         lo, hi = s * stage_iters, (s + 1) * stage_iters
         stage_windows = [r for r in log if lo < r["iter"] <= hi and "it_per_s" in r]
         windows = stage_windows[skip:]
-        # mean of the windows' step times, weighted by their iterations
-        n = sum(min(print_freq, r["iter"] - lo) for r in windows)
-        ms = sum(1000 / r["it_per_s"] * min(print_freq, r["iter"] - lo) for r in windows) / n if n else None
+        # means over the windows, weighted by their iterations
+        weights = [min(print_freq, r["iter"] - lo) for r in windows]
+        n = sum(weights)
+        ms = sum(1000 / r["it_per_s"] * w for r, w in zip(windows, weights)) / n if n else None
+        data = sum(r.get("data_ms", 0.0) * w for r, w in zip(windows, weights)) / n if n else None
         first = stage_windows[0] if stage_windows else None
         first_s = min(print_freq, first["iter"] - lo) / first["it_per_s"] if first else None
-        out.append((round(ms, 2) if ms else None, round(first_s, 1) if first_s else None))
+        out.append((round(ms, 2) if ms else None, round(first_s, 1) if first_s else None,
+                    None if data is None else round(data, 1)))
     return out
 
 
@@ -138,9 +142,10 @@ def run_recipe(recipe: Path, work: Path, args) -> dict:
     log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     ms = stage_times(log, args.stage_iters, len(stages), args.print_freq, args.skip_windows)
     rows = [{"batch": batch, "gt_size": gt, "input_size": gt // scale, "iters": iters, "first_window_s": first,
-             "paths": {"train.py": None if step is None else {"ms": step}}}
-            for (batch, gt, iters), (step, first) in zip(stages, ms)]
-    per_stage = ", ".join(f"{b} x {g}: {step} ms (first window {first} s)" for (b, g, _), (step, first) in zip(stages, ms))
+             "data_wait_ms": data, "paths": {"train.py": None if step is None else {"ms": step}}}
+            for (batch, gt, iters), (step, first, data) in zip(stages, ms)]
+    per_stage = ", ".join(f"{b} x {g}: {step} ms, of which {data} ms waiting for data (first window {first} s)"
+                          for (b, g, _), (step, first, data) in zip(stages, ms))
     cut = f", stopped by --recipe-timeout {args.recipe_timeout} s" if timed_out else ""
     print(f"{recipe.name}: {per_stage} (whole run {wall:.0f} s{cut})", flush=True)
     return {"recipe": str(recipe.relative_to(ROOT)) if recipe.is_relative_to(ROOT) else str(recipe),
@@ -183,7 +188,8 @@ def main(argv=None) -> int:
 def write_results(results: list, args) -> str:
     """The record of the recipes timed so far (bench_record schema); returns its path."""
     rows = [[res["recipe"], i + 1, f"{st['batch']} x {st['gt_size']}", st["iters"],
-             None if st["paths"]["train.py"] is None else st["paths"]["train.py"]["ms"], st["first_window_s"]]
+             None if st["paths"]["train.py"] is None else st["paths"]["train.py"]["ms"], st.get("data_wait_ms"),
+             st["first_window_s"]]
             for res in results for i, st in enumerate(res["stages"])]
     notes = [f"train.py on a synthetic training set ({args.images} images of {args.image_size}x{args.image_size}); "
              f"each stage run for {args.stage_iters} iterations, its step time read from the trainer's log after "
@@ -193,7 +199,7 @@ def write_results(results: list, args) -> str:
         args.id, "Training step of each recipe as train.py runs it", [
             {"title": "Step time per recipe stage (train.py, recipe's batch and patch)",
              "columns": ["recipe", "stage", "batch x GT patch", "recipe iterations", "step (ms)",
-                         f"first {args.print_freq} iterations (s)"],
+                         "of which data wait (ms)", f"first {args.print_freq} iterations (s)"],
              "rows": rows, "notes": notes}],
         section="Time to train",
         figures={"recipes": [{k: v for k, v in res.items() if k != "log"} for res in results],

@@ -264,6 +264,7 @@ def test_recipe_step_runs_train_py_per_stage_and_feeds_time_to_train(tmp_path):
     assert [r["iter"] for r in log] == [2, 4, 6, 8]
     assert prog_stages[1]["paths"]["train.py"]["ms"] == pytest.approx(1000 / log[3]["it_per_s"], rel=1e-3)
     assert prog_stages[1]["first_window_s"] == pytest.approx(2 / log[2]["it_per_s"], abs=0.06)
+    assert prog_stages[1]["data_wait_ms"] == pytest.approx(log[3]["data_ms"], abs=0.06)
     assert all(s["paths"]["train.py"]["ms"] > 0 for s in gan_stages + prog_stages)
     ttt = tmp_path / "ttt.json"
     assert time_to_train.main([str(out), "--ddp-efficiency", "1.0", "--json", str(ttt)]) == 0
