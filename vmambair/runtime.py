@@ -12,7 +12,6 @@ fused_max_pixels       ``VMAMBAIR_FUSED_MAX_PIXELS``   largest batch*H*W for the
 scan_columns           ``VMAMBAIR_SCAN_COLUMNS``       the fused op's column mode
 fused_omni_scan        -                               allow the fused four-direction op
 effn_align             -                               EFFN hidden width padded to a multiple
-nchw_norm              -                               LayerNorm2d's output laid out NCHW
 original_projections   -                               the authors' per-direction projections
 recompile_limit        -                               torch.compile recompiles per function
 =====================  ==============================  =====================================
@@ -41,7 +40,6 @@ class Settings:
     scan_columns: str = "mixed"
     fused_omni_scan: bool = True
     effn_align: int = 8
-    nchw_norm: bool = False
     original_projections: bool = False
     recompile_limit: int = 32
 
@@ -113,13 +111,6 @@ def set_effn_align(multiple: int) -> None:
     _current.effn_align = multiple
 
 
-def set_nchw_norm(enabled: bool) -> None:
-    """Lay LayerNorm2d's output out NCHW (contiguous) instead of returning the channels-last result
-    of its permuted normalisation: the 1x1 and depthwise convolutions after it then work, and
-    hand the fused scan its inputs, in NCHW, so the scan op copies none of them."""
-    _current.nchw_norm = bool(enabled)
-
-
 def set_original_projections(enabled: bool) -> None:
     """Compute the planar scans' projections the authors' way (per-direction rank-R einsums on
     materialised sequences) instead of as 1x1 convolutions: the reference execution path."""
@@ -136,7 +127,7 @@ def set_recompile_limit(n: int) -> None:
 
 _SETTERS = {
     "scan_backend": set_scan_backend, "fused_max_pixels": set_fused_max_pixels, "scan_columns": set_scan_columns,
-    "fused_omni_scan": set_fused_omni_scan, "effn_align": set_effn_align, "nchw_norm": set_nchw_norm,
+    "fused_omni_scan": set_fused_omni_scan, "effn_align": set_effn_align,
     "original_projections": set_original_projections, "recompile_limit": set_recompile_limit,
 }
 

@@ -289,8 +289,8 @@ def main(argv=None):
                    help="compile the blocks for the sizes of their first call (compile_blocks() as it was before "
                         "vmambair.engine.compiling's dynamic sizes), to compare the two")
     p.add_argument("--runtime", nargs="*", default=[], metavar="SWITCH=VALUE",
-                   help="performance switches of vmambair.runtime for our paths, e.g. nchw_norm=true "
-                        "(values are YAML: true, 8, mixed)")
+                   help="performance switches of vmambair.runtime for our paths, e.g. effn_align=0 "
+                        "fused_max_pixels=0 (values are YAML: true, 8, mixed)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", default=None,
@@ -305,17 +305,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.paths is None:
         args.paths = ["authors", "graphed"] if args.original else ["graphed"]
+    try:
+        bad = [item for item in args.runtime if "=" not in item]
+        if bad:
+            raise ValueError(f"{bad[0]!r} has no '='")
+        switches = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.runtime)}
+        runtime.configure(**switches)
+    except ValueError as e:
+        print(f"error: --runtime {' '.join(args.runtime)}: {e} (write SWITCH=VALUE, e.g. effn_align=0)",
+              file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("error: bench_model.py needs a CUDA GPU.", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = False
-    try:
-        switches = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.runtime)}
-        runtime.configure(**switches)
-    except ValueError as e:
-        print(f"error: --runtime {' '.join(args.runtime)}: {e} (write SWITCH=VALUE, e.g. nchw_norm=true)",
-              file=sys.stderr)
-        return 2
     if args.compile_mode:
         COMPILE_KWARGS["mode"] = args.compile_mode
     if args.compile_static:

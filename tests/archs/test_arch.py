@@ -208,30 +208,6 @@ def test_effn_aligned_execution_is_the_same_function():
         torch.testing.assert_close(a, b)
 
 
-def test_nchw_norm_lays_out_the_norm_output_and_keeps_the_function():
-    """runtime nchw_norm: LayerNorm2d returns NCHW-contiguous output (else channels-last strides),
-    and a block computes the same output and gradients either way."""
-    from vmambair import runtime
-    from vmambair.archs.vmambair_arch import LayerNorm2d, OSSBlock
-
-    torch.manual_seed(0)
-    x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
-    norm = LayerNorm2d(8).double()
-    assert not norm(x).is_contiguous() and norm(x).is_contiguous(memory_format=torch.channels_last)
-    with runtime.use(nchw_norm=True):
-        assert norm(x).is_contiguous()
-    block = OSSBlock(8, scan_backend="reference").double()
-    results = []
-    for nchw in (False, True):
-        with runtime.use(nchw_norm=nchw):
-            out = block(x)
-            results.append((out, torch.autograd.grad(out.square().sum(), [x] + list(block.parameters()))))
-    (o1, g1), (o2, g2) = results
-    torch.testing.assert_close(o1, o2)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b)
-
-
 @pytest.mark.parametrize("align", [8, 0])
 def test_effn_depthwise_slices_are_the_same_function(monkeypatch, align):
     """Maps over DEPTHWISE_MAX_ELEMENTS run the depthwise convolution per gate half and in channel

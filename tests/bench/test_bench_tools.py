@@ -304,3 +304,16 @@ def test_write_record_into_a_folder_names_the_file_by_id(tmp_path):
     assert bench_record.write_record(rec, tmp_path) == tmp_path / "in_folder.json"
     assert bench_record.write_record(rec, str(tmp_path / "new") + "/") == tmp_path / "new" / "in_folder.json"
     assert json.loads((tmp_path / "new" / "in_folder.json").read_text())["id"] == "in_folder"
+
+
+@pytest.mark.parametrize("item, named", [("no_such_switch=1", "no_such_switch"), ("effn_align=-3", "effn_align"),
+                                          ("effn_align", "SWITCH=VALUE")])
+def test_bench_model_refuses_a_bad_runtime_switch_before_anything_runs(item, named, capsys):
+    """--runtime SWITCH=VALUE goes through vmambair.runtime.configure: an unknown switch, a bad
+    value or a missing '=' is an error naming it (checked before the GPU is even looked for)."""
+    import bench_model
+    from vmambair import runtime
+    before = runtime.get().effn_align
+    assert bench_model.main(["-opt", "options/derain.yml", "--runtime", item]) == 2
+    assert named in capsys.readouterr().err
+    assert runtime.get().effn_align == before

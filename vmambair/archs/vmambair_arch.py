@@ -43,8 +43,11 @@ class LayerNorm2d(nn.Module):
     def forward(self, x):
         # the normalised shape from the parameter's length, not x.shape: a constant when traced for ONNX
         x = F.layer_norm(x.permute(0, 2, 3, 1), (len(self.weight),), self.weight, self.bias, self.eps)
-        x = x.permute(0, 3, 1, 2)  # channels-last strides, unless the runtime switch nchw_norm asks for NCHW
-        return x.contiguous() if runtime.get().nchw_norm else x
+        # Returned with channels-last strides, so the convolutions after it run channels-last. With
+        # the output made contiguous (NCHW) instead, which spares the fused scan its input copies,
+        # an H100 restored 1.12x (256x256) to 1.53x (1024x1024) slower
+        # (benchmarks/data/layout_nchw_norm_h100.json).
+        return x.permute(0, 3, 1, 2)
 
 
 class Pointwise(nn.Module):

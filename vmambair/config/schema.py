@@ -156,7 +156,6 @@ class RuntimeOptions:
     fused_max_pixels: Optional[int] = opt(None, "Largest batch*H*W that uses the fused four-direction scan (default 65536).")
     scan_columns: Optional[str] = opt(None, "The fused scan's column mode: mixed (default), transposed or staged.")
     effn_align: Optional[int] = opt(None, "Pad EFFN hidden layers to a multiple of this many channels (default 8; 0: off).")
-    nchw_norm: Optional[bool] = opt(None, "Lay the blocks' LayerNorm outputs out NCHW (default false: channels-last).")
     recompile_limit: Optional[int] = opt(None, "torch.compile recompiles allowed per function (default 32).")
 
     def changes(self) -> Dict[str, Any]:
