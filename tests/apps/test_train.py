@@ -64,6 +64,7 @@ def test_profile_iters_and_data_wait(tmp_path, capsys):
     exp = tmp_path / "experiments" / "tiny"
     text = (exp / "profile_iters.md").read_text()
     assert "iterations 2-3" in text and "ms per iteration" in text
+    assert "Ops behind the copy and fill kernels" in text and "`aten::" in text
     records = [r for r in _records(exp) if "l_pix" in r]
     assert records and all(r["data_ms"] >= 0 for r in records)
     assert "data wait" in capsys.readouterr().out
