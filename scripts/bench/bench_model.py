@@ -51,7 +51,7 @@ from vmambair.archs import build_network  # noqa: E402
 from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES  # noqa: E402
 from vmambair.engine.compiling import compile_network  # noqa: E402
 from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
-from vmambair.engine.profiling import copy_sources, stack_profiler_options, summarize  # noqa: E402
+from vmambair.engine.profiling import stack_profiler_options, summarize  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -190,9 +190,7 @@ def profile_table(fn, label: str, top: int) -> str:
             fn()
         torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - t) * 1000 / iters
-    sources = copy_sources(prof, iters)
-    return summarize(prof, iters, wall_ms, label, top) + (
-        f"\nOps behind the copy and fill kernels ({label}):\n\n{sources}" if sources else "")
+    return summarize(prof, iters, wall_ms, label, top)
 
 
 def provenance() -> list:

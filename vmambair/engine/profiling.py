@@ -45,7 +45,9 @@ def summarize(prof, iters: int, wall_ms: float, label: str, top: int = 25, unit:
     """Markdown summary of a profile that covered ``iters`` repetitions of ``wall_ms`` each.
 
     "GPU busy" is the summed kernel time over the wall time: well under 1 means the GPU waits for
-    the host (launches, Python, data) or for other processes (all-reduce partners).
+    the host (launches, Python, data) or for other processes (all-reduce partners). Ends with
+    :func:`copy_sources`'s table when the profile has copy or fill ops (ranked by CPU time when it
+    has no GPU kernels).
     """
     kernels = kernel_times(prof, iters)
     groups: Dict[str, float] = {}
@@ -62,7 +64,9 @@ def summarize(prof, iters: int, wall_ms: float, label: str, top: int = 25, unit:
     lines += ["", "| kernel | ms | launches |", "|---|---|---|"]
     for name, (ms, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"| `{name[:110]}` | {ms:.2f} | {n // max(iters, 1)} |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    sources = copy_sources(prof, iters, cpu_time=not kernels)
+    return text + (f"\nOps behind the copy and fill kernels ({label}):\n\n{sources}" if sources else "")
 
 
 def stack_profiler_options(stacks: bool = True) -> dict:
@@ -144,12 +148,8 @@ class IterationProfiler:
         iters = self.last - self.first + 1
         wall_ms = (time.perf_counter() - self._t0) * 1000 / iters
         self._prof.__exit__(None, None, None)
-        label = f"{self.label}: iterations {self.first}-{self.last}"
-        text = summarize(self._prof, iters, wall_ms, label, unit="iteration")
-        # Without a GPU the ops are ranked by their CPU time.
-        sources = copy_sources(self._prof, iters, cpu_time=not torch.cuda.is_available())
-        if sources:
-            text += f"\nOps behind the copy and fill kernels ({label}):\n\n{sources}"
+        text = summarize(self._prof, iters, wall_ms, f"{self.label}: iterations {self.first}-{self.last}",
+                         unit="iteration")
         self._prof = None
         from ..utils.fileio import atomic_write_bytes
         atomic_write_bytes(text.encode(), self.path)
