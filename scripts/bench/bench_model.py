@@ -19,7 +19,9 @@ against the authors' code (--original): without it the tables give times and mem
              and restore.py --cuda-graphs run it: forward + loss + backward replayed as one graph,
              then the fused Adam step; inference as one graph per input size.
 A training step is forward + L1 loss + backward + Adam step. Peak memory is
-torch.cuda.max_memory_allocated with cudnn.benchmark off (no workspace trials).
+torch.cuda.max_memory_allocated with cudnn.benchmark off (no workspace trials); with
+--cudnn-benchmark every path lets cuDNN pick its convolution algorithms by timing them, and the
+peaks leave out those trials.
 --stages also times one training step per progressive stage of the recipe (patch size and batch
 of each stage of datasets.train) on the --stage-paths, for scripts/bench/time_to_train.py.
 Writes a JSON record under benchmarks/data/ (scripts/bench/bench_record.py) and, with --out, the
@@ -157,11 +159,22 @@ def make_inference(net_opt, size, path, amp):
 
 
 def bench(make, path, warmup, iters):
-    """Time the closure ``make(amp)`` builds on ``path``; None when it runs out of GPU memory."""
+    """Time the closure ``make(amp, path)`` builds on ``path``; None when it runs out of GPU memory."""
+    if path == "graphed" and torch.backends.cudnn.benchmark:
+        # With --cudnn-benchmark, cuDNN tries its algorithms (with their workspaces) at each new
+        # convolution; the graphed path's peak is taken while recording, so the trials would count
+        # in it. One compiled step at the same sizes runs them first (cuDNN caches the choices).
+        with execution_path("compiled") as amp:
+            try:
+                make(amp, "compiled")()
+            except torch.OutOfMemoryError:
+                return None
+            finally:
+                torch.cuda.empty_cache()
     with execution_path(path) as amp:
         try:
             torch.cuda.reset_peak_memory_stats()
-            fn = make(amp)
+            fn = make(amp, path)
             fn()  # the graphed path records its graph here
             # A replay allocates nothing: the graph's memory was taken while recording it.
             recording_peak = torch.cuda.max_memory_allocated() / 2**30
@@ -289,6 +302,9 @@ def main(argv=None):
     p.add_argument("--runtime", nargs="*", default=[], metavar="SWITCH=VALUE",
                    help="performance switches of vmambair.runtime for our paths, e.g. effn_align=0 "
                         "fused_max_pixels=0 (values are YAML: true, 8, mixed)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its convolution algorithms (torch.backends.cudnn.benchmark) on every path, "
+                        "as the authors' BasicSR training pipeline does; default off (cuDNN's heuristics)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", default=None,
@@ -316,7 +332,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("error: bench_model.py needs a CUDA GPU.", file=sys.stderr)
         return 2
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.compile_mode:
         COMPILE_KWARGS["mode"] = args.compile_mode
     if args.compile_static:
@@ -356,7 +372,7 @@ def main(argv=None):
                 results[(key, path)] = ref_train[path]
                 continue
             train_net = train_net_opt(net_opt, mode, path)
-            r = bench(lambda amp: make_train_step(train_net, scale, args.train_batch, args.train_size, path, amp),
+            r = bench(lambda amp, p: make_train_step(train_net, scale, args.train_batch, args.train_size, p, amp),
                       path, args.warmup, args.iters)
             results[(key, path)] = r
             if path == "authors":
@@ -364,7 +380,7 @@ def main(argv=None):
             print(f"{key}  {path:9s} batch {args.train_batch} x {args.train_size}^2: {fmt(r)}", flush=True)
     for s in args.infer_sizes:
         for path in args.paths:
-            r = bench(lambda amp: make_inference(net_opt, s, path, amp), path,
+            r = bench(lambda amp, p: make_inference(net_opt, s, p, amp), path,
                       max(1, args.warmup // 2), max(2, args.iters // 2))
             results[(f"infer {s}", path)] = r
             print(f"infer  {path:9s} {s}x{s}: {fmt(r)}", flush=True)
@@ -381,7 +397,7 @@ def main(argv=None):
                 else:
                     train_net = train_net_opt(net_opt, mode, path)
                     t0 = time.perf_counter()
-                    r = bench(lambda amp: make_train_step(train_net, scale, batch, size, path, amp),
+                    r = bench(lambda amp, p: make_train_step(train_net, scale, batch, size, p, amp),
                               path, args.warmup, args.iters)
                     row.setdefault("setup_s", {})[path] = round(time.perf_counter() - t0, 1)
                 row["paths"][path] = result_dict(r)
@@ -410,7 +426,8 @@ def main(argv=None):
               + ("; rows \"recompute <mode>\": activation_checkpointing <mode> on our paths (the authors' "
                  "code never recomputes; its one measurement is repeated)"
                  if set(runs) - {"train"} else "")) if runs else "train step: not measured",
-             "inference: batch 1; cudnn.benchmark off; peak memory is torch.cuda.max_memory_allocated",
+             f"inference: batch 1; cudnn.benchmark {'on' if args.cudnn_benchmark else 'off'}; "
+             "peak memory is torch.cuda.max_memory_allocated",
              ]
     if AUTHORS:
         notes.append(f"authors' network: {authors_code.FAMILIES[AUTHORS['family']][1]} from their checkout, "
