@@ -53,7 +53,7 @@ from vmambair.archs import build_network  # noqa: E402
 from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES  # noqa: E402
 from vmambair.engine.compiling import compile_network  # noqa: E402
 from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
-from vmambair.engine.profiling import stack_profiler_options, summarize  # noqa: E402
+from vmambair.engine.profiling import peak_allocations, stack_profiler_options, summarize  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -228,6 +228,68 @@ def train_net_opt(net_opt: dict, mode: str, path: str) -> dict:
     return dict(net_opt, activation_checkpointing="none" if path == "authors" else mode)
 
 
+def memory_table(make_fn, graphed: bool, label: str, pickle_path: str, top: int) -> str:
+    """Record the CUDA caching allocator's history over one call of the closure ``make_fn()`` builds
+    (after two warm-up calls; for the graphed path over building it and recording its graph, since
+    replays allocate nothing), save the snapshot (for ``python -m torch.cuda._memory_viz
+    trace_plot``) and return a Markdown table of the allocations alive at the peak."""
+    import pickle
+    from torch.cuda import memory as cm
+    fn = None
+    if not graphed:
+        fn = make_fn()
+        for _ in range(2):
+            fn()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    cm._record_memory_history(max_entries=500000, stacks="python")
+    try:
+        if fn is None:
+            fn = make_fn()
+        fn()
+        torch.cuda.synchronize()
+        snap = cm._snapshot()
+    finally:
+        cm._record_memory_history(enabled=None)
+    with open(pickle_path, "wb") as f:
+        pickle.dump(snap, f)
+    dev = torch.cuda.current_device()
+    peak, rows = peak_allocations(snap["device_traces"][dev], top)
+    lines = [f"### {label}", "", f"allocated before: {base / 2**30:.2f} GB; peak above it: {peak / 2**30:.2f} GB "
+             f"(total {(base + peak) / 2**30:.2f} GB); snapshot `{os.path.basename(pickle_path)}`", "",
+             "| allocated at | GB alive at the peak | allocations |", "|---|---|---|"]
+    lines += [f"| `{where}` | {b / 2**30:.3f} | {n} |" for b, n, where in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_memory(args, net_opt, scale) -> int:
+    """The --memory-snapshot mode: per path, the allocations alive at the peak of a training step
+    and of the first inference size, as Markdown (DIR/memory.md) and allocator snapshots."""
+    os.makedirs(args.memory_snapshot, exist_ok=True)
+    parts = [f"# Memory at the peak: {args.opt}", ""] + provenance() + [""]
+    runs = train_runs(args)
+    for path in args.paths:
+        for what in list(runs) + [f"infer {s}" for s in args.infer_sizes[:1]]:
+            with execution_path(path) as amp:
+                if what in runs:
+                    def make_fn():
+                        return make_train_step(train_net_opt(net_opt, runs[what], path), scale, args.train_batch,
+                                               args.train_size, path, amp)
+                else:
+                    def make_fn():
+                        return make_inference(net_opt, args.infer_sizes[0], path, amp)
+                name = re.sub(r"[^a-z0-9]+", "_", f"{path} {what}").strip("_")
+                parts.append(memory_table(make_fn, path == "graphed", f"{path}: {what}",
+                                          os.path.join(args.memory_snapshot, f"{name}.pickle"), args.profile_top))
+            print(parts[-1], flush=True)
+            torch.cuda.empty_cache()
+    out = os.path.join(args.memory_snapshot, "memory.md")
+    with open(out, "w") as f:
+        f.write("\n".join(parts))
+    print(f"wrote {out}")
+    return 0
+
+
 def write_profile(args, net_opt, scale) -> int:
     """The --profile mode: one Markdown file of kernel-time tables, per path, train and inference."""
     parts = [f"# Profile: {args.opt}", ""] + provenance() + [""]
@@ -315,7 +377,12 @@ def main(argv=None):
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="instead of timing, profile each path's training step and the first inference size "
                         "with torch.profiler and write a kernel-time summary (by category and top kernels) to FILE")
-    p.add_argument("--profile-top", type=int, default=25, help="kernels listed per profile")
+    p.add_argument("--profile-top", type=int, default=25, help="kernels listed per profile (and allocation "
+                   "sites per --memory-snapshot table)")
+    p.add_argument("--memory-snapshot", default=None, metavar="DIR",
+                   help="instead of timing, record the CUDA allocator over one training step and the first "
+                        "inference size of each path: DIR/memory.md lists the allocations alive at the peak by "
+                        "where they were made; DIR/*.pickle are the snapshots (torch.cuda._memory_viz)")
     args = p.parse_args(argv)
     if args.paths is None:
         args.paths = ["authors", "graphed"] if args.original else ["graphed"]
@@ -363,6 +430,8 @@ def main(argv=None):
                        kernel_dir=args.authors_kernel_dir)
     if args.profile:
         return write_profile(args, net_opt, scale)
+    if args.memory_snapshot:
+        return write_memory(args, net_opt, scale)
     results = {}
     runs = train_runs(args)
     ref_train = {}  # the authors' code never recomputes: measured once, repeated in every row

@@ -113,6 +113,49 @@ def copy_sources(prof, iters: int, top: int = 20, cpu_time: bool = False) -> str
     return "\n".join(lines) + "\n"
 
 
+def _where(frames: Sequence[dict]) -> str:
+    """The innermost frame of an allocation's Python stack that is not PyTorch's own code (for a
+    compiled graph: the generated code's file and line), as 'file.py:line name'."""
+    def outside_torch(f):
+        name = f.get("filename", "")
+        return "/torch/" not in name and "<" not in name[:1]
+    frame = next((f for f in frames if outside_torch(f)), frames[0] if frames else None)
+    if frame is None:
+        return "-"
+    return f"{Path(frame.get('filename', '?')).name}:{frame.get('line', '?')} {frame.get('name', '')}".strip()
+
+
+def peak_allocations(events: Sequence[dict], top: int = 15) -> Tuple[int, List[Tuple[int, int, str]]]:
+    """Replay one device's trace of the CUDA caching allocator (``torch.cuda.memory._snapshot()
+    ["device_traces"][i]``, recorded with ``torch.cuda.memory._record_memory_history``) and find
+    the moment the most bytes were allocated.
+
+    Returns (peak bytes above what was allocated when recording began, the allocations alive at
+    that moment grouped by where they were made: [(bytes, count, 'file.py:line name')], largest
+    first, at most ``top``). An allocation counts from its 'alloc' event until its
+    'free_completed' (the allocator's own bookkeeping of allocated bytes does the same).
+    """
+    live: Dict[int, Tuple[int, str]] = {}
+    total = peak = 0
+    at_peak: Dict[int, Tuple[int, str]] = {}
+    for ev in events:
+        action, addr, size = ev.get("action"), ev.get("addr"), int(ev.get("size", 0))
+        if action == "alloc":
+            live[addr] = (size, _where(ev.get("frames") or []))
+            total += size
+            if total > peak:
+                peak, at_peak = total, dict(live)
+        elif action == "free_completed" and addr in live:
+            total -= live.pop(addr)[0]
+    groups: Dict[str, List[int]] = {}
+    for size, where in at_peak.values():
+        g = groups.setdefault(where, [0, 0])
+        g[0] += size
+        g[1] += 1
+    rows = sorted(((b, n, w) for w, (b, n) in groups.items()), reverse=True)[:top]
+    return peak, rows
+
+
 class IterationProfiler:
     """Profiles training iterations ``first..last`` with torch.profiler and writes :func:`summarize`'s
     Markdown to ``path`` (written whole, atomically). ``span=None``: does nothing.
