@@ -317,3 +317,93 @@ def test_bench_model_refuses_a_bad_runtime_switch_before_anything_runs(item, nam
     assert bench_model.main(["-opt", "options/derain.yml", "--runtime", item]) == 2
     assert named in capsys.readouterr().err
     assert runtime.get().effn_align == before
+
+
+class _FakeCuda:
+    """The few torch.cuda calls bench_model's bench() / memory_table() make, without a GPU: an
+    allocator whose 'allocated bytes' the closures under test move."""
+
+    def __init__(self):
+        self.allocated, self.peak, self.history, self.events = 0, 0, None, []
+
+    def install(self, monkeypatch):
+        cuda = torch.cuda
+        monkeypatch.setattr(cuda, "synchronize", lambda *a: None)
+        monkeypatch.setattr(cuda, "empty_cache", lambda: None)
+        monkeypatch.setattr(cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(cuda, "memory_allocated", lambda *a: self.allocated)
+        monkeypatch.setattr(cuda, "max_memory_allocated", lambda *a: self.peak)
+        monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda *a: setattr(self, "peak", self.allocated))
+        monkeypatch.setattr(cuda.memory, "_record_memory_history",
+                            lambda enabled="all", **kw: setattr(self, "history", enabled))
+        monkeypatch.setattr(cuda.memory, "_snapshot", lambda: {"segments": [], "device_traces": [list(self.events)]})
+
+    def alloc(self, addr, size):
+        self.allocated += size
+        self.peak = max(self.peak, self.allocated)
+        if self.history:
+            self.events.append({"action": "alloc", "addr": addr, "size": size,
+                                "frames": [{"filename": "/r/vmambair/arch.py", "line": 7, "name": "forward"}]})
+
+    def free(self, addr, size):
+        self.allocated -= size
+        if self.history:
+            self.events.append({"action": "free_completed", "addr": addr, "size": size})
+
+
+def test_bench_with_cudnn_benchmark_runs_the_trials_in_a_compiled_step_before_the_graphed_peak(monkeypatch):
+    """With --cudnn-benchmark, cuDNN's algorithm trials (with their workspaces) happen at the first
+    convolution of each shape; the graphed path's peak is taken while recording, so bench() runs one
+    compiled step at the same sizes first and the recorded peak leaves the trials out."""
+    import bench_model
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    tried = set()  # the convolution shapes cuDNN has timed
+    calls = []
+
+    def make(amp, path):
+        calls.append(path)
+
+        def step():
+            if "conv" not in tried:  # the trials: a 5 GB workspace, freed again
+                tried.add("conv")
+                fake.alloc(1, 5 << 30)
+                fake.free(1, 5 << 30)
+            fake.alloc(2, 1 << 30)  # the step's own memory
+            fake.free(2, 1 << 30)
+        return step
+
+    ms, extra, peak = bench_model.bench(make, "graphed", warmup=1, iters=2)
+    assert calls == ["compiled", "graphed"]
+    assert peak == 1.0  # GB: the step's, not the trials' 5
+    # the control: without the compiled step first, the graphed recording's peak holds the trials
+    tried.clear()
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    calls.clear()
+    assert bench_model.bench(make, "graphed", warmup=1, iters=2)[2] == 5.0 and calls == ["graphed"]
+
+
+def test_memory_table_lists_what_is_alive_at_the_peak(monkeypatch, tmp_path):
+    import pickle
+
+    import bench_model
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    fake.allocated = 2 << 30  # weights and inputs, allocated before recording
+
+    def make_fn():
+        def call():
+            fake.alloc(10, 3 << 30)
+            fake.alloc(11, 1 << 30)
+            fake.free(10, 3 << 30)
+            fake.free(11, 1 << 30)
+        return call
+
+    text = bench_model.memory_table(make_fn, graphed=False, label="fast: infer 1024",
+                                    pickle_path=str(tmp_path / "s.pickle"), top=5)
+    assert "allocated before: 2.00 GB; peak above it: 4.00 GB (total 6.00 GB)" in text
+    assert "| `arch.py:7 forward` | 4.000 | 2 |" in text
+    assert fake.history is None  # recording switched off again
+    with open(tmp_path / "s.pickle", "rb") as f:
+        assert len(pickle.load(f)["device_traces"][0]) == 4  # the recorded call only, not the warm-ups
