@@ -34,6 +34,7 @@ ratios against it overstated our gains. Their code is the baseline.)
 import argparse
 import contextlib
 import datetime
+import functools
 import os
 import platform
 import re
@@ -262,27 +263,32 @@ def memory_table(make_fn, graphed: bool, label: str, pickle_path: str, top: int)
     return "\n".join(lines) + "\n"
 
 
-def write_memory(args, net_opt, scale) -> int:
-    """The --memory-snapshot mode: per path, the allocations alive at the peak of a training step
-    and of the first inference size, as Markdown (DIR/memory.md) and allocator snapshots."""
-    os.makedirs(args.memory_snapshot, exist_ok=True)
-    parts = [f"# Memory at the peak: {args.opt}", ""] + provenance() + [""]
+def diagnosed_calls(args, net_opt, scale):
+    """For --profile and --memory-snapshot: (path, what, make_fn) for each path's training step(s)
+    and first inference size; make_fn() builds the closure. The path's autocast is in force while
+    the caller handles the item."""
     runs = train_runs(args)
     for path in args.paths:
         for what in list(runs) + [f"infer {s}" for s in args.infer_sizes[:1]]:
             with execution_path(path) as amp:
                 if what in runs:
-                    def make_fn():
-                        return make_train_step(train_net_opt(net_opt, runs[what], path), scale, args.train_batch,
-                                               args.train_size, path, amp)
+                    yield path, what, functools.partial(make_train_step, train_net_opt(net_opt, runs[what], path),
+                                                        scale, args.train_batch, args.train_size, path, amp)
                 else:
-                    def make_fn():
-                        return make_inference(net_opt, args.infer_sizes[0], path, amp)
-                name = re.sub(r"[^a-z0-9]+", "_", f"{path} {what}").strip("_")
-                parts.append(memory_table(make_fn, path == "graphed", f"{path}: {what}",
-                                          os.path.join(args.memory_snapshot, f"{name}.pickle"), args.profile_top))
-            print(parts[-1], flush=True)
+                    yield path, what, functools.partial(make_inference, net_opt, args.infer_sizes[0], path, amp)
             torch.cuda.empty_cache()
+
+
+def write_memory(args, net_opt, scale) -> int:
+    """The --memory-snapshot mode: per path, the allocations alive at the peak of a training step
+    and of the first inference size, as Markdown (DIR/memory.md) and allocator snapshots."""
+    os.makedirs(args.memory_snapshot, exist_ok=True)
+    parts = [f"# Memory at the peak: {args.opt}", ""] + provenance() + [""]
+    for path, what, make_fn in diagnosed_calls(args, net_opt, scale):
+        name = re.sub(r"[^a-z0-9]+", "_", f"{path} {what}").strip("_")
+        parts.append(memory_table(make_fn, path == "graphed", f"{path}: {what}",
+                                  os.path.join(args.memory_snapshot, f"{name}.pickle"), args.profile_top))
+        print(parts[-1], flush=True)
     out = os.path.join(args.memory_snapshot, "memory.md")
     with open(out, "w") as f:
         f.write("\n".join(parts))
@@ -293,19 +299,9 @@ def write_memory(args, net_opt, scale) -> int:
 def write_profile(args, net_opt, scale) -> int:
     """The --profile mode: one Markdown file of kernel-time tables, per path, train and inference."""
     parts = [f"# Profile: {args.opt}", ""] + provenance() + [""]
-    runs = train_runs(args)
-    for path in args.paths:
-        for what in list(runs) + [f"infer {s}" for s in args.infer_sizes[:1]]:
-            with execution_path(path) as amp:
-                if what in runs:
-                    fn = make_train_step(train_net_opt(net_opt, runs[what], path), scale, args.train_batch,
-                                         args.train_size, path, amp)
-                else:
-                    fn = make_inference(net_opt, args.infer_sizes[0], path, amp)
-                parts.append(profile_table(fn, f"{path}: {what}", args.profile_top))
-                del fn
-            print(parts[-1], flush=True)
-            torch.cuda.empty_cache()
+    for path, what, make_fn in diagnosed_calls(args, net_opt, scale):
+        parts.append(profile_table(make_fn(), f"{path}: {what}", args.profile_top))
+        print(parts[-1], flush=True)
     os.makedirs(os.path.dirname(args.profile) or ".", exist_ok=True)
     with open(args.profile, "w") as f:
         f.write("\n".join(parts))

@@ -407,3 +407,22 @@ def test_memory_table_lists_what_is_alive_at_the_peak(monkeypatch, tmp_path):
     assert fake.history is None  # recording switched off again
     with open(tmp_path / "s.pickle", "rb") as f:
         assert len(pickle.load(f)["device_traces"][0]) == 4  # the recorded call only, not the warm-ups
+
+
+def test_diagnosed_calls_cover_each_paths_training_steps_and_first_restore(monkeypatch):
+    """--profile and --memory-snapshot look at the same calls: per path, the training step of each
+    --checkpointing mode, then the first inference size, each built under the path's precision."""
+    import argparse
+
+    import bench_model
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(bench_model, "make_train_step", lambda net, scale, b, s, path, amp: ("train", net, b, s, path))
+    monkeypatch.setattr(bench_model, "make_inference", lambda net, s, path, amp: ("infer", s, path))
+    args = argparse.Namespace(paths=["fast", "graphed"], checkpointing=["none", "ffn"], train_batch=4, train_size=32,
+                              infer_sizes=[256, 1024])
+    got = [(path, what, make_fn()) for path, what, make_fn in
+           bench_model.diagnosed_calls(args, {"type": "VmambaIR"}, 1)]
+    assert [(p, w) for p, w, _ in got] == [(p, w) for p in ("fast", "graphed")
+                                           for w in ("train", "train, recompute ffn", "infer 256")]
+    assert got[1][2][1]["activation_checkpointing"] == "ffn" and got[1][2][2:] == (4, 32, "fast")
+    assert got[-1][2] == ("infer", 256, "graphed")
