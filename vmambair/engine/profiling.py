@@ -118,7 +118,7 @@ def _where(frames: Sequence[dict]) -> str:
     compiled graph: the generated code's file and line), as 'file.py:line name'."""
     def outside_torch(f):
         name = f.get("filename", "")
-        return "/torch/" not in name and "<" not in name[:1]
+        return "/torch/" not in name and not name.startswith("<")
     frame = next((f for f in frames if outside_torch(f)), frames[0] if frames else None)
     if frame is None:
         return "-"
@@ -135,20 +135,25 @@ def peak_allocations(events: Sequence[dict], top: int = 15) -> Tuple[int, List[T
     first, at most ``top``). An allocation counts from its 'alloc' event until its
     'free_completed' (the allocator's own bookkeeping of allocated bytes does the same).
     """
-    live: Dict[int, Tuple[int, str]] = {}
-    total = peak = 0
-    at_peak: Dict[int, Tuple[int, str]] = {}
-    for ev in events:
-        action, addr, size = ev.get("action"), ev.get("addr"), int(ev.get("size", 0))
-        if action == "alloc":
-            live[addr] = (size, _where(ev.get("frames") or []))
-            total += size
-            if total > peak:
-                peak, at_peak = total, dict(live)
-        elif action == "free_completed" and addr in live:
-            total -= live.pop(addr)[0]
+    def replay(stop: int) -> Tuple[Dict[int, dict], int, int]:
+        """The allocations alive after events[:stop], and the peak total with its event index."""
+        live: Dict[int, dict] = {}
+        total = peak = peak_at = 0
+        for i, ev in enumerate(events[:stop]):
+            if ev.get("action") == "alloc":
+                live[ev.get("addr")] = ev
+                total += int(ev.get("size", 0))
+                if total > peak:
+                    peak, peak_at = total, i + 1
+            elif ev.get("action") == "free_completed" and ev.get("addr") in live:
+                total -= int(live.pop(ev.get("addr")).get("size", 0))
+        return live, peak, peak_at
+
+    # Two passes: find the peak, then replay up to it (no copy of the live set at every new peak).
+    _, peak, peak_at = replay(len(events))
     groups: Dict[str, List[int]] = {}
-    for size, where in at_peak.values():
+    for ev in replay(peak_at)[0].values():
+        size, where = int(ev.get("size", 0)), _where(ev.get("frames") or [])
         g = groups.setdefault(where, [0, 0])
         g[0] += size
         g[1] += 1
