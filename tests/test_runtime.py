@@ -71,3 +71,42 @@ def test_options_runtime_section_sets_the_switches(tmp_path):
             load_options(opt, ["runtime.scan_columns=diagonal"])
         with pytest.raises(OptionsError, match="Unknown option 'runtime.columns'"):
             load_options(opt, ["runtime.columns=mixed"])
+
+
+def test_activation_memory_budget_reaches_the_partitioner_and_keeps_the_gradients(monkeypatch):
+    """The switch goes into torch._functorch's partitioner config when blocks are compiled: a block
+    compiled under budget 0 saves far fewer bytes for its backward pass than under the default 1.0
+    (it recomputes instead), with the same output and gradients."""
+    import torch._functorch.config as functorch_config
+    from vmambair.archs.vmambair_arch import OSSBlock
+
+    monkeypatch.setattr(functorch_config, "activation_memory_budget", functorch_config.activation_memory_budget)
+    with pytest.raises(ValueError, match="activation_memory_budget must be a number from 0 to 1, got 1.5"):
+        runtime.set_activation_memory_budget(1.5)
+    results = {}
+    for budget in (1.0, 0.0):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        block = OSSBlock(8, scan_backend="torch")
+        with runtime.use(activation_memory_budget=budget):
+            runtime.apply_compile_settings()
+            assert functorch_config.activation_memory_budget == budget
+        # the partitioner of inductor's (min-cut, budget-aware) without inductor's code generation
+        block.compile(backend="aot_eager_decomp_partition", fullgraph=True)
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        x = torch.rand(2, 8, 6, 6)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = block(x)
+        out.square().mean().backward()
+        results[budget] = out.detach(), [p.grad for p in block.parameters()], sum(saved)
+    torch._dynamo.reset()
+    (out1, grads1, bytes1), (out0, grads0, bytes0) = results[1.0], results[0.0]
+    assert 0 < bytes0 < bytes1 / 4, (bytes0, bytes1)
+    torch.testing.assert_close(out0, out1)
+    for a, b in zip(grads0, grads1):
+        torch.testing.assert_close(a, b)

@@ -4,17 +4,18 @@ Each switch has a ``set_*`` function, and :func:`use` changes several for a ``wi
 ``runtime:`` section of an options file sets them for a run (``vmambair.config.schema.RuntimeOptions``),
 and three environment variables give their initial values for a whole process:
 
-=====================  ==============================  =====================================
-switch                 environment variable            what it picks
-=====================  ==============================  =====================================
-scan_backend           ``VMAMBAIR_SCAN_BACKEND``       selective-scan backend ('auto' = best)
-fused_max_pixels       ``VMAMBAIR_FUSED_MAX_PIXELS``   largest batch*H*W for the fused op
-scan_columns           ``VMAMBAIR_SCAN_COLUMNS``       the fused op's column mode
-fused_omni_scan        -                               allow the fused four-direction op
-effn_align             -                               EFFN hidden width padded to a multiple
-original_projections   -                               the authors' per-direction projections
-recompile_limit        -                               torch.compile recompiles per function
-=====================  ==============================  =====================================
+==========================  ==============================  ========================================
+switch                      environment variable            what it picks
+==========================  ==============================  ========================================
+scan_backend                ``VMAMBAIR_SCAN_BACKEND``       selective-scan backend ('auto' = best)
+fused_max_pixels            ``VMAMBAIR_FUSED_MAX_PIXELS``   largest batch*H*W for the fused op
+scan_columns                ``VMAMBAIR_SCAN_COLUMNS``       the fused op's column mode
+fused_omni_scan             -                               allow the fused four-direction op
+effn_align                  -                               EFFN hidden width padded to a multiple
+original_projections        -                               the authors' per-direction projections
+recompile_limit             -                               torch.compile recompiles per function
+activation_memory_budget    -                               compiled training: activations kept
+==========================  ==============================  ========================================
 
 None of them changes a network's function (outputs agree within float rounding); they trade
 speed and memory. The layers below read them at call time (``get()``), so a change takes effect
@@ -42,6 +43,7 @@ class Settings:
     effn_align: int = 8
     original_projections: bool = False
     recompile_limit: int = 32
+    activation_memory_budget: float = 1.0
 
 
 def _int_env(name: str, default: int) -> int:
@@ -125,10 +127,21 @@ def set_recompile_limit(n: int) -> None:
     _current.recompile_limit = n
 
 
+def set_activation_memory_budget(fraction: float) -> None:
+    """Compiled training: keep at most about this fraction of the activations that a compiled
+    block would save for its backward pass, recomputing the cheapest of the others there (1.0:
+    torch's default choice; 0.0: recompute all it can). Applied to torch._functorch's (process-wide)
+    partitioner config when blocks are compiled; the blocks' function and gradients are unchanged."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"activation_memory_budget must be a number from 0 to 1, got {fraction!r}")
+    _current.activation_memory_budget = float(fraction)
+
+
 _SETTERS = {
     "scan_backend": set_scan_backend, "fused_max_pixels": set_fused_max_pixels, "scan_columns": set_scan_columns,
     "fused_omni_scan": set_fused_omni_scan, "effn_align": set_effn_align,
     "original_projections": set_original_projections, "recompile_limit": set_recompile_limit,
+    "activation_memory_budget": set_activation_memory_budget,
 }
 
 
@@ -153,8 +166,11 @@ def use(**changes) -> Iterator[Settings]:
 
 
 def apply_compile_settings() -> None:
-    """Copy the compile-related switches into torch._dynamo's (process-wide) config."""
+    """Copy the compile-related switches into torch._dynamo's and torch._functorch's (process-wide)
+    config. The memory budget is read when a graph is partitioned, at its first call."""
     import torch._dynamo
+    import torch._functorch.config
+    torch._functorch.config.activation_memory_budget = _current.activation_memory_budget
     cfg = torch._dynamo.config
     if hasattr(cfg, "recompile_limit"):
         cfg.recompile_limit = max(cfg.recompile_limit, _current.recompile_limit)

@@ -157,6 +157,8 @@ class RuntimeOptions:
     scan_columns: Optional[str] = opt(None, "The fused scan's column mode: mixed (default), transposed or staged.")
     effn_align: Optional[int] = opt(None, "Pad EFFN hidden layers to a multiple of this many channels (default 8; 0: off).")
     recompile_limit: Optional[int] = opt(None, "torch.compile recompiles allowed per function (default 32).")
+    activation_memory_budget: Optional[float] = opt(None, "Compiled training: fraction (0-1) of the activations kept for "
+                                                    "the backward; the cheapest others are recomputed (default 1.0).")
 
     def changes(self) -> Dict[str, Any]:
         """The switches this section sets: ``{name: value}`` without the nulls."""
