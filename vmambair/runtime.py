@@ -15,6 +15,7 @@ effn_align                  -                               EFFN hidden width pa
 original_projections        -                               the authors' per-direction projections
 recompile_limit             -                               torch.compile recompiles per function
 activation_memory_budget    -                               compiled training: activations kept
+inference_scan_directions   -                               unfused scans without gradients: directions per call
 ==========================  ==============================  ========================================
 
 None of them changes a network's function (outputs agree within float rounding); they trade
@@ -44,6 +45,7 @@ class Settings:
     original_projections: bool = False
     recompile_limit: int = 32
     activation_memory_budget: float = 1.0
+    inference_scan_directions: int | str = "auto"
 
 
 def _int_env(name: str, default: int) -> int:
@@ -137,11 +139,32 @@ def set_activation_memory_budget(fraction: float) -> None:
     _current.activation_memory_budget = float(fraction)
 
 
+def set_inference_scan_directions(n: int | str) -> None:
+    """Planar scans run without gradients on the unfused path (no fused kernel, or a map larger
+    than fused_max_pixels): how many of their four directions one scan takes. 4: all at once; 2 or
+    1: in turn, each group's projections, sequence copies and outputs freed before the next
+    group's are made (less peak memory, more and smaller launches). "auto" (default): 1 on the
+    CPU, where it was both leaner and faster (benchmarks/data/scan_directions_derain_512_cpu.json),
+    4 elsewhere until measured there. Training is not affected."""
+    if n != "auto" and (isinstance(n, bool) or n not in (1, 2, 4)):
+        raise ValueError(f"inference_scan_directions must be 1, 2, 4 or 'auto', got {n!r}")
+    _current.inference_scan_directions = n
+
+
+def inference_scan_directions(device_type: str) -> int:
+    """The directions per unfused scan without gradients on a device type ("cpu", "cuda", ...):
+    the switch's value, with "auto" resolved."""
+    n = _current.inference_scan_directions
+    if n == "auto":
+        return 1 if device_type == "cpu" else 4
+    return n
+
+
 _SETTERS = {
     "scan_backend": set_scan_backend, "fused_max_pixels": set_fused_max_pixels, "scan_columns": set_scan_columns,
     "fused_omni_scan": set_fused_omni_scan, "effn_align": set_effn_align,
     "original_projections": set_original_projections, "recompile_limit": set_recompile_limit,
-    "activation_memory_budget": set_activation_memory_budget,
+    "activation_memory_budget": set_activation_memory_budget, "inference_scan_directions": set_inference_scan_directions,
 }
 
 

@@ -285,3 +285,42 @@ def test_sr_tail_in_strips_is_the_whole_image_result(scale, monkeypatch):
         strips = net.run_tail(feat)
     assert strips.shape == whole.shape
     torch.testing.assert_close(strips, whole)
+
+
+def test_inference_scan_directions_splits_only_unfused_scans_without_gradients(monkeypatch):
+    """The runtime switch inference_scan_directions: without gradients the planar scans run their
+    directions in groups of that size (one scan call per group, spied here), with the network's
+    output unchanged; with gradients, or where the fused op runs, all four go at once."""
+    import importlib
+    from vmambair import ops, runtime
+    scan_module = importlib.import_module("vmambair.ops.selective_scan")  # the module, not the function
+
+    torch.manual_seed(0)
+    net = VmambaIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, scan_backend="torch").eval()
+    x = torch.rand(1, 3, 16, 12)
+    real = scan_module._BACKENDS["torch"].fn
+    widths = []
+    monkeypatch.setattr(scan_module._BACKENDS["torch"], "fn", lambda u, *a, **k: widths.append(u.shape[1]) or real(u, *a, **k))
+    outs = {}
+    for n in (4, 2, 1):
+        widths.clear()
+        with runtime.use(inference_scan_directions=n), torch.no_grad():
+            outs[n] = net(x)
+        planar = [w for w in widths if w > 2]  # a channel scan's sequences: 2 directions x 1 channel
+        assert all(w % n == 0 and w // n in (8, 16, 32, 64) for w in planar), (n, planar)  # n x a level's width
+        assert len(planar) == 4 // n * sum(isinstance(m, PlanarScan) for m in net.modules())
+    torch.testing.assert_close(outs[2], outs[4])
+    torch.testing.assert_close(outs[1], outs[4])
+    scan = next(m for m in net.modules() if isinstance(m, PlanarScan))
+    feat = torch.rand(1, 8, 6, 6)
+    with runtime.use(inference_scan_directions=1):
+        with torch.no_grad():
+            assert scan.direction_groups(feat) == [range(0, 1), range(1, 2), range(2, 3), range(3, 4)]
+        assert scan.direction_groups(feat) == [range(4)]  # gradients enabled
+        monkeypatch.setattr(ops, "takes_fused_path", lambda *a: True)
+        with torch.no_grad():
+            assert scan.direction_groups(feat) == [range(4)]  # the fused op takes all four at once
+    with pytest.raises(ValueError, match="inference_scan_directions must be 1, 2, 4 or 'auto', got 3"):
+        runtime.set_inference_scan_directions(3)
+    assert runtime.get().inference_scan_directions == "auto"
+    assert runtime.inference_scan_directions("cpu") == 1 and runtime.inference_scan_directions("cuda") == 4

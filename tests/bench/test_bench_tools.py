@@ -426,3 +426,24 @@ def test_diagnosed_calls_cover_each_paths_training_steps_and_first_restore(monke
                                            for w in ("train", "train, recompute ffn", "infer 256")]
     assert got[1][2][1]["activation_checkpointing"] == "ffn" and got[1][2][2:] == (4, 32, "fast")
     assert got[-1][2] == ("infer", 256, "graphed")
+
+
+def test_bench_scan_directions_on_the_cpu_writes_a_record_with_equal_outputs(tmp_path):
+    """bench_scan_directions: one child process per setting of inference_scan_directions, a valid
+    record with a row each; 1 direction at a time gives exactly the output of all four at once
+    (the same additions in the same order), so its difference cell is 0."""
+    import subprocess
+    import yaml
+    from tests.helpers import TINY_NET
+
+    opt = tmp_path / "net.yml"
+    opt.write_text(yaml.safe_dump({"network_g": dict(TINY_NET)}))
+    res = subprocess.run([sys.executable, str(BENCH / "bench_scan_directions.py"), "-opt", str(opt), "--size", "40",
+                          "--settings", "4", "1", "--json", str(tmp_path) + "/", "--id", "dirs"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = json.loads((tmp_path / "dirs.json").read_text())
+    assert bench_record.validate_record(rec) == []
+    rows = rec["tables"][0]["rows"]
+    assert [r[0] for r in rows] == ["4", "1"] and float(rows[1][3]) == 0.0
+    assert all(float(r[1]) > 0 for r in rows)

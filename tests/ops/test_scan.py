@@ -193,3 +193,24 @@ def test_fused_omni_scan_only_up_to_the_pixel_limit(monkeypatch):
     assert runtime.get().fused_max_pixels == 256 * 256  # restored after the block
     with pytest.raises(ValueError, match="fused_max_pixels must be a non-negative integer"):
         runtime.set_fused_max_pixels("lots")
+
+
+@pytest.mark.parametrize("groups", [[(0, 1), (2, 3)], [(0,), (1,), (2,), (3,)], [(1, 2, 3), (0,)]])
+def test_omni_scan_over_direction_groups_sums_to_the_whole(groups):
+    """planar_omni_scan with ``directions``: scanning the four directions in groups (each group's
+    delta / B / C slots and A / D / bias rows sliced out) and adding the results gives the
+    four-direction result; the group (1, 2, 3) also checks that slot i scans directions[i]."""
+    torch.manual_seed(0)
+    b, d, H, W, N = 2, 3, 4, 5, 2
+    x = torch.randn(b, d, H, W, dtype=torch.float64)
+    delta = torch.randn(b, 4, d, H, W, dtype=torch.float64)
+    A = -torch.rand(4 * d, N, dtype=torch.float64)
+    Bm, Cm = torch.randn(b, 4, N, H, W, dtype=torch.float64), torch.randn(b, 4, N, H, W, dtype=torch.float64)
+    D, bias = torch.randn(4 * d, dtype=torch.float64), torch.randn(4 * d, dtype=torch.float64)
+    whole = ops.planar_omni_scan(x, delta, A, Bm, Cm, D, bias, backend="reference")
+    total = torch.zeros_like(whole)
+    for dirs in groups:
+        rows = torch.cat([torch.arange(k * d, (k + 1) * d) for k in dirs])
+        total += ops.planar_omni_scan(x, delta[:, list(dirs)], A[rows], Bm[:, list(dirs)], Cm[:, list(dirs)], D[rows],
+                                      bias[rows], backend="reference", directions=dirs)
+    torch.testing.assert_close(total, whole)

@@ -130,8 +130,10 @@ def _onnx_bytes(net: torch.nn.Module, example: torch.Tensor, opset: int) -> byte
         # size check: both take the same branch at every size here), the exporter's notes on its
         # own passes and its deprecation notice are not the user's business. effn_align 0: the
         # EFFN convolutions at their natural width (the same function; the zero-padded weights
-        # are computed tensors, which the exporter cannot give a shape).
-        with warnings.catch_warnings(), ops.use_backend("export"), runtime.use(effn_align=0), torch.no_grad():
+        # are computed tensors, which the exporter cannot give a shape). inference_scan_directions 4:
+        # one scan per planar scan module, whatever device the model will run on (a quarter of the nodes).
+        with (warnings.catch_warnings(), ops.use_backend("export"),
+              runtime.use(effn_align=0, inference_scan_directions=4), torch.no_grad()):
             warnings.simplefilter("ignore")
             torch.onnx.export(net, (example,), buffer, dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["output"],

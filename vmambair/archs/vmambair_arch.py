@@ -179,8 +179,9 @@ class SSMParams(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=2)
         return torch.einsum("bkrl,kdr->bkdl", dt, self.dt_projs_weight), B, C
 
-    def project_map(self, x: torch.Tensor):
-        """x (b, d, H, W), the same input for all K directions -> delta (b, K, d, H, W), B and C (b, K, N, H, W).
+    def project_map(self, x: torch.Tensor, directions: Optional[range] = None):
+        """x (b, d, H, W), the same input for all K directions -> delta (b, K, d, H, W), B and C (b, K, N, H, W);
+        with ``directions`` (a range of direction indices) only those: (b, len(directions), ...).
 
         The same function as :meth:`project`, executed as three 1x1 convolutions: the rank-R
         pair (dt_projs_weight[k] @ x_proj_weight[k, :R]) is multiplied out into one (d, d) matrix
@@ -188,11 +189,14 @@ class SSMParams(nn.Module):
         GEMMs) is never materialised. More multiply-adds, far fewer and better-shaped kernels.
         """
         b, _, H, W = x.shape
-        K, R, N, d = self.K, self.rank, self.d_state, self.d  # d from the module: a constant when traced for ONNX
+        R, N, d = self.rank, self.d_state, self.d  # d from the module: a constant when traced for ONNX
+        rows = slice(None) if directions is None else slice(directions.start, directions.stop)
+        x_proj, dt_proj = self.x_proj_weight[rows], self.dt_projs_weight[rows]
+        K = x_proj.shape[0]
         with torch.autocast(x.device.type, enabled=False):  # the product of weights stays fp32
-            w_delta = torch.bmm(self.dt_projs_weight, self.x_proj_weight[:, :R]).reshape(K * d, d, 1, 1)
-        w_b = self.x_proj_weight[:, R:R + N].reshape(K * N, d, 1, 1)
-        w_c = self.x_proj_weight[:, R + N:].reshape(K * N, d, 1, 1)
+            w_delta = torch.bmm(dt_proj, x_proj[:, :R]).reshape(K * d, d, 1, 1)
+        w_b = x_proj[:, R:R + N].reshape(K * N, d, 1, 1)
+        w_c = x_proj[:, R + N:].reshape(K * N, d, 1, 1)
         return (F.conv2d(x, w_delta).view(b, K, d, H, W), F.conv2d(x, w_b).view(b, K, N, H, W),
                 F.conv2d(x, w_c).view(b, K, N, H, W))
 
@@ -226,11 +230,26 @@ class PlanarScan(nn.Module):
             # The original's execution: project each direction's (materialised) sequence.
             delta, B, C = self.ssm.project(x.reshape(b, 1, d, H * W).expand(b, K, d, H * W))
             delta, B, C = delta.view(b, K, d, H, W), B.view(b, K, -1, H, W), C.view(b, K, -1, H, W)
-        else:
-            # The projections act per pixel: computed once, in the natural layout.
-            delta, B, C = self.ssm.project_map(x)
-        return ops.planar_omni_scan(x, delta, self.ssm.A(), B, C, self.ssm.Ds.float(),
-                                    self.ssm.dt_projs_bias.float().view(-1), backend=self.backend)
+            return ops.planar_omni_scan(x, delta, self.ssm.A(), B, C, self.ssm.Ds.float(),
+                                        self.ssm.dt_projs_bias.float().view(-1), backend=self.backend)
+        # The projections act per pixel: computed in the natural layout, once per group of
+        # directions (all K at once unless the inference_scan_directions switch splits them).
+        A, D, bias = self.ssm.A(), self.ssm.Ds.float(), self.ssm.dt_projs_bias.float().view(-1)
+        out = None
+        for dirs in self.direction_groups(x):
+            delta, B, C = self.ssm.project_map(x, dirs)
+            rows = slice(dirs.start * self.ssm.d, dirs.stop * self.ssm.d)  # a constant when traced for ONNX
+            y = ops.planar_omni_scan(x, delta, A[rows], B, C, D[rows], bias[rows], backend=self.backend, directions=dirs)
+            out = y if out is None else out + y
+        return out
+
+    def direction_groups(self, x: torch.Tensor) -> list:
+        """The ranges of directions scanned together: all K, or groups of the runtime switch
+        inference_scan_directions when no gradients are needed and the unfused path runs."""
+        K, step = self.ssm.K, runtime.inference_scan_directions(x.device.type)
+        if step >= K or torch.is_grad_enabled() or ops.takes_fused_path(x, range(K), self.backend):
+            return [range(K)]
+        return [range(k, k + step) for k in range(0, K, step)]
 
 
 class ChannelScan(nn.Module):

@@ -159,6 +159,9 @@ class RuntimeOptions:
     recompile_limit: Optional[int] = opt(None, "torch.compile recompiles allowed per function (default 32).")
     activation_memory_budget: Optional[float] = opt(None, "Compiled training: fraction (0-1) of the activations kept for "
                                                     "the backward; the cheapest others are recomputed (default 1.0).")
+    inference_scan_directions: Optional[Union[int, str]] = opt(None, "Unfused planar scans without gradients: directions "
+                                                               "per scan call, 4, 2 or 1 (less peak memory) or auto "
+                                                               "(default: 1 on the CPU, 4 on GPUs).")
 
     def changes(self) -> Dict[str, Any]:
         """The switches this section sets: ``{name: value}`` without the nulls."""

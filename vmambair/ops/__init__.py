@@ -15,8 +15,9 @@ register_backend("export", scan_export, priority=-1000,
 # Optional backends register themselves when their module imports; each says why it cannot run.
 from . import scan_cpu  # noqa: E402,F401  compiled C for CPU tensors
 from . import scan_cuda  # noqa: E402,F401  our CUDA extension and mamba-ssm's kernel
-from .omni_scan import fused_omni_scan, planar_omni_scan, planar_omni_scan_unfused  # noqa: E402,F401
+from .omni_scan import fused_omni_scan, planar_omni_scan, planar_omni_scan_unfused, takes_fused_path  # noqa: E402,F401
 
-__all__ = ["selective_scan", "planar_omni_scan", "fused_omni_scan", "planar_omni_scan_unfused", "set_backend", "use_backend",
+__all__ = ["selective_scan", "planar_omni_scan", "fused_omni_scan", "planar_omni_scan_unfused", "takes_fused_path",
+           "set_backend", "use_backend",
            "available_backends", "backend_status", "register_backend", "resolve_backend",
            "BackendUnavailableError", "ENV_VAR"]

@@ -20,7 +20,7 @@ came out level on an H100 (fused at every size 1-2 % faster at 1024x1024 and 204
 processes, for 8 % more memory: benchmarks/data/fused_limit_h100.json), so the limit stays.
 """
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -44,62 +44,77 @@ def register_fused_omni_scan(backend_name: str, fn: Callable) -> None:
     _FUSED[backend_name] = fn
 
 
-def to_sequences(t: torch.Tensor, K: int) -> torch.Tensor:
-    """(b, K, c, H, W) natural layout -> (b, K, c, L): direction k's values in its scan order."""
-    b, _, c, H, W = t.shape
-    seq = [t[:, 0].flatten(2)]
-    if K >= 2:
-        seq.append(t[:, 1].transpose(2, 3).flatten(2))
-    if K >= 3:
-        seq.append(t[:, 2].flatten(2).flip(-1))
-    if K >= 4:
-        seq.append(t[:, 3].transpose(2, 3).flatten(2).flip(-1))
-    return torch.stack(seq, dim=1)
+def direction_sequence(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(b, c, H, W) natural layout -> (b, c, L): the values in direction k's scan order."""
+    seq = (t.transpose(2, 3) if k & 1 else t).flatten(2)
+    return seq.flip(-1) if k & 2 else seq
 
 
-def merge_sequences(y: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """(b, K, d, L) outputs in each direction's order -> (b, d, H, W), summed over directions."""
-    b, K, d, L = y.shape
-    out = y[:, 0].reshape(b, d, H, W)
-    if K >= 2:
-        out = out + y[:, 1].reshape(b, d, W, H).transpose(2, 3)
-    if K >= 3:
-        out = out + y[:, 2].flip(-1).reshape(b, d, H, W)
-    if K >= 4:
-        out = out + y[:, 3].flip(-1).reshape(b, d, W, H).transpose(2, 3)
+def direction_map(y: torch.Tensor, k: int, H: int, W: int) -> torch.Tensor:
+    """(b, d, L) in direction k's scan order -> (b, d, H, W) natural layout (direction_sequence's inverse)."""
+    b, d, _ = y.shape
+    if k & 2:
+        y = y.flip(-1)
+    return y.reshape(b, d, W, H).transpose(2, 3) if k & 1 else y.reshape(b, d, H, W)
+
+
+def to_sequences(t: torch.Tensor, directions: Sequence[int]) -> torch.Tensor:
+    """(b, K, c, H, W) natural layout, slot i holding direction directions[i] -> (b, K, c, L):
+    each slot's values in its direction's scan order."""
+    return torch.stack([direction_sequence(t[:, i], k) for i, k in enumerate(directions)], dim=1)
+
+
+def merge_sequences(y: torch.Tensor, H: int, W: int, directions: Sequence[int]) -> torch.Tensor:
+    """(b, K, d, L) outputs, slot i in direction directions[i]'s order -> (b, d, H, W), summed
+    over the slots in order."""
+    out = direction_map(y[:, 0], directions[0], H, W)
+    for i in range(1, len(directions)):
+        out = out + direction_map(y[:, i], directions[i], H, W)
     return out
 
 
-def planar_omni_scan_unfused(x, delta, A, B, C, D=None, delta_bias=None, backend: Optional[str] = None):
+def planar_omni_scan_unfused(x, delta, A, B, C, D=None, delta_bias=None, backend: Optional[str] = None,
+                             directions: Optional[Sequence[int]] = None):
     """Reference execution: permuted copies, one grouped selective_scan, merge. Shapes as planar_omni_scan."""
     b, d, H, W = x.shape
     K = delta.shape[1]
+    directions = range(K) if directions is None else directions
     L = H * W
-    xs = to_sequences(x.unsqueeze(1).expand(b, K, d, H, W), K).reshape(b, K * d, L)
-    ds = to_sequences(delta, K).reshape(b, K * d, L)
-    y = selective_scan(xs, ds, A, to_sequences(B, K), to_sequences(C, K), D, delta_bias,
+    xs = to_sequences(x.unsqueeze(1).expand(b, K, d, H, W), directions).reshape(b, K * d, L)
+    ds = to_sequences(delta, directions).reshape(b, K * d, L)
+    y = selective_scan(xs, ds, A, to_sequences(B, directions), to_sequences(C, directions), D, delta_bias,
                        delta_softplus=True, backend=backend)
-    return merge_sequences(y.view(b, K, d, L), H, W)
+    return merge_sequences(y.view(b, K, d, L), H, W, directions)
+
+
+def takes_fused_path(x: torch.Tensor, directions: Sequence[int], backend: Optional[str] = None) -> bool:
+    """Whether planar_omni_scan runs the fused kernel for the map x (b, d, H, W) scanned in these
+    directions: a fused op registered for the backend, allowed by the runtime switches, all four
+    directions at once, and at most fused_max_pixels pixels in the batch."""
+    settings = runtime.get()
+    b, _, H, W = x.shape
+    return (tuple(directions) == (0, 1, 2, 3) and settings.fused_omni_scan and b * H * W <= settings.fused_max_pixels
+            and resolve_backend(x.device, backend).name in _FUSED)
 
 
 def planar_omni_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                      C: torch.Tensor, D: Optional[torch.Tensor] = None,
-                     delta_bias: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
-    """Omni selective scan of a feature map in K in {1, 2, 4} directions, softplus on delta.
+                     delta_bias: Optional[torch.Tensor] = None, backend: Optional[str] = None,
+                     directions: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Omni selective scan of a feature map in K directions, softplus on delta.
 
     Args:
         x: (b, d, H, W) scan input u.
         delta: (b, K, d, H, W) per-direction step sizes before bias and softplus.
-        A: (K*d, N); direction k uses rows k*d .. k*d+d-1 (likewise D, delta_bias: (K*d,)).
+        A: (K*d, N); slot k uses rows k*d .. k*d+d-1 (likewise D, delta_bias: (K*d,)).
         B, C: (b, K, N, H, W) per-direction input/output matrices.
+        directions: which direction (0-3, see the module docstring) each of the K slots scans;
+            default 0 .. K-1 (K in {1, 2, 4}).
     Returns:
-        (b, d, H, W): the sum over directions, each mapped back to its pixel, in x's dtype.
+        (b, d, H, W): the sum over the K slots, each mapped back to its pixel, in x's dtype.
     """
-    bk = resolve_backend(x.device, backend)
-    fused = _FUSED.get(bk.name)
-    b, d, H, W = x.shape
-    settings = runtime.get()
-    if (fused is not None and settings.fused_omni_scan and delta.shape[1] == 4
-            and b * H * W <= settings.fused_max_pixels):
-        return fused(x, delta, A, B, C, D, delta_bias, columns=settings.scan_columns)
-    return planar_omni_scan_unfused(x, delta, A, B, C, D, delta_bias, backend=bk.name)
+    directions = range(delta.shape[1]) if directions is None else directions
+    name = resolve_backend(x.device, backend).name
+    if takes_fused_path(x, directions, name):
+        return _FUSED[name](x, delta, A, B, C, D, delta_bias, columns=runtime.get().scan_columns)
+    return planar_omni_scan_unfused(x, delta, A, B, C, D, delta_bias, backend=name, directions=directions)
