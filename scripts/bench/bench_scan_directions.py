@@ -5,8 +5,9 @@
         --settings 4 2 1 --device cpu --json benchmarks/data/ --id scan_directions_cpu
 
 Planar scans without gradients that take the unfused path (every scan on the CPU; on CUDA the
-maps above fused_max_pixels) can scan their four directions all at once (4, the default) or in
-groups of 2 or 1, each group's projections, sequence copies and outputs freed before the next's.
+maps above fused_max_pixels) can scan their four directions all at once (4; the default on GPUs)
+or in groups of 2 or 1 (1: the default on the CPU), each group's projections, sequence copies and
+outputs freed before the next's.
 Each setting runs in its own child process: the network of the options file (random weights,
 seed 0, eval mode), one warm-up forward at 32x32, then one forward of a (1, 3, size, size) input
 without gradients (on CUDA in bf16 autocast, as restore.py runs it). Peak memory is the growth of
@@ -102,7 +103,7 @@ def main() -> int:
             rows.append([str(n), f"{m['ms']:.0f}", f"{m['peak_gb']:.3f}", f"{diff:.2e}"])
             print(f"inference_scan_directions={n}: {m['ms']:.0f} ms, peak +{m['peak_gb']:.3f} GB, "
                   f"max |out - out(first setting)| {diff:.2e}", flush=True)
-    what = "peak RSS growth (GB)" if args.device == "cpu" else "peak allocated above the weights (GB)"
+    what = "peak RSS growth (GB)" if args.device == "cpu" else "peak allocated above what the forward found (GB)"
     table = {"title": f"{os.path.basename(args.opt)} network, one {args.size}x{args.size} restore, {args.device}",
              "columns": ["inference_scan_directions", "ms", what, "max abs difference to the first setting"],
              "rows": rows}
