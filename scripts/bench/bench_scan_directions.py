@@ -27,18 +27,13 @@ import time
 import bench_record  # noqa: E402  (scripts/bench)
 
 
-def current_rss() -> int:
-    """Bytes resident now (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def child(args) -> None:
     """One setting: print a JSON line {"ms", "peak_gb"} and save the output to args.save."""
     import torch
     import yaml
     from vmambair import runtime
     from vmambair.archs import build_network
+    from vmambair.engine.inference import process_rss
 
     runtime.set_inference_scan_directions(args.child)
     with open(args.opt) as f:
@@ -55,7 +50,7 @@ def child(args) -> None:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         else:
-            base = current_rss()
+            base = process_rss()
         t = time.perf_counter()
         out = net(x)
         if dev.type == "cuda":
