@@ -55,6 +55,7 @@ from vmambair.archs.vmambair_arch import CHECKPOINTING_MODES  # noqa: E402
 from vmambair.engine.compiling import compile_network  # noqa: E402
 from vmambair.engine.cuda_graph import GraphedForward, make_loss_and_grad  # noqa: E402
 from vmambair.engine.profiling import peak_allocations, stack_profiler_options, summarize  # noqa: E402
+from vmambair.utils.fileio import atomic_write_bytes  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -252,8 +253,7 @@ def memory_table(make_fn, graphed: bool, label: str, pickle_path: str, top: int)
         snap = cm._snapshot()
     finally:
         cm._record_memory_history(enabled=None)
-    with open(pickle_path, "wb") as f:
-        pickle.dump(snap, f)
+    atomic_write_bytes(pickle.dumps(snap), pickle_path)
     dev = torch.cuda.current_device()
     peak, rows = peak_allocations(snap["device_traces"][dev], top)
     lines = [f"### {label}", "", f"allocated before: {base / 2**30:.2f} GB; peak above it: {peak / 2**30:.2f} GB "
@@ -290,8 +290,7 @@ def write_memory(args, net_opt, scale) -> int:
                                   os.path.join(args.memory_snapshot, f"{name}.pickle"), args.profile_top))
         print(parts[-1], flush=True)
     out = os.path.join(args.memory_snapshot, "memory.md")
-    with open(out, "w") as f:
-        f.write("\n".join(parts))
+    atomic_write_bytes("\n".join(parts).encode(), out)
     print(f"wrote {out}")
     return 0
 
@@ -302,9 +301,7 @@ def write_profile(args, net_opt, scale) -> int:
     for path, what, make_fn in diagnosed_calls(args, net_opt, scale):
         parts.append(profile_table(make_fn(), f"{path}: {what}", args.profile_top))
         print(parts[-1], flush=True)
-    os.makedirs(os.path.dirname(args.profile) or ".", exist_ok=True)
-    with open(args.profile, "w") as f:
-        f.write("\n".join(parts))
+    atomic_write_bytes("\n".join(parts).encode(), args.profile)  # makes the folder too
     print(f"wrote {args.profile}")
     return 0
 
