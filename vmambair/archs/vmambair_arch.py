@@ -226,15 +226,14 @@ class PlanarScan(nn.Module):
     def forward(self, x):
         b, d, H, W = x.shape
         K = self.ssm.K
+        A, D, bias = self.ssm.A(), self.ssm.Ds.float(), self.ssm.dt_projs_bias.float().view(-1)
         if runtime.get().original_projections:
             # The original's execution: project each direction's (materialised) sequence.
             delta, B, C = self.ssm.project(x.reshape(b, 1, d, H * W).expand(b, K, d, H * W))
             delta, B, C = delta.view(b, K, d, H, W), B.view(b, K, -1, H, W), C.view(b, K, -1, H, W)
-            return ops.planar_omni_scan(x, delta, self.ssm.A(), B, C, self.ssm.Ds.float(),
-                                        self.ssm.dt_projs_bias.float().view(-1), backend=self.backend)
+            return ops.planar_omni_scan(x, delta, A, B, C, D, bias, backend=self.backend)
         # The projections act per pixel: computed in the natural layout, once per group of
         # directions (all K at once unless the inference_scan_directions switch splits them).
-        A, D, bias = self.ssm.A(), self.ssm.Ds.float(), self.ssm.dt_projs_bias.float().view(-1)
         out = None
         for dirs in self.direction_groups(x):
             delta, B, C = self.ssm.project_map(x, dirs)
