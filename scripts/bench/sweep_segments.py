@@ -47,6 +47,19 @@ def kinds(prof) -> dict:
     return out
 
 
+def init_like_network(inputs) -> None:
+    """Overwrite (in place) delta, A and the dt bias of scan inputs (u, delta, A, B, C, D, bias) with
+    values like an untrained VmambaIR's: per channel softplus(bias) log-uniform in [0.001, 0.1]
+    (vmambair.archs.vmambair_arch.init_dt_bias), delta small, A = -1 .. -16 (S4D-real)."""
+    from vmambair.archs.vmambair_arch import init_dt_bias
+    _, delta, A, _, _, _, bias = inputs
+    g = torch.Generator(device="cuda").manual_seed(1)
+    with torch.no_grad():
+        delta.copy_(torch.randn(delta.shape, device="cuda", generator=g) * 0.1)
+        A.copy_(-torch.arange(1, A.shape[1] + 1, device="cuda", dtype=A.dtype).expand_as(A))
+        bias.copy_(init_dt_bias(bias.shape[0]).to(bias))
+
+
 def profile_ms(fn, warmup: int, reps: int) -> dict:
     """GPU ms per call of fn(), by pass (kinds)."""
     return {k: v / reps for k, v in kinds(profiled(fn, warmup, reps)).items()}
@@ -62,17 +75,27 @@ def main() -> None:
     ap.add_argument("--no-backward", action="store_true", help="forward (inference) only")
     ap.add_argument("--only", choices=["plain", "omni"], default=None, help="time only this op")
     ap.add_argument("--omni-shapes", default="", help="fused-op shapes BxDxHxW,... instead of the built-in list")
+    ap.add_argument("--plain-shapes", default="", help="plain-op shapes BxDxL,... instead of the built-in list")
+    ap.add_argument("--early-stop", choices=["on", "off", "both"], default="on",
+                    help="the forward summary pass's early stop (set_summary_early_stop; on is the extension's "
+                         "default); both: every row twice, off then on")
+    ap.add_argument("--dt", choices=["random", "init"], default="random",
+                    help="random: bench_scan's inputs (dt about 0.3); init: dt and A as an untrained VmambaIR has "
+                         "them (softplus(bias) log-uniform in [0.001, 0.1] per channel, delta ~ 0.1 N(0, 1), "
+                         "A = -1 .. -16)")
     args = ap.parse_args()
     omni_shapes = [tuple(int(v) for v in s.split("x")) for s in args.omni_shapes.split(",") if s] or OMNI
+    plain_shapes = [tuple(int(v) for v in s.split("x")) for s in args.plain_shapes.split(",") if s] or PLAIN
     import vmambair_scan_cuda as ext
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     counts = [int(c) for c in args.counts.split(",") if c]
     lines = []
     log = lambda s: (print(s, flush=True), lines.append(s))  # noqa: E731
+    stops = {"on": [True], "off": [False], "both": [False, True]}[args.early_stop]
     log("| op, shape | nseg | fwd main | fwd summary | combine | fwd total | bwd main | bwd summary | bwd total | "
         "fwd + bwd |")
     log("|---|---|---|---|---|---|---|---|---|---|")
-    cases = [("plain", s) for s in PLAIN if args.only in (None, "plain")] + \
+    cases = [("plain", s) for s in plain_shapes if args.only in (None, "plain")] + \
             [("omni", s) for s in omni_shapes if args.only in (None, "omni")]
     for kind, shape in cases:
         if kind == "plain":
@@ -85,7 +108,10 @@ def main() -> None:
             inputs = omni_inputs(b, d, H, W, 16, dtype)
             op = lambda ns, *t: ext.planar_omni_scan(*t, nseg=ns)  # noqa: E731
             label = f"omni ({b}, {d}, {H}x{W})"
-        for ns in counts:
+        if args.dt == "init":
+            init_like_network(inputs)
+        for ns, stop in ((ns, stop) for ns in counts for stop in stops):
+            ext._C.set_summary_early_stop(stop)
             with torch.no_grad():
                 f = profile_ms(lambda: op(ns, *inputs), args.warmup, args.reps)
             bw = {}
@@ -96,9 +122,10 @@ def main() -> None:
                 del y
             ft = f.get("fwd", 0) + f.get("fwd summary", 0) + f.get("combine", 0)
             bt = bw.get("bwd", 0) + bw.get("bwd summary", 0) + bw.get("combine", 0)
-            log(f"| {label} | {ns or 'auto'} | {f.get('fwd', 0):.3f} | {f.get('fwd summary', 0):.3f} | "
+            log(f"| {label}{'' if stop else ', early stop off'} | {ns or 'auto'} | {f.get('fwd', 0):.3f} | {f.get('fwd summary', 0):.3f} | "
                 f"{f.get('combine', 0):.3f} | {ft:.3f} | {bw.get('bwd', 0):.3f} | {bw.get('bwd summary', 0):.3f} | "
                 f"{bt:.3f} | {ft + bt:.3f} |")
+        ext._C.set_summary_early_stop(True)
         inputs = None  # free before the next shape
         torch.cuda.empty_cache()
     header = [
@@ -107,7 +134,8 @@ def main() -> None:
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `{' '.join(['python'] + sys.argv)}`",
         f"- torch {torch.__version__}; {args.dtype} inputs, N = 16, B/C in 4 groups (omni: one per direction); "
-        f"ms of GPU time (torch.profiler), means over {args.reps} calls after {args.warmup} warm-ups",
+        f"ms of GPU time (torch.profiler), means over {args.reps} calls after {args.warmup} warm-ups; "
+        + ("dt and A as an untrained network has them" if args.dt == "init" else "random dt (about 0.3) and A"),
         "- forward without autograd (as in inference); backward = torch.autograd.grad of a recorded forward; "
         "'auto' is the count the extension picks itself",
         "",

@@ -120,6 +120,26 @@ def test_plain_segmenting_is_exact(nseg):
 
 @pytest.mark.cuda
 @needs_gpu
+@pytest.mark.parametrize("dt_shift", [0.0, -9.0], ids=["stops-early", "never-stops"])
+def test_summary_early_stop_changes_nothing(dt_shift):
+    """The forward summary pass stops where its remaining terms are 0 in fp32: the outputs are
+    bit for bit those of the full pass, whether it stops (dt ~ 0.3: after ~1000 of each segment's
+    16384 positions) or not (dt ~ 4e-5: the state carries across every segment)."""
+    low, _ = make_scan_inputs(2, 24, 1 << 16, 16, 4, torch.bfloat16, seed=11)
+    low[1] = (low[1].float() + dt_shift).to(torch.bfloat16)
+    outs = {}
+    try:
+        for on in (True, False):
+            ext._C.set_summary_early_stop(on)
+            outs[on] = ext.selective_scan(*low, delta_softplus=True, nseg=4)
+    finally:
+        ext._C.set_summary_early_stop(True)
+    assert torch.isfinite(outs[True].float()).all()
+    assert torch.equal(outs[True], outs[False])
+
+
+@pytest.mark.cuda
+@needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_plain_one_megapixel_sequence(dtype):
     """L = 1,048,576 (a 1024x1024 map) in full, forward and backward, against the torch backend in fp64."""

@@ -66,6 +66,9 @@ struct ScanParams {
     // no fp32 buffer needs a cast pass afterwards. Four roundings of a pixel's sum instead of one
     // (the unfused path rounds each direction's output and then each partial sum: seven).
     bool acc16 = false;
+    // Forward summary pass: stop once exp2(A * log2(e) * dt summed) is below 2^summary_cutoff for
+    // every state (exactly 0 in fp32; see fwd_body). -INFINITY never stops (for timing the difference).
+    float summary_cutoff = -160.f;
 
     // inputs (dtype T unless float)
     const void* u = nullptr;      // plain (b, dim, L); omni x (b, d, L)

@@ -98,19 +98,36 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
         // The main pass's incoming state (read by lane 0 only after the first chunk's barrier).
         if constexpr (!kSummary) carry[warp][lane] = p.nseg > 1 ? p.seg_carry[(row * p.nseg + seg) * N + lane] : 0.f;
     }
-    float S_tot = 0.f;  // summary pass: this lane's sum of dt over the segment
+    // Summary pass: the segment's chunks are taken from its end backwards. D is the dt summed over
+    // the chunks already taken (those after the current one), the same in every lane.
+    float D = 0.f;
+    // The summary pass stops early once A * D is below p.summary_cutoff (log2 units) for every
+    // state of every channel of the block: each term left (exp2(A * dt after it) * dt B u, dt
+    // after it >= D) is then exactly 0 in fp32, so the summary is unchanged, and so is the
+    // combine's exp(A * S) with the partial S = D (0 either way). A2max: this channel's largest
+    // (least negative) A * log2(e); idle warps count as done from the start.
+    float A2max = 0.f;
+    if constexpr (kSummary) {
+        float a2 = lane < N ? p.A[(int64_t)c * N + lane] * kLog2e : -INFINITY;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) a2 = fmaxf(a2, __shfl_xor_sync(kFull, a2, o));
+        A2max = a2;
+    }
     // Summary pass: this lane's share of the segment's outgoing state, per state (see below).
     float acc[NS];
 #pragma unroll
     for (int n = 0; n < NS; ++n) acc[n] = 0.f;
 
-    for (int ch = ch0; ch < ch1; ++ch) {
+    bool summary_done = !valid;
+    for (int it = 0; it < ch1 - ch0; ++it) {
+        const int ch = kSummary ? ch1 - 1 - it : ch0 + it;
         const int tb = ch * kChunk;
-        const int buf = col_staged ? 0 : (ch - ch0) & 1;
+        const int buf = col_staged ? 0 : it & 1;
         float (*Bs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kBs + buf * NS * kChunk);
         float (*Cs)[kChunk] = reinterpret_cast<float (*)[kChunk]>(smem + Sm::kCs + buf * NS * kChunk);
         const int t0 = tb + lane * kK;
-        const int nv = valid ? min(kK, L - t0) : 0;  // positions of this lane that exist (may be <= 0)
+        // positions of this lane that exist (may be <= 0); a done summary warp reads none
+        const int nv = valid && !(kSummary && summary_done) ? min(kK, L - t0) : 0;
 
         // (1)+(2) Global loads of the chunk, issued back to back so that they are in flight
         // together, and the staged B/C stores. The rows go in two halves (kHalf states of B and
@@ -168,17 +185,23 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
                              stid, Xs(1));
         }
         if constexpr (!kOmni) {
-            if (ch + 1 < ch1) {
+            if (it + 1 < ch1 - ch0) {
                 // The next chunk's rows into L2 while this one is computed (B/C are shared by the
                 // group's blocks and often hit L2 already; delta/u are read exactly once).
-                prefetch_rows_l2<T>(Bg, kSummary ? nullptr : Cg, N, L, tb + kChunk, tid);
+                const int tn = kSummary ? tb - kChunk : tb + kChunk;
+                prefetch_rows_l2<T>(Bg, kSummary ? nullptr : Cg, N, L, tn, tid);
                 if (valid) {
                     const T* const rows[2] = {drow, urow};
-                    prefetch_warp_rows_l2<T, 2>(rows, L, tb + kChunk, lane);
+                    prefetch_warp_rows_l2<T, 2>(rows, L, tn, lane);
                 }
             }
         }
-        __syncthreads();
+        if constexpr (kSummary) {
+            // The barrier that publishes the staged rows also takes the vote of the chunk before.
+            if (__syncthreads_and(summary_done)) break;
+        } else {
+            __syncthreads();
+        }
         if (col_staged) {
             load_smem_row(Xs(0)[warp], lane, dt);
             load_smem_row(Xs(1)[warp], lane, uv);
@@ -247,11 +270,14 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
             }
         };
         if constexpr (kSummary) {
+            // A warp whose terms are all 0 from here on (summary_done) skips the rest; the block
+            // goes on while any of its warps is not done (the vote at the barrier above).
+            if (summary_done) continue;
             // The summary needs only the state leaving the segment from a zero start, which is a
             // sum, not a scan: h_end = sum_t exp(A * (dt summed after t)) * dt_t * B_t * u_t. Each
-            // lane adds its positions' terms into acc[n]; as chunks pass, acc is scaled by the
-            // chunk's decay (the same for every lane), and the lanes are summed once at the end.
-            // Same exps as the scan, but no shuffle chain per state and chunk.
+            // lane adds its positions' terms into acc[n], the dt after a position being the rest of
+            // its chunk plus D (the later chunks, taken first); the lanes are summed once at the
+            // end. Same exps as the scan, but no shuffle chain per state and chunk.
             float after = S;  // (inclusive suffix sum over lanes, then shifted: lanes > lane only)
 #pragma unroll
             for (int o = 1; o < 32; o <<= 1) {
@@ -261,14 +287,13 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
             const float chunk_dt = __shfl_sync(kFull, after, 0);
             after = __shfl_down_sync(kFull, after, 1);
             if (lane == 31) after = 0.f;
-            float off[kK];  // dt summed after each of this lane's positions, to the chunk's end
+            after += D;
+            float off[kK];  // dt summed after each of this lane's positions, to the segment's end
 #pragma unroll
             for (int i = kK - 1; i >= 0; --i) {
                 off[i] = after;
                 after += dt[i];
             }
-            // The chunk's decay per state: lane n computes it, the n-loop broadcasts it.
-            const float decay_mine = lane < N ? exp2f(A2s[warp][lane] * chunk_dt) : 0.f;
 #pragma unroll
             for (int n = 0; n < NS; ++n) {
                 if (n < N) {
@@ -278,10 +303,11 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
                     float w = 0.f;
 #pragma unroll
                     for (int i = 0; i < kK; ++i) w = fmaf(exp2f(A2 * off[i]), du[i] * bv[i], w);
-                    acc[n] = fmaf(acc[n], __shfl_sync(kFull, decay_mine, n), w);
+                    acc[n] += w;
                 }
             }
-            S_tot += S;
+            D += chunk_dt;
+            summary_done = summary_done || A2max * D < p.summary_cutoff;
         } else if constexpr (kN > 0) {
             static_assert(kN % kFwdNP == 0, "kN must be a multiple of kFwdNP");
             // Not unrolled further: a fully unrolled n-loop lets the scheduler hoist work of later
@@ -316,7 +342,6 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
     }
 
     if constexpr (kSummary) {
-        S_tot = warp_sum(S_tot);
         float h_mine = 0.f;  // lane n: the segment's outgoing state n
 #pragma unroll
         for (int n = 0; n < NS; ++n) {
@@ -326,7 +351,7 @@ __device__ __forceinline__ void fwd_body(const ScanParams& p) {
             }
         }
         if (valid) {
-            if (lane == 0) p.seg_S[row * p.nseg + seg] = S_tot;
+            if (lane == 0) p.seg_S[row * p.nseg + seg] = D;
             if (lane < N) p.seg_H[(row * p.nseg + seg) * N + lane] = h_mine;
         }
     }
