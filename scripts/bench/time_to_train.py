@@ -19,7 +19,8 @@ For each record and each path timed per stage (e.g. authors, graphed):
                               efficiency measured at the most GPUs in benchmarks/data (a
                               bench_ddp.py record, or --ddp-efficiency), assumed to hold at 8
   1 GPU, the paper's batch    8 accumulated micro-batches per iteration: 8x the first figure
-Validation and checkpointing are excluded; data loading is in the "train.py" path's step times
+Where several records time the same recipe and path, the later one on the command line counts
+(unless it has no time for it). Validation and checkpointing are excluded; data loading is in the "train.py" path's step times
 only (measured at < 1 ms per iteration in the DDP runs). Prints a table and writes a record (default benchmarks/data/time_to_train.json).
 """
 from __future__ import annotations
@@ -82,7 +83,7 @@ def stages_of(rec: dict) -> tuple[str, list]:
     """(recipe, stages) of a bench_model.py --stages record or a bench_recompile.py record."""
     fig = rec["figures"]
     if isinstance(fig.get("stages"), list):
-        return fig["recipe"], fig["stages"]
+        return fig["recipe"], fig["stages"] or train_row_as_stage(fig)
     timed = fig["stages"]["new"]  # bench_recompile.py: no recipe or iterations in the record itself
     words = rec["command"].split()
     recipe = words[words.index("-opt") + 1] if "-opt" in words else "options/derain.yml"
@@ -91,6 +92,23 @@ def stages_of(rec: dict) -> tuple[str, list]:
         raise KeyError(f"{recipe} has {len(iters)} progressive stages (datasets.train.iters), the record {len(timed)}")
     return recipe, [{"batch": st["batch"], "gt_size": st["gt_size"], "input_size": st["input_size"], "iters": n,
                      "paths": {"graphed": {"ms": st["step_ms"]}}} for st, n in zip(timed, iters)]
+
+
+def train_row_as_stage(fig: dict) -> list:
+    """A bench_model.py record run without --stages: its training row of the recipe's own
+    activation_checkpointing mode as the one stage of a single-stage recipe, when that row was
+    timed at the stage's batch and input size (the step bench_model.py --stages would have
+    reused). [] otherwise."""
+    opt = yaml.safe_load((bench_record.REPO_ROOT / fig["recipe"]).read_text())
+    tr = opt["datasets"]["train"]
+    mode = opt.get("network_g", {}).get("activation_checkpointing") or "none"
+    mode = "block" if mode is True else mode
+    row = fig.get("train", {}).get("rows", {}).get("train" if mode == "none" else f"train, recompute {mode}")
+    batch, input_size = tr.get("batch_size_per_gpu"), tr.get("gt_size", 0) // opt.get("scale", 1)
+    if tr.get("mini_batch_sizes") or not row or (fig["train"]["batch"], fig["train"]["size"]) != (batch, input_size):
+        return []
+    return [{"batch": batch, "gt_size": tr["gt_size"], "input_size": input_size, "iters": opt["train"]["total_iter"],
+             "paths": {path: r for path, r in row.items() if r is not None}}]
 
 
 def fmt_h(h):
@@ -125,7 +143,12 @@ def main(argv=None) -> int:
             for tpath in stages[0]["paths"]:
                 h1, parts = schedule_hours(stages, tpath)
                 h8 = None if h1 is None else h1 / eff
-                figures[f"{recipe}:{tpath}"] = {"one_gpu_hours": h1, f"{args.gpus}_gpu_hours": h8,
+                key = f"{recipe}:{tpath}"
+                if h1 is None and key in figures:
+                    continue  # an earlier record timed it; this one did not (e.g. a run cut short)
+                # a later record of the same recipe and path replaces the earlier one's row
+                rows = [r for r in rows if f"{r[0]}:{r[1]}" != key]
+                figures[key] = {"one_gpu_hours": h1, f"{args.gpus}_gpu_hours": h8,
                                                 "one_gpu_paper_batch_hours": None if h1 is None else args.gpus * h1,
                                                 "stages": parts, "source": path}
                 iters = sum(st["iters"] for st in stages)

@@ -136,6 +136,43 @@ def test_time_to_train_reads_a_recompile_record_with_the_recipes_iterations(tmp_
     assert time_to_train.main([str(src), "--json", str(out)]) == 2
 
 
+def test_time_to_train_takes_a_single_stage_recipes_training_row(tmp_path):
+    """A bench_model.py record without --stages still times a single-stage recipe when its training
+    row has the recipe's batch, input size and activation_checkpointing mode; a later record of
+    the same recipe and path replaces the earlier one unless it has no time for it."""
+    rows = {"train": {"graphed": {"ms": 40.0, "peak_gb": 4.0, "extra_gb": 0.0}},
+            "train, recompute ffn": {"authors": {"ms": 200.0, "peak_gb": 9.0, "extra_gb": 9.0},
+                                     "graphed": {"ms": 50.0, "peak_gb": 3.0, "extra_gb": 0.0}}}
+    rec = good_record("model_sr")
+    # options/realsr_x4_psnr.yml: batch 9, GT 256 at x4 (input 64), activation_checkpointing ffn
+    rec["figures"] = {"recipe": "options/realsr_x4_psnr.yml", "stages": [],
+                      "train": {"batch": 9, "size": 64, "rows": rows}}
+    src = bench_record.write_record(rec, tmp_path / "model_sr.json")
+    out = tmp_path / "ttt.json"
+    assert time_to_train.main([str(src), "--ddp-efficiency", "1.0", "--json", str(out)]) == 0
+    figs = json.loads(out.read_text())["figures"]["recipes"]
+    iters = 1_000_000
+    assert figs["options/realsr_x4_psnr.yml:graphed"]["one_gpu_hours"] == pytest.approx(0.05 * iters / 3600)
+    assert figs["options/realsr_x4_psnr.yml:authors"]["one_gpu_hours"] == pytest.approx(0.2 * iters / 3600)
+
+    later = good_record("model_sr_later")
+    later["figures"] = {"recipe": "options/realsr_x4_psnr.yml", "stages": [{
+        "batch": 9, "gt_size": 256, "input_size": 64, "iters": iters,
+        "paths": {"graphed": {"ms": 45.0, "peak_gb": 3.0, "extra_gb": 0.0}, "authors": None}}]}
+    src2 = bench_record.write_record(later, tmp_path / "model_sr_later.json")
+    assert time_to_train.main([str(src), str(src2), "--ddp-efficiency", "1.0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    figs = result["figures"]["recipes"]
+    assert figs["options/realsr_x4_psnr.yml:graphed"]["one_gpu_hours"] == pytest.approx(0.045 * iters / 3600)
+    assert figs["options/realsr_x4_psnr.yml:authors"]["one_gpu_hours"] == pytest.approx(0.2 * iters / 3600)
+    assert len(result["tables"][0]["rows"]) == 2  # one row per recipe and path
+
+    # A training row at another size than the recipe's stage is not a stage time.
+    rec["figures"]["train"]["size"] = 128
+    bench_record.write_record(rec, src)
+    assert time_to_train.main([str(src), "--json", str(out)]) == 2
+
+
 def test_reference_scan_matches_the_kernel_signature_and_gradients():
     """The CPU stand-in for the authors' selective_scan_cuda_core: fwd returns [y, x], bwd the
     gradients of sum(y * dout), checked against autograd through our reference scan."""
