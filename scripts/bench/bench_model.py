@@ -221,7 +221,12 @@ def train_runs(args) -> dict:
     --train-batch 0. The authors' code never recomputes."""
     if not args.train_batch:
         return {}
-    return {("train" if m == "none" else f"train, recompute {m}"): m for m in args.checkpointing or ["none"]}
+    return {train_row_name(m): m for m in args.checkpointing or ["none"]}
+
+
+def train_row_name(mode: str) -> str:
+    """The name of the training row timed with activation_checkpointing ``mode`` (a CHECKPOINTING_MODES value)."""
+    return "train" if mode == "none" else f"train, recompute {mode}"
 
 
 def train_net_opt(net_opt: dict, mode: str, path: str) -> dict:

@@ -20,8 +20,8 @@ For each record and each path timed per stage (e.g. authors, graphed):
                               bench_ddp.py record, or --ddp-efficiency), assumed to hold at 8
   1 GPU, the paper's batch    8 accumulated micro-batches per iteration: 8x the first figure
 Where several records time the same recipe and path, the later one on the command line counts
-(unless it has no time for it). Validation and checkpointing are excluded; data loading is in the "train.py" path's step times
-only (measured at < 1 ms per iteration in the DDP runs). Prints a table and writes a record (default benchmarks/data/time_to_train.json).
+(unless it has no time for it). Validation and checkpointing are excluded; data loading is in the
+"train.py" path's step times only (measured at < 1 ms per iteration in the DDP runs). Prints a table and writes a record (default benchmarks/data/time_to_train.json).
 """
 from __future__ import annotations
 
@@ -99,15 +99,20 @@ def train_row_as_stage(fig: dict) -> list:
     activation_checkpointing mode as the one stage of a single-stage recipe, when that row was
     timed at the stage's batch and input size (the step bench_model.py --stages would have
     reused). [] otherwise."""
+    # (imported here: they load torch, which the records with stage times do not need)
+    from bench_model import recipe_stages, train_row_name
+    from vmambair.archs.vmambair_arch import checkpointing_mode
     opt = yaml.safe_load((bench_record.REPO_ROOT / fig["recipe"]).read_text())
-    tr = opt["datasets"]["train"]
-    mode = opt.get("network_g", {}).get("activation_checkpointing") or "none"
-    mode = "block" if mode is True else mode
-    row = fig.get("train", {}).get("rows", {}).get("train" if mode == "none" else f"train, recompute {mode}")
-    batch, input_size = tr.get("batch_size_per_gpu"), tr.get("gt_size", 0) // opt.get("scale", 1)
-    if tr.get("mini_batch_sizes") or not row or (fig["train"]["batch"], fig["train"]["size"]) != (batch, input_size):
+    stages = recipe_stages(opt)
+    mode = checkpointing_mode(opt.get("network_g", {}).get("activation_checkpointing") or "none")
+    row = fig.get("train", {}).get("rows", {}).get(train_row_name(mode))
+    if len(stages) != 1 or not row:
         return []
-    return [{"batch": batch, "gt_size": tr["gt_size"], "input_size": input_size, "iters": opt["train"]["total_iter"],
+    (batch, gt_size, iters), = stages
+    input_size = gt_size // opt.get("scale", 1)
+    if (fig["train"]["batch"], fig["train"]["size"]) != (batch, input_size):
+        return []
+    return [{"batch": batch, "gt_size": gt_size, "input_size": input_size, "iters": iters,
              "paths": {path: r for path, r in row.items() if r is not None}}]
 
 
@@ -149,8 +154,8 @@ def main(argv=None) -> int:
                 # a later record of the same recipe and path replaces the earlier one's row
                 rows = [r for r in rows if f"{r[0]}:{r[1]}" != key]
                 figures[key] = {"one_gpu_hours": h1, f"{args.gpus}_gpu_hours": h8,
-                                                "one_gpu_paper_batch_hours": None if h1 is None else args.gpus * h1,
-                                                "stages": parts, "source": path}
+                                "one_gpu_paper_batch_hours": None if h1 is None else args.gpus * h1,
+                                "stages": parts, "source": path}
                 iters = sum(st["iters"] for st in stages)
                 rows.append([recipe, tpath, f"{len(stages)} stage(s), {iters} iterations", fmt_h(h1), fmt_h(h8),
                              fmt_h(None if h1 is None else args.gpus * h1)])
