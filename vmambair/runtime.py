@@ -145,7 +145,8 @@ def set_inference_scan_directions(n: int | str) -> None:
     1: in turn, each group's projections, sequence copies and outputs freed before the next
     group's are made (less peak memory, more and smaller launches). "auto" (default): 1 on the
     CPU, where it was both leaner and faster (benchmarks/data/scan_directions_derain_512_cpu.json),
-    4 elsewhere until measured there. Training is not affected."""
+    4 elsewhere: on an H100, 1 took 5-6 % longer for 8-28 % less memory
+    (benchmarks/data/derain_2048_scan_directions1_h100.json). Training is not affected."""
     if n != "auto" and (isinstance(n, bool) or n not in (1, 2, 4)):
         raise ValueError(f"inference_scan_directions must be 1, 2, 4 or 'auto', got {n!r}")
     _current.inference_scan_directions = n
